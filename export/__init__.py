@@ -1,0 +1,1 @@
+"""Exporter: gradient-emitting ONNX graph, batched masked-forward graph, TensorRT engines."""

@@ -1,0 +1,1 @@
+"""Torch-free UnionCAM runtime around the exported graphs."""

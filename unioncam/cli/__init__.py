@@ -1,0 +1,54 @@
+"""``unioncam`` command line: ``unioncam explain``, ``unioncam export``."""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from ..errors import UnionCAMError
+
+
+def _plain_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"unioncam: warning: {message}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import explain
+
+    parser = argparse.ArgumentParser(prog="unioncam", description="UnionCAM explanations for CNN classifiers.")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    explain.add_parser(sub)
+    try:
+        from . import export as export_cmd
+    except ImportError:  # pragma: no cover - the exporter is optional at import time
+        export_cmd = None
+    if export_cmd is not None:
+        export_cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code (0 ok, 1 error, 2 usage, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.showwarning = _plain_warning
+    try:
+        return int(args.func(args) or 0)
+    except UnionCAMError as e:
+        if args.debug:
+            raise
+        print(f"unioncam: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("unioncam: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # never a bare traceback for users; --debug shows it
+        if args.debug:
+            raise
+        print(f"unioncam: error: unexpected {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Typed exceptions. Every error a user can cause is one of these, with a message that says what to do.
+
+Torch-free: the runtime imports this module.
+"""
+from __future__ import annotations
+
+
+class UnionCAMError(Exception):
+    """Base class of every error unioncam raises on purpose."""
+
+
+class InvalidInputError(UnionCAMError, ValueError):
+    """An image, tensor, class index or parameter is malformed (shape, dtype, range, NaN)."""
+
+
+class ImageReadError(UnionCAMError, ValueError):
+    """An image file is missing, unreadable or not an image."""
+
+
+class LayerNotFoundError(UnionCAMError, KeyError):
+    """The target layer name does not exist in the model, or the layer is unusable as a target."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelNotFoundError(UnionCAMError, KeyError):
+    """An unknown model name was asked of the registry."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class WeightsError(UnionCAMError, ValueError):
+    """A weights file is missing, unreadable or does not fit the model."""
+
+
+class ExportError(UnionCAMError, RuntimeError):
+    """A model or layer cannot be exported (unsupported op, bad output, unwritable directory)."""
+
+
+class ArtifactError(UnionCAMError, RuntimeError):
+    """An exported artifact directory or engine is missing, corrupt, stale or foreign."""
+
+
+class BackendUnavailableError(UnionCAMError, RuntimeError):
+    """The requested backend or device is not available on this machine."""

@@ -1,0 +1,107 @@
+"""Reading images and drawing heatmaps with OpenCV. Torch-free (the runtime and the CLI share it)."""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import ImageReadError, InvalidInputError
+
+#: Real photos bundled with the package (CC0, from scikit-image's data folder).
+SAMPLE_IMAGES = {"chelsea": "chelsea.png", "coffee": "coffee.png"}
+
+
+def sample_image_path(name: str = "chelsea") -> Path:
+    """Path of a bundled real photo: ``"chelsea"`` (a cat, the default) or ``"coffee"`` (an espresso)."""
+    if name not in SAMPLE_IMAGES:
+        raise InvalidInputError(f"unknown sample image {name!r}; choose one of {sorted(SAMPLE_IMAGES)}")
+    return Path(str(resources.files("unioncam") / "data" / SAMPLE_IMAGES[name]))
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as RGB.
+
+    Any format and size OpenCV reads; grayscale is replicated to 3 channels, an alpha channel is
+    dropped, 16-bit and float images are scaled to 8 bits.
+
+    Returns:
+        (h, w, 3) uint8 array, RGB order.
+
+    Raises:
+        ImageReadError: the file is missing, empty, not an image, or decodes to nothing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"image not found: {path} (give the path of an existing image file)")
+    # imdecode instead of imread: imread cannot open non-ASCII paths on some platforms and
+    # prints nothing useful on failure.
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None or img.size == 0:
+        raise ImageReadError(f"cannot decode {path} as an image (corrupt, truncated or not an image file)")
+    if img.dtype == np.uint16:
+        img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif img.dtype in (np.float32, np.float64):
+        img = (np.clip(np.nan_to_num(img), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ImageReadError(f"unsupported pixel type {img.dtype} in {path}; convert it to 8-bit RGB")
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    channels = img.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if channels == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    raise ImageReadError(f"{path} has {channels} channels; expected 1 (grey), 3 (colour) or 4 (with alpha)")
+
+
+def to_model_input(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an RGB image to the model's input and scale it to [0, 1].
+
+    The whole image is resized (no crop), bilinear with half-pixel centres, so a map at the model's
+    resolution lies over the whole photo.
+
+    Args:
+        rgb: (h, w, 3) uint8.
+        size: (H, W) of the model input.
+
+    Returns:
+        (3, H, W) float32 in [0, 1].
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise InvalidInputError(f"expected an (h, w, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+    H, W = size
+    resized = cv2.resize(rgb, (W, H), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+
+
+def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """Blend a heatmap over an image at the image's own resolution.
+
+    Args:
+        rgb: (h, w, 3) uint8 RGB image.
+        cam: (H, W) float map in [0, 1] (any resolution; resized bilinearly to (h, w)).
+        alpha: weight of the heatmap in the blend, in [0, 1].
+
+    Returns:
+        (h, w, 3) uint8 image in BGR order, ready for ``cv2.imwrite``.
+    """
+    h, w = rgb.shape[:2]
+    cam = np.clip(np.nan_to_num(np.asarray(cam, dtype=np.float32)), 0.0, 1.0)
+    cam = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
+    heat = cv2.applyColorMap((cam * 255.0).round().astype(np.uint8), colormap)
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    return cv2.addWeighted(heat, alpha, bgr, 1.0 - alpha, 0.0)
+
+
+def write_image(path: str | Path, bgr: np.ndarray) -> None:
+    """Write a BGR image; the format follows the file suffix."""
+    path = Path(path)
+    ok, buf = cv2.imencode(path.suffix or ".png", bgr)
+    if not ok:
+        raise ImageReadError(f"cannot encode an image for {path}")
+    buf.tofile(str(path))

