@@ -25,7 +25,7 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
     Raises:
         LayerNotFoundError: the name or module is not part of ``model``; the message lists close names.
     """
-    named = dict(model.named_modules())
+    named = dict(model.named_modules(remove_duplicate=False))
     if isinstance(layer, nn.Module):
         for name, mod in named.items():
             if mod is layer:

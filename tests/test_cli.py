@@ -1,0 +1,83 @@
+"""``unioncam explain`` end to end, and its bad inputs: a message and a non-zero exit, no traceback."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from unioncam.cli import main
+from unioncam.image_io import sample_image_path
+
+
+def test_explain_real_photo_writes_png_npy_json(tmp_path, capsys):
+    # The stem (32 channels at 112x112) keeps this end-to-end run to a few seconds.
+    rc = main(["explain", str(sample_image_path("coffee")), "--layer", "stem", "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "coffee.json").read_text())
+    for key in ("model", "layer", "theta", "class_idx", "class_name", "score", "top5", "selected", "beta_denoising",
+                "beta_region", "beta_de_region", "backend", "timings_ms"):
+        assert key in report, key
+    assert report["class_name"] == "espresso" and report["top5"][0]["name"] == "espresso"
+    assert abs(report["top5"][0]["probability"] - report["score"]) < 1e-5
+    assert report["selected"] in ("de_region", "region") and report["layer"] == "stem"
+    cam = np.load(tmp_path / "coffee_cam.npy")
+    assert cam.shape == (224, 224) and cam.dtype == np.float32 and 0 <= cam.min() and cam.max() <= 1
+    import cv2
+
+    png = cv2.imread(str(tmp_path / "coffee.png"))
+    assert png.shape == (400, 600, 3)  # drawn at the photo's own resolution
+
+
+def test_explain_grayscale_and_rgba_images(tmp_path, capsys):
+    import cv2
+
+    bgr = cv2.imread(str(sample_image_path("coffee")))
+    small = cv2.resize(bgr, (90, 60))
+    cv2.imwrite(str(tmp_path / "grey.png"), cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(tmp_path / "rgba.png"), cv2.cvtColor(small, cv2.COLOR_BGR2BGRA))
+    out = tmp_path / "out"
+    rc = main(["explain", str(tmp_path / "grey.png"), str(tmp_path / "rgba.png"), "--layer", "stem",
+               "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert (out / "grey_cam.npy").exists() and (out / "rgba_cam.npy").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--model", "alexnet"], "unknown model"),
+        (["--layer", "blocks.99"], "not found"),
+        (["--class", "1000"], "out of range"),
+        (["--theta", "150"], r"\[0, 100\]"),
+        (["--weights", "/nonexistent.pth"], "weights file not found"),
+    ],
+)
+def test_bad_options_exit_nonzero_with_message(tmp_path, capsys, extra, match):
+    import re
+
+    rc = main(["explain", str(sample_image_path("coffee")), "--layer", "stem", "--out", str(tmp_path), "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert rc != 0 and re.search(match, err), err
+    assert "Traceback" not in err
+
+
+def test_missing_and_corrupt_images_fail_cleanly_others_still_done(tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 10)
+    out = tmp_path / "out"
+    rc = main(["explain", str(tmp_path / "missing.jpg"), str(bad), str(sample_image_path("coffee")),
+               "--layer", "stem", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "image not found" in err and "cannot decode" in err
+    assert (out / "coffee.json").exists()  # the good image is not lost
+
+
+def test_console_script_bad_image_exit_code(tmp_path):
+    bad = tmp_path / "x.jpg"
+    bad.write_text("not an image")
+    proc = subprocess.run([sys.executable, "-m", "unioncam", "explain", str(bad), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "cannot decode" in proc.stderr and "Traceback" not in proc.stderr

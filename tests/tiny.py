@@ -1,0 +1,46 @@
+"""Tiny CNNs for fast tests: max-pooling and BatchNorm after the target layer, several classes."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyCNN(nn.Module):
+    """(B, 3, 32, 32) in [0, 1] -> (B, 5) logits. Target layer ``features.3``: (B, 6, 8, 8)."""
+
+    def __init__(self, num_classes: int = 5, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 6, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        self.head = nn.Sequential(
+            nn.MaxPool2d(2),
+            nn.BatchNorm2d(6),
+            nn.Conv2d(6, 12, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(12, num_classes),
+        )
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            bn = self.head[1]
+            bn.running_mean.copy_(torch.rand(6, generator=g) * 0.2)
+            bn.running_var.copy_(torch.rand(6, generator=g) + 0.5)
+        self.eval()
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def tiny_images(n: int = 3, size: int = 32, seed: int = 1, dtype=torch.float32) -> torch.Tensor:
+    """Smooth random images in [0, 1] (B, 3, size, size)."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, size // 4, size // 4, generator=g, dtype=torch.float64)
+    x = nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+    return x.clamp(0, 1).to(dtype)
