@@ -1,0 +1,143 @@
+"""Decompositions of the backward ops that ``d logits / d activations`` needs, into ops every ONNX
+consumer handles (TensorRT's parser included).
+
+``torch.onnx.export`` has no translation for ``convolution_backward`` or the pooling backwards, and
+PyTorch's own decomposition of ``max_pool2d_with_indices_backward`` scatters through MaxPool's
+indices, an output TensorRT's parser rejects. Each decomposition here recomputes what it needs from
+the forward input instead, with the same semantics as PyTorch's CPU kernels (max-pool ties go to the
+first element of a window in row-major order).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+aten = torch.ops.aten
+
+
+def _pair(v) -> tuple[int, int]:
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return (int(v[0]), int(v[-1])) if v else (1, 1)
+
+
+def convolution_backward(grad_output, input, weight, bias_sizes, stride, padding, dilation, transposed,
+                         output_padding, groups, output_mask):
+    """Gradient w.r.t. the input of a 2-D convolution: a transposed convolution with the same weights.
+
+    Only ``grad_input`` is produced: the weights are constants of the exported graph.
+    """
+    if transposed or weight.dim() != 4:
+        raise NotImplementedError("convolution_backward: only non-transposed 2-D convolutions are supported")
+    grad_input = None
+    if output_mask[0]:
+        sh, sw = _pair(stride)
+        ph, pw = _pair(padding)
+        dh, dw = _pair(dilation)
+        kh, kw = weight.shape[-2:]
+        oh, ow = grad_output.shape[-2:]
+        ih, iw = input.shape[-2:]
+        # Rows/columns that the forward's stride skipped at the end come back as output padding.
+        oph = ih - ((oh - 1) * sh - 2 * ph + dh * (kh - 1) + 1)
+        opw = iw - ((ow - 1) * sw - 2 * pw + dw * (kw - 1) + 1)
+        grad_input = aten.convolution(grad_output, weight, None, [sh, sw], [ph, pw], [dh, dw], True, [oph, opw], groups)
+    return grad_input, None, None
+
+
+def _place_strided(g: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
+    """(B, C, oh, ow) -> (B, C, oh*sh, ow*sw) with g[y, x] at (sh*y, sw*x), zeros elsewhere."""
+    B, C, oh, ow = g.shape
+    if sh == 1 and sw == 1:
+        return g
+    g6 = g.reshape(B, C, oh, 1, ow, 1)
+    g6 = F.pad(g6, (0, sw - 1, 0, 0, 0, sh - 1))
+    return g6.reshape(B, C, oh * sh, ow * sw)
+
+
+def max_pool2d_with_indices_backward(grad_output, self, kernel_size, stride, padding, dilation, ceil_mode, indices):
+    """Max-pool gradient without the indices: each window's gradient goes to its first maximum.
+
+    The window maxima are recomputed by strided slices of the (padded) input, one per kernel offset;
+    "first" follows the kernel's row-major order, as PyTorch's kernels do.
+    """
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(stride) if stride else (kh, kw)
+    ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
+    B, C, H, W = self.shape
+    oh, ow = grad_output.shape[-2:]
+    # Padded extent that the windows cover (ceil_mode windows may run past the right edge).
+    Hp = max(H + 2 * ph, (oh - 1) * sh + dh * (kh - 1) + 1)
+    Wp = max(W + 2 * pw, (ow - 1) * sw + dw * (kw - 1) + 1)
+    neg = torch.finfo(self.dtype).min
+    x = F.pad(self, (pw, Wp - W - pw, ph, Hp - H - ph), value=neg)
+    windows = [
+        x[:, :, i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    m = windows[0]
+    for w_ in windows[1:]:
+        m = torch.maximum(m, w_)
+    taken = torch.zeros_like(m, dtype=torch.bool)
+    grad = None
+    span_h, span_w = oh * sh, ow * sw
+    for n, w_ in enumerate(windows):
+        i, j = divmod(n, kw)
+        hit = (w_ == m) & ~taken
+        taken = taken | hit
+        placed = _place_strided(torch.where(hit, grad_output, torch.zeros_like(grad_output)), sh, sw)
+        # Shift by the kernel offset inside the padded frame, then crop/pad to (Hp, Wp).
+        top, left = i * dh, j * dw
+        placed = placed[:, :, : max(0, min(span_h, Hp - top)), : max(0, min(span_w, Wp - left))]
+        placed = F.pad(placed, (left, Wp - left - placed.shape[-1], top, Hp - top - placed.shape[-2]))
+        grad = placed if grad is None else grad + placed
+    return grad[:, :, ph : ph + H, pw : pw + W]
+
+
+def _adaptive_matrix(n_in: int, n_out: int, dtype, device) -> torch.Tensor:
+    """(n_out, n_in) averaging matrix of adaptive average pooling along one axis."""
+    P = torch.zeros(n_out, n_in, dtype=dtype, device=device)
+    for i in range(n_out):
+        start = (i * n_in) // n_out
+        end = -((-(i + 1) * n_in) // n_out)
+        P[i, start:end] = 1.0 / (end - start)
+    return P
+
+
+def adaptive_avg_pool2d_backward(grad_output, self):
+    """Adaptive average pooling is separable and linear: out = P_h x P_w^T, so grad = P_h^T g P_w."""
+    H, W = int(self.shape[-2]), int(self.shape[-1])
+    oh, ow = int(grad_output.shape[-2]), int(grad_output.shape[-1])
+    if (oh, ow) == (H, W):
+        return grad_output
+    Ph = _adaptive_matrix(H, oh, grad_output.dtype, grad_output.device)
+    Pw = _adaptive_matrix(W, ow, grad_output.dtype, grad_output.device)
+    return torch.matmul(torch.matmul(Ph.t(), grad_output), Pw)
+
+
+def avg_pool2d_backward(grad_output, self, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    """Average-pool gradient as a depthwise transposed convolution with a constant kernel."""
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(stride) if stride else (kh, kw)
+    ph, pw = _pair(padding)
+    if ceil_mode or (not count_include_pad and (ph or pw)):
+        raise NotImplementedError("avg_pool2d_backward: ceil_mode or count_include_pad=False with padding")
+    C = self.shape[1]
+    div = divisor_override or kh * kw
+    weight = torch.full((C, 1, kh, kw), 1.0 / div, dtype=grad_output.dtype, device=grad_output.device)
+    fake_input = self
+    grad, _, _ = convolution_backward(grad_output, fake_input, weight, None, [sh, sw], [ph, pw], [1, 1], False,
+                                      [0, 0], C, [True, False, False])
+    return grad
+
+
+def decomposition_table() -> dict:
+    """PyTorch's core ATen decompositions plus the backward ones above (which take precedence)."""
+    from torch._decomp import core_aten_decompositions
+
+    table = dict(core_aten_decompositions())
+    table[aten.convolution_backward.default] = convolution_backward
+    table[aten.max_pool2d_with_indices_backward.default] = max_pool2d_with_indices_backward
+    table[aten._adaptive_avg_pool2d_backward.default] = adaptive_avg_pool2d_backward
+    table[aten.avg_pool2d_backward.default] = avg_pool2d_backward
+    return table

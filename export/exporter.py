@@ -1,0 +1,157 @@
+"""``export(model, target_layer, out_dir)``: gradient graph, masked-forward graph and manifest."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from unioncam import __version__
+from unioncam.artifacts import GRADIENT_ONNX, MANIFEST, MASKED_ONNX, Manifest, atomic_directory, sha256_file
+from unioncam.errors import ExportError, InvalidInputError, LayerNotFoundError
+from unioncam.methods.core import ActivationTap, check_logits, eval_mode, resolve_layer
+
+from .graphs import GradientFunction, MaskedForward, trace
+from .onnx_export import export_onnx
+
+DEFAULT_OPSET = 18
+# Upper bounds of the dynamic dimensions declared to the exporter (not a limit of ONNX Runtime).
+MAX_BATCH = 4096
+
+
+class _Call(nn.Module):
+    """Holds a traced GraphModule as a module the ONNX exporter can take."""
+
+    def __init__(self, gm):
+        super().__init__()
+        self.gm = gm
+
+    def forward(self, image, class_idx):
+        return self.gm(image, class_idx)
+
+
+def _probe(model: nn.Module, layer_name: str, layer: nn.Module, input_size: tuple[int, int]):
+    """One forward pass on a small batch to learn C, K, h, w and catch unusable models early."""
+    H, W = input_size
+    x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad(), ActivationTap(layer_name, layer, requires_grad=False) as tap:
+            logits = check_logits(model(x), 2)
+    except (LayerNotFoundError, InvalidInputError):
+        raise
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ExportError(f"the model cannot run on a (2, 3, {H}, {W}) input ({first}); check --input-size") from None
+    if tap.activations is None:
+        raise LayerNotFoundError(f"layer {layer_name!r} did not run in the forward pass; choose a layer on the path to the logits")
+    _, K, h, w = tap.activations.shape
+    return x, int(logits.shape[1]), int(K), (int(h), int(w))
+
+
+def export(
+    model: nn.Module,
+    target_layer: str | nn.Module,
+    out_dir: str | Path,
+    *,
+    input_size: tuple[int, int] = (224, 224),
+    opset: int = DEFAULT_OPSET,
+    model_name: str | None = None,
+    mean=None,
+    std=None,
+) -> Manifest:
+    """Export ``model`` around ``target_layer`` into ``out_dir`` (written atomically).
+
+    Writes ``gradient.onnx`` (image (B,3,H,W) float32 in [0,1], class_idx (B,) int64 -> logits (B,C),
+    activations (B,K,h,w), gradients (B,K,h,w) = d logits[b, class_idx[b]] / d activations),
+    ``masked_forward.onnx`` (image (B,3,H,W), maps (B,M,h',w'), class_idx (B,) -> scores (B,M)) and
+    ``manifest.json``.
+
+    Args:
+        model: ``nn.Module`` taking RGB in [0, 1] (normalisation inside) and returning (B, C) logits.
+        target_layer: dotted name or module; its output must be (B, K, h, w).
+        input_size: (H, W) the graphs are specialised to.
+        mean, std: recorded in the manifest (the normalisation baked into ``model``), if known.
+
+    Returns:
+        The written :class:`Manifest`.
+
+    Raises:
+        LayerNotFoundError, ExportError (unsupported op, named with its layer; unwritable folder;
+        input too small), ArtifactError.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    H, W = (int(input_size[0]), int(input_size[1]))
+    if H < 1 or W < 1:
+        raise InvalidInputError(f"input_size must be positive, got {input_size}")
+    layer_name, layer = resolve_layer(model, target_layer)
+    timings = {}
+    param = next(model.parameters(), None)
+    if param is not None and param.dtype != torch.float32:
+        raise ExportError(f"export needs a float32 model, got {param.dtype}: call model.float()")
+    with eval_mode(model), atomic_directory(out_dir) as tmp:
+        x, C, K, (h, w) = _probe(model, layer_name, layer, (H, W))
+        c = torch.tensor([0, min(1, C - 1)], dtype=torch.int64)
+        batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+
+        t = time.perf_counter()
+        grad_fn = GradientFunction(model, layer_name, layer)
+        try:
+            gm = trace(grad_fn, (x, c))
+        except (LayerNotFoundError, InvalidInputError):
+            raise
+        except NotImplementedError as e:
+            raise ExportError(f"cannot differentiate the layers after {layer_name!r}: {e}") from None
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportError(f"tracing the gradient of {layer_name!r} failed: {type(e).__name__}: {first}") from None
+        export_onnx(
+            _Call(gm).eval(), (x, c), tmp / GRADIENT_ONNX,
+            input_names=["image", "class_idx"], output_names=["logits", "activations", "gradients"],
+            dynamic_shapes=({0: batch}, {0: batch}), opset=opset, graph_module=gm,
+        )
+        timings["gradient_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        maps = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(1))
+        m_dim = torch.export.Dim("maps", min=1, max=MAX_BATCH)
+        mh = torch.export.Dim("map_h", min=1, max=max(H, h) + 1)
+        mw = torch.export.Dim("map_w", min=1, max=max(W, w) + 1)
+        export_onnx(
+            MaskedForward(model, (H, W)).eval(), (x, maps, c), tmp / MASKED_ONNX,
+            input_names=["image", "maps", "class_idx"], output_names=["scores"],
+            dynamic_shapes=({0: batch}, {0: batch, 1: m_dim, 2: mh, 3: mw}, {0: batch}), opset=opset,
+        )
+        timings["masked_forward_s"] = time.perf_counter() - t
+
+        manifest = Manifest(
+            model=model_name or type(model).__name__,
+            layer=layer_name,
+            input_size=(H, W),
+            channels=K,
+            feature_size=(h, w),
+            num_classes=C,
+            mean=list(mean) if mean is not None else None,
+            std=list(std) if std is not None else None,
+            opset=opset,
+            files={n: sha256_file(tmp / n) for n in (GRADIENT_ONNX, MASKED_ONNX)},
+            exporter_version=__version__,
+            torch_version=torch.__version__,
+            extra={"export_timings_s": timings},
+        )
+        (tmp / MANIFEST).write_text(manifest.to_json())
+    return manifest
+
+
+def graph_stats(path: str | Path) -> dict:
+    """Size in bytes and op counts of an ONNX file (for reports)."""
+    import collections
+
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    ops = collections.Counter(n.op_type for n in m.graph.node)
+    return {"bytes": Path(path).stat().st_size, "nodes": sum(ops.values()), "ops": dict(sorted(ops.items()))}
+
+

@@ -1,0 +1,76 @@
+"""The two functions we export, written in PyTorch, and their tracing into ATen graphs.
+
+Route for gradients (``torch.onnx.export`` cannot trace a backward call):
+1. ``GradientFunction`` runs the model with a forward hook that makes the target layer's output a
+   fresh autograd leaf, and calls ``torch.autograd.grad`` of the selected logits w.r.t. that leaf.
+2. ``make_fx`` traces it below autograd (symbolic shapes), so the backward appears as plain ATen
+   ops; PyTorch's core decompositions plus ours (``decompositions.py``) lower the backward ops that
+   have no ONNX translation (``convolution_backward``, pooling backwards) to forward ops.
+3. The traced graph is an ordinary ``GraphModule``: the dynamo ONNX exporter exports it with a
+   dynamic batch dimension (``onnx_export.py``).
+Only the layers after the target are differentiated; the layers before it run forward only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unioncam.methods.core import ActivationTap
+
+
+class GradientFunction(nn.Module):
+    """(image (B,3,H,W) in [0,1], class_idx (B,) int64) -> logits (B,C), activations, gradients (B,K,h,w)."""
+
+    def __init__(self, model: nn.Module, layer_name: str, layer: nn.Module):
+        super().__init__()
+        self.model = model
+        self.layer_name = layer_name
+        self.layer = layer
+
+    def forward(self, image: torch.Tensor, class_idx: torch.Tensor):
+        with ActivationTap(self.layer_name, self.layer) as tap:
+            logits = self.model(image)
+        # One-hot weights instead of gather: gather's backward is a ScatterElements, avoided here.
+        onehot = (torch.arange(logits.shape[1], device=logits.device)[None, :] == class_idx[:, None]).to(logits.dtype)
+        (grads,) = torch.autograd.grad((logits * onehot).sum(), tap.activations)
+        return logits, tap.activations, grads
+
+
+class MaskedForward(nn.Module):
+    """(image (B,3,H,W), maps (B,M,h',w'), class_idx (B,)) -> scores (B,M) = p_c(N(map) * image).
+
+    ``N`` = minmax(up(map)), zero for a constant map (README, "The method"). Maps may be activations
+    (h', w') = (h, w) or full-size maps (H, W), where the half-pixel bilinear resize is the identity.
+    """
+
+    def __init__(self, model: nn.Module, input_size: tuple[int, int]):
+        super().__init__()
+        self.model = model
+        self.input_size = tuple(input_size)
+
+    def forward(self, image: torch.Tensor, maps: torch.Tensor, class_idx: torch.Tensor):
+        B, M, h, w = maps.shape
+        H, W = self.input_size
+        up = F.interpolate(maps.reshape(B * M, 1, h, w), size=(H, W), mode="bilinear", align_corners=False)
+        up = up.reshape(B, M, H, W)
+        lo = up.amin(dim=(2, 3), keepdim=True)
+        hi = up.amax(dim=(2, 3), keepdim=True)
+        rng = hi - lo
+        flat_maps = maps.reshape(B, M, h * w)
+        nonconst = (rng > 0) & (flat_maps.amax(dim=2) > flat_maps.amin(dim=2))[:, :, None, None]
+        masks = torch.where(nonconst, (up - lo) / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(up))
+        x = (image[:, None] * masks[:, :, None]).reshape(B * M, 3, H, W)
+        probs = torch.softmax(self.model(x), dim=1).reshape(B, M, -1)
+        return torch.gather(probs, 2, class_idx.reshape(B, 1, 1).expand(B, M, 1)).reshape(B, M)
+
+
+def trace(fn: nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
+    """Trace ``fn`` below autograd into ATen ops with symbolic shapes, lowering backward ops."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from .decompositions import decomposition_table
+
+    return make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="symbolic", _allow_non_fake_inputs=True)(
+        *example_inputs
+    )

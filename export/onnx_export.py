@@ -1,0 +1,92 @@
+"""GraphModule / nn.Module -> ONNX file, with clean-ups TensorRT's parser needs and full checks."""
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+from unioncam.errors import ExportError
+
+# Ops whose trailing outputs are optional in ONNX; an unused one is dropped (TensorRT rejects
+# MaxPool's "Indices" output, and the exporter emits it even when nothing reads it).
+_OPTIONAL_TRAILING_OUTPUTS = {"MaxPool", "BatchNormalization", "Dropout"}
+
+
+def strip_unused_optional_outputs(model) -> int:
+    """Remove unused trailing outputs of MaxPool/BatchNormalization/Dropout nodes in place.
+
+    Returns:
+        The number of outputs removed.
+    """
+    import onnx  # noqa: F401
+
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    for f in model.functions:
+        used |= {i for n in f.node for i in n.input}
+    removed = 0
+    for node in model.graph.node:
+        if node.op_type not in _OPTIONAL_TRAILING_OUTPUTS:
+            continue
+        while len(node.output) > 1 and node.output[-1] not in used:
+            node.output.pop()
+            removed += 1
+    return removed
+
+
+def check(path: Path) -> None:
+    """``onnx.checker`` with full checks, plus strict shape inference."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        onnx.shape_inference.infer_shapes_path(str(path), str(path) + ".inferred", strict_mode=True, check_type=True)
+    except Exception as e:
+        raise ExportError(f"exported graph {path.name} fails onnx.checker: {e}") from None
+    finally:
+        Path(str(path) + ".inferred").unlink(missing_ok=True)
+
+
+def _unsupported_op_message(err: Exception, graph_module) -> str | None:
+    """'aten.xxx' without an ONNX translation, with the layer(s) that emit it, from an export error."""
+    m = re.search(r"OpOverload\(op='([\w.]+)', overload='(\w+)'\)", str(err))
+    if not m:
+        return None
+    op_name = f"{m.group(1)}.{m.group(2)}"
+    layers = []
+    if graph_module is not None:
+        for node in graph_module.graph.nodes:
+            if node.op == "call_function" and str(node.target) == op_name:
+                stack = node.meta.get("nn_module_stack") or {}
+                names = [v[0] if isinstance(v, tuple) else str(v) for v in stack.values()]
+                layers.append(names[-1] if names else node.name)
+    where = f" (emitted for layer {', '.join(sorted(set(layers)))})" if layers else ""
+    return f"unsupported op {op_name}{where}: it has no ONNX translation or decomposition in unioncam's exporter"
+
+
+def export_onnx(fn: torch.nn.Module, example_inputs: tuple, path: Path, *, input_names, output_names,
+                dynamic_shapes, opset: int, graph_module=None) -> None:
+    """Export ``fn`` with the dynamo exporter, strip unusable outputs, save, check."""
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                fn, example_inputs, input_names=list(input_names), output_names=list(output_names),
+                dynamic_shapes=dynamic_shapes, dynamo=True, opset_version=opset, optimize=True, verbose=False,
+            )
+        except Exception as e:
+            msg = _unsupported_op_message(e, graph_module)
+            if msg:
+                raise ExportError(msg) from None
+            root = e
+            while root.__cause__ is not None:
+                root = root.__cause__
+            first = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
+            raise ExportError(f"torch.onnx.export failed for {path.name}: {type(root).__name__}: {first}") from e
+    model = program.model_proto
+    strip_unused_optional_outputs(model)
+    onnx.save_model(model, str(path))
+    check(path)

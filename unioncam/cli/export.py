@@ -1,0 +1,56 @@
+"""``unioncam export``: ONNX graphs (+ TensorRT engines) for a registered model."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export gradient.onnx, masked_forward.onnx, manifest.json (and TensorRT engines)",
+        description="Export a registered model around a target layer into a folder the runtime loads.",
+    )
+    p.add_argument("--model", default="efficientnet_lite0", help="registered model name (default: efficientnet_lite0)")
+    p.add_argument("--weights", type=Path, help="checkpoint file (torchvision state_dict for vgg16/resnet50)")
+    p.add_argument("--layer", help="target layer (default: the model's documented default)")
+    p.add_argument("--input-size", type=int, nargs="+", help="H [W] of the input (default: the model's)")
+    p.add_argument("--out", type=Path, required=True, help="artifact folder to write (replaced atomically)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--engine", action="store_true", help="also build TensorRT engines")
+    p.add_argument("--fp16", action="store_true", help="allow FP16 kernels in the engines (standard TensorRT)")
+    p.add_argument("--max-batch", type=int, default=64, help="engine profile: max batch / maps per call (default 64)")
+    p.add_argument("--compute-capability", help="TensorRT-RTX: build ahead of time for SM80/SM86/SM89 (no GPU needed)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InvalidInputError
+    from ..models import load, spec
+    from ..export import export, graph_stats
+
+    s = spec(args.model)
+    size = tuple(args.input_size) if args.input_size else s.input_size
+    if len(size) == 1:
+        size = (size[0], size[0])
+    if len(size) != 2:
+        raise InvalidInputError(f"--input-size takes H or H W, got {args.input_size}")
+    model, default_layer = load(args.model, args.weights)
+    t = time.perf_counter()
+    manifest = export(model, args.layer or default_layer, args.out, input_size=size, opset=args.opset,
+                      model_name=args.model, mean=s.mean, std=s.std)
+    print(f"exported {args.model} layer {manifest.layer} (K={manifest.channels}, {manifest.feature_size[0]}x"
+          f"{manifest.feature_size[1]}) to {args.out} in {time.perf_counter() - t:.1f} s")
+    for name in manifest.files:
+        st = graph_stats(args.out / name)
+        print(f"  {name}: {st['bytes'] / 1e6:.1f} MB, {st['nodes']} nodes")
+    if args.engine:
+        from ..export import build_engine
+
+        for name in manifest.files:
+            header = build_engine(args.out / name, fp16=args.fp16, max_batch=args.max_batch,
+                                  compute_capability=args.compute_capability)
+            print(f"  {Path(name).with_suffix('.engine')}: {header['trt_module']} {header['trt_version']}, "
+                  f"{header['gpu_name']}, {header['engine_bytes'] / 1e6:.1f} MB, built in {header['build_seconds']:.1f} s")
+    return 0
