@@ -94,14 +94,29 @@ def max_pool2d_with_indices_backward(grad_output, self, kernel_size, stride, pad
     return grad[:, :, ph : ph + H, pw : pw + W]
 
 
+def adaptive_max_pool2d_backward(grad_output, self, indices):
+    """Adaptive max pooling whose windows tile the input evenly is plain max pooling."""
+    H, W = int(self.shape[-2]), int(self.shape[-1])
+    oh, ow = int(grad_output.shape[-2]), int(grad_output.shape[-1])
+    if H % oh or W % ow:
+        raise NotImplementedError(
+            f"adaptive_max_pool2d_backward: output {oh}x{ow} does not tile the input {H}x{W} evenly"
+        )
+    k = [H // oh, W // ow]
+    return max_pool2d_with_indices_backward(grad_output, self, k, k, [0, 0], [1, 1], False, indices)
+
+
 def _adaptive_matrix(n_in: int, n_out: int, dtype, device) -> torch.Tensor:
-    """(n_out, n_in) averaging matrix of adaptive average pooling along one axis."""
-    P = torch.zeros(n_out, n_in, dtype=dtype, device=device)
+    """(n_out, n_in) averaging matrix of adaptive average pooling along one axis.
+
+    Built in Python and turned into one constant: element-wise writes would each become graph ops.
+    """
+    rows = []
     for i in range(n_out):
         start = (i * n_in) // n_out
         end = -((-(i + 1) * n_in) // n_out)
-        P[i, start:end] = 1.0 / (end - start)
-    return P
+        rows.append([1.0 / (end - start) if start <= j < end else 0.0 for j in range(n_in)])
+    return torch.tensor(rows, dtype=dtype, device=device)
 
 
 def adaptive_avg_pool2d_backward(grad_output, self):
@@ -139,5 +154,6 @@ def decomposition_table() -> dict:
     table[aten.convolution_backward.default] = convolution_backward
     table[aten.max_pool2d_with_indices_backward.default] = max_pool2d_with_indices_backward
     table[aten._adaptive_avg_pool2d_backward.default] = adaptive_avg_pool2d_backward
+    table[aten.adaptive_max_pool2d_backward.default] = adaptive_max_pool2d_backward
     table[aten.avg_pool2d_backward.default] = avg_pool2d_backward
     return table

@@ -109,7 +109,7 @@ def export(
         export_onnx(
             _Call(gm).eval(), (x, c), tmp / GRADIENT_ONNX,
             input_names=["image", "class_idx"], output_names=["logits", "activations", "gradients"],
-            dynamic_shapes=({0: batch}, {0: batch}), opset=opset, graph_module=gm,
+            dynamic_shapes=({0: batch}, {0: batch}), opset=opset, model=model, layer_name=layer_name,
         )
         timings["gradient_s"] = time.perf_counter() - t
 
@@ -122,6 +122,7 @@ def export(
             MaskedForward(model, (H, W)).eval(), (x, maps, c), tmp / MASKED_ONNX,
             input_names=["image", "maps", "class_idx"], output_names=["scores"],
             dynamic_shapes=({0: batch}, {0: batch, 1: m_dim, 2: mh, 3: mw}, {0: batch}), opset=opset,
+            model=model, layer_name=layer_name,
         )
         timings["masked_forward_s"] = time.perf_counter() - t
 

@@ -48,25 +48,32 @@ def check(path: Path) -> None:
         Path(str(path) + ".inferred").unlink(missing_ok=True)
 
 
-def _unsupported_op_message(err: Exception, graph_module) -> str | None:
-    """'aten.xxx' without an ONNX translation, with the layer(s) that emit it, from an export error."""
+def _unsupported_op_message(err: Exception, model=None, layer_name: str | None = None) -> str | None:
+    """'unsupported op aten.xxx (layer ...)' from an export error, or None if the error is another one.
+
+    Backward ops run outside any module's forward, so the layer is found by matching the op's name
+    to module class names (``fractional_max_pool2d`` -> ``FractionalMaxPool2d``).
+    """
     m = re.search(r"OpOverload\(op='([\w.]+)', overload='(\w+)'\)", str(err))
     if not m:
         return None
     op_name = f"{m.group(1)}.{m.group(2)}"
+    base = m.group(1).split(".")[-1].removesuffix("_backward").lstrip("_").replace("_", "").lower()
     layers = []
-    if graph_module is not None:
-        for node in graph_module.graph.nodes:
-            if node.op == "call_function" and str(node.target) == op_name:
-                stack = node.meta.get("nn_module_stack") or {}
-                names = [v[0] if isinstance(v, tuple) else str(v) for v in stack.values()]
-                layers.append(names[-1] if names else node.name)
-    where = f" (emitted for layer {', '.join(sorted(set(layers)))})" if layers else ""
+    if model is not None:
+        for name, mod in model.named_modules():
+            cls = type(mod).__name__.lower()
+            if name and (cls == base or cls.replace("2d", "") == base.replace("2d", "")):
+                layers.append(name)
+    if layers:
+        where = f" in layer {', '.join(layers[:5])}"
+    else:
+        where = f" in the layers after {layer_name!r}" if layer_name else ""
     return f"unsupported op {op_name}{where}: it has no ONNX translation or decomposition in unioncam's exporter"
 
 
 def export_onnx(fn: torch.nn.Module, example_inputs: tuple, path: Path, *, input_names, output_names,
-                dynamic_shapes, opset: int, graph_module=None) -> None:
+                dynamic_shapes, opset: int, model=None, layer_name=None) -> None:
     """Export ``fn`` with the dynamo exporter, strip unusable outputs, save, check."""
     import onnx
 
@@ -78,7 +85,7 @@ def export_onnx(fn: torch.nn.Module, example_inputs: tuple, path: Path, *, input
                 dynamic_shapes=dynamic_shapes, dynamo=True, opset_version=opset, optimize=True, verbose=False,
             )
         except Exception as e:
-            msg = _unsupported_op_message(e, graph_module)
+            msg = _unsupported_op_message(e, model, layer_name)
             if msg:
                 raise ExportError(msg) from None
             root = e

@@ -12,3 +12,35 @@ def lite0():
     from unioncam.models import load
 
     return load("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def lite0_artifacts(lite0, tmp_path_factory):
+    """efficientnet_lite0 exported at its default layer, once per session."""
+    from unioncam.export import export
+
+    model, layer = lite0
+    out = tmp_path_factory.mktemp("art") / "lite0"
+    export(model, layer, out, input_size=(224, 224), model_name="efficientnet_lite0")
+    return out
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """Two real bundled photos as a (2, 3, 224, 224) float32 batch in [0, 1]: cat, espresso."""
+    import numpy as np
+
+    from unioncam.image_io import read_rgb, sample_image_path, to_model_input
+
+    return np.stack([to_model_input(read_rgb(sample_image_path(n)), (224, 224)) for n in ("chelsea", "coffee")])
+
+
+@pytest.fixture(scope="session")
+def lite0_eager(lite0, photos):
+    """The eager reference's explanation of both photos (computed once: ~25 s per photo)."""
+    import torch
+
+    from unioncam import UnionCAM
+
+    model, layer = lite0
+    return UnionCAM(model, layer, batch_size=32)(torch.from_numpy(photos))

@@ -1,0 +1,214 @@
+"""Exported graphs under ONNX Runtime against torch: gradients, masked scores, checks, bad input."""
+import json
+import os
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from tiny import TinyCNN, tiny_images
+from unioncam import ExportError, InvalidInputError, LayerNotFoundError
+from unioncam.export import export
+from unioncam.export.decompositions import (
+    adaptive_avg_pool2d_backward,
+    max_pool2d_with_indices_backward,
+)
+from unioncam.methods.core import masked_scores, resolve_layer
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def torch_gradient_at(model, layer, images, acts, classes):
+    """d logits[c] / dA computed by torch's autograd on the given activations (not its own)."""
+    leaf = torch.from_numpy(acts).requires_grad_(True)
+    handle = layer.register_forward_hook(lambda m, i, o: leaf * 1.0)
+    try:
+        logits = model(torch.from_numpy(images))
+    finally:
+        handle.remove()
+    sel = logits.gather(1, torch.from_numpy(classes)[:, None]).sum()
+    (g,) = torch.autograd.grad(sel, leaf)
+    return logits.detach().numpy(), g.numpy()
+
+
+def check_gradient_graph(model, layer_name, art, images, classes):
+    """logits/activations vs torch on the image; gradients vs torch on identical activations."""
+    _, layer = resolve_layer(model, layer_name)
+    logits, acts, grads = _session(art / "gradient.onnx").run(None, {"image": images, "class_idx": classes})
+    store = {}
+    h = layer.register_forward_hook(lambda m, i, o: store.setdefault("a", o.detach().clone()))
+    with torch.no_grad():
+        ref_logits = model(torch.from_numpy(images)).numpy()
+    h.remove()
+    ref_acts = store["a"].numpy()
+    assert np.abs(logits - ref_logits).max() <= 1e-4 * max(1.0, np.abs(ref_logits).max())
+    assert np.abs(acts - ref_acts).max() <= 1e-4 * max(1.0, np.abs(ref_acts).max())
+    _, ref_grads = torch_gradient_at(model, layer, images, acts, classes)
+    scale = max(np.abs(ref_grads).max(), 1e-12)
+    rel = np.abs(grads - ref_grads).max() / scale
+    assert rel <= 1e-4, rel
+    return rel
+
+
+@pytest.fixture(scope="module")
+def tiny_art(tmp_path_factory):
+    model = TinyCNN()
+    out = tmp_path_factory.mktemp("tiny") / "art"
+    export(model, "features.3", out, input_size=(32, 32))
+    return model, out
+
+
+def test_tiny_gradient_graph_matches_autograd(tiny_art):
+    model, art = tiny_art
+    images = tiny_images(4, seed=7).numpy()
+    check_gradient_graph(model, "features.3", art, images, np.array([0, 4, 2, 1], dtype=np.int64))
+    # Dynamic batch: 1 works as well as 4.
+    check_gradient_graph(model, "features.3", art, images[:1], np.array([3], dtype=np.int64))
+
+
+@pytest.mark.parametrize("m", [1, 7, 300])
+def test_tiny_masked_forward_matches_eager(tiny_art, m):
+    model, art = tiny_art
+    images = tiny_images(2, seed=3)
+    g = torch.Generator().manual_seed(m)
+    maps = torch.rand(2, m, 8, 8, generator=g)
+    classes = torch.tensor([1, 3])
+    (scores,) = _session(art / "masked_forward.onnx").run(
+        None, {"image": images.numpy(), "maps": maps.numpy(), "class_idx": classes.numpy()})
+    ref = masked_scores(model, images, torch.arange(2).repeat_interleave(m), maps.reshape(-1, 8, 8), classes,
+                        batch_size=64).reshape(2, m)
+    assert scores.shape == (2, m)
+    assert np.abs(scores - ref.numpy()).max() <= 1e-5
+
+
+def test_full_size_maps_and_constant_map_give_black_score(tiny_art):
+    model, art = tiny_art
+    s = _session(art / "masked_forward.onnx")
+    images = tiny_images(1, seed=4).numpy()
+    maps = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+    maps[0, 1] = 0.37  # constant map: the mask is zero, the image black
+    classes = np.array([2], dtype=np.int64)
+    (scores,) = s.run(None, {"image": images, "maps": maps, "class_idx": classes})
+    (black,) = s.run(None, {"image": np.zeros_like(images), "maps": maps, "class_idx": classes})
+    assert scores[0, 1] == black[0, 0] == black[0, 2]
+    ref = masked_scores(model, torch.from_numpy(images), torch.zeros(3, dtype=torch.int64), torch.from_numpy(maps[0]),
+                        torch.from_numpy(classes), batch_size=8)
+    assert np.abs(scores[0] - ref.numpy()).max() <= 1e-5
+
+
+def test_graphs_pass_checker_and_manifest(tiny_art):
+    _, art = tiny_art
+    for name in ("gradient.onnx", "masked_forward.onnx"):
+        onnx.checker.check_model(str(art / name), full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(onnx.load(str(art / name)), strict_mode=True)
+        for node in inferred.graph.node:  # TensorRT rejects MaxPool's indices output
+            if node.op_type == "MaxPool":
+                assert len(node.output) == 1
+    man = json.loads((art / "manifest.json").read_text())
+    assert man["channels"] == 6 and man["feature_size"] == [8, 8] and man["num_classes"] == 5
+    assert man["input_size"] == [32, 32] and set(man["files"]) == {"gradient.onnx", "masked_forward.onnx"}
+    assert len(man["files"]["gradient.onnx"]) == 64 and man["torch_version"] == torch.__version__
+    assert not [p for p in art.parent.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_lite0_real_weights_gradient_graph(lite0, lite0_artifacts, photos):
+    model, layer = lite0
+    classes = np.array([285, 967], dtype=np.int64)  # Egyptian cat, espresso
+    check_gradient_graph(model, layer, lite0_artifacts, photos, classes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet50", "vgg16"])
+def test_registry_models_export_and_agree(name, tmp_path):
+    from unioncam.models import load
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, layer = load(name)
+    # 64x64 keeps the test quick; for vgg16 it also exercises the adaptive-pool backward that
+    # upsamples (2x2 -> 7x7), and the 2x2 max-pool after features.29.
+    export(model, layer, tmp_path / name, input_size=(64, 64))
+    images = tiny_images(2, size=64, seed=11).numpy()
+    check_gradient_graph(model, layer, tmp_path / name, images, np.array([3, 999], dtype=np.int64))
+    s = _session(tmp_path / name / "masked_forward.onnx")
+    maps = np.random.default_rng(1).random((1, 5, 2 if name == "resnet50" else 4, 2 if name == "resnet50" else 4),
+                                           dtype=np.float32)
+    (scores,) = s.run(None, {"image": images[:1], "maps": maps, "class_idx": np.array([3])})
+    ref = masked_scores(model, torch.from_numpy(images[:1]), torch.zeros(5, dtype=torch.int64), torch.from_numpy(maps[0]),
+                        torch.tensor([3]), batch_size=8)
+    assert np.abs(scores[0] - ref.numpy()).max() <= 1e-5
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation, ceil", [
+    (2, 2, 0, 1, False), (3, 2, 1, 1, False), (3, 1, 1, 1, False), (2, 2, 0, 1, True), (3, 2, 0, 2, False)])
+def test_max_pool_backward_without_indices_matches_torch_with_ties(kernel, stride, padding, dilation, ceil):
+    g = torch.Generator().manual_seed(0)
+    # Integers in {0, 1, 2}: many exact ties, as after a ReLU; the first maximum must get the gradient.
+    x = torch.randint(0, 3, (2, 3, 9, 9), generator=g).double().requires_grad_()
+    out, idx = torch.nn.functional.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode=ceil, return_indices=True)
+    go = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    (ref,) = torch.autograd.grad(out, x, go)
+    mine = max_pool2d_with_indices_backward(go, x.detach(), [kernel] * 2, [stride] * 2, [padding] * 2, [dilation] * 2, ceil, idx)
+    np.testing.assert_allclose(mine.numpy(), ref.numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("in_size, out_size", [(7, 7), (4, 7), (9, 4), (6, 3)])
+def test_adaptive_avg_pool_backward(in_size, out_size):
+    x = torch.rand(1, 2, in_size, in_size, dtype=torch.float64, requires_grad=True)
+    out = torch.nn.functional.adaptive_avg_pool2d(x, out_size)
+    go = torch.rand(out.shape, dtype=torch.float64)
+    (ref,) = torch.autograd.grad(out, x, go)
+    np.testing.assert_allclose(adaptive_avg_pool2d_backward(go, x.detach()).numpy(), ref.numpy(), atol=1e-12)
+
+
+class NoTensor(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+
+    def forward(self, x):
+        return {"logits": self.features(x).mean((2, 3))}
+
+
+class FractionalHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        self.pool = nn.FractionalMaxPool2d(2, output_size=3)
+        self.fc = nn.Linear(36, 3)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+def test_bad_exports_raise_and_leave_nothing(tmp_path):
+    out = tmp_path / "art"
+    with pytest.raises(LayerNotFoundError, match="not found"):
+        export(TinyCNN(), "features.7", out, input_size=(32, 32))
+    with pytest.raises(InvalidInputError, match="not a tensor"):
+        export(NoTensor(), "features.1", out, input_size=(16, 16))
+    with pytest.raises(ExportError, match="cannot run on a"):
+        export(TinyCNN(), "features.3", out, input_size=(2, 2))
+    with pytest.raises(ExportError, match=r"unsupported op aten\.fractional_max_pool2d.* layer pool"):
+        export(FractionalHead().eval(), "features.1", out, input_size=(16, 16))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(Exception, match="cannot write into"):
+        export(TinyCNN(), "features.3", blocker / "art", input_size=(32, 32))
+    assert not out.exists()
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+def test_failed_reexport_keeps_previous_artifacts(tmp_path):
+    out = tmp_path / "art"
+    export(TinyCNN(), "features.3", out, input_size=(32, 32))
+    before = (out / "manifest.json").read_text()
+    with pytest.raises(ExportError):
+        export(TinyCNN(), "features.3", out, input_size=(2, 2))
+    assert (out / "manifest.json").read_text() == before
