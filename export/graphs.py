@@ -20,7 +20,11 @@ from unioncam.methods.core import ActivationTap
 
 
 class GradientFunction(nn.Module):
-    """(image (B,3,H,W) in [0,1], class_idx (B,) int64) -> logits (B,C), activations, gradients (B,K,h,w)."""
+    """(image (B,3,H,W) in [0,1], class_idx (B,) int64) -> logits (B,C), activations, gradients (B,K,h,w).
+
+    A negative class index selects the arg-max of the image's logits (first maximum), so the
+    runtime needs one pass whether or not the class is given.
+    """
 
     def __init__(self, model: nn.Module, layer_name: str, layer: nn.Module):
         super().__init__()
@@ -31,8 +35,9 @@ class GradientFunction(nn.Module):
     def forward(self, image: torch.Tensor, class_idx: torch.Tensor):
         with ActivationTap(self.layer_name, self.layer) as tap:
             logits = self.model(image)
+        classes = torch.where(class_idx < 0, logits.argmax(dim=1), class_idx)
         # One-hot weights instead of gather: gather's backward is a ScatterElements, avoided here.
-        onehot = (torch.arange(logits.shape[1], device=logits.device)[None, :] == class_idx[:, None]).to(logits.dtype)
+        onehot = (torch.arange(logits.shape[1], device=logits.device)[None, :] == classes[:, None]).to(logits.dtype)
         (grads,) = torch.autograd.grad((logits * onehot).sum(), tap.activations)
         return logits, tap.activations, grads
 
