@@ -6,6 +6,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """The CLI's export cache goes to a temporary folder, shared by the whole session."""
+    import os
+
+    old = os.environ.get("UNIONCAM_CACHE")
+    os.environ["UNIONCAM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("UNIONCAM_CACHE", None)
+    else:
+        os.environ["UNIONCAM_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def lite0():
     """The real default model (bundled ImageNet weights), loaded once."""

@@ -81,3 +81,39 @@ def test_console_script_bad_image_exit_code(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert "cannot decode" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_torch_and_onnxruntime_backends_agree_and_cache_is_reused(tmp_path, capsys):
+    photo = str(sample_image_path("coffee"))
+    assert main(["explain", photo, "--layer", "stem", "--backend", "torch", "--out", str(tmp_path / "t"), "--no-progress"]) == 0
+    assert main(["explain", photo, "--layer", "stem", "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["explain", photo, "--layer", "stem", "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    assert "exporting" not in capsys.readouterr().err  # the cached export is reused
+    a = np.load(tmp_path / "t" / "coffee_cam.npy")
+    b = np.load(tmp_path / "o" / "coffee_cam.npy")
+    assert np.abs(a - b).max() <= 1e-3
+    ja = json.loads((tmp_path / "t" / "coffee.json").read_text())
+    jb = json.loads((tmp_path / "o" / "coffee.json").read_text())
+    assert ja["backend"] == "torch" and jb["backend"] == "onnxruntime"
+    assert abs(ja["beta_region"] - jb["beta_region"]) <= 1e-4 and ja["selected"] == jb["selected"]
+
+
+def test_corrupt_cache_entry_is_exported_again(tmp_path, capsys):
+    import os
+    from pathlib import Path
+
+    photo = str(sample_image_path("coffee"))
+    assert main(["explain", photo, "--layer", "stem", "--out", str(tmp_path), "--no-progress"]) == 0
+    entry = next(Path(os.environ["UNIONCAM_CACHE"]).glob("efficientnet_lite0-stem-*"))
+    with open(entry / "masked_forward.onnx", "ab") as f:
+        f.write(b"junk")
+    capsys.readouterr()
+    assert main(["explain", photo, "--layer", "stem", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert "exporting again" in capsys.readouterr().err
+
+
+def test_unavailable_device_is_a_clear_error(tmp_path, capsys):
+    rc = main(["explain", str(sample_image_path("coffee")), "--layer", "stem", "--device", "cuda", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "CUDAExecutionProvider" in err and "Traceback" not in err

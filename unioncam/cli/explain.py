@@ -13,7 +13,8 @@ import numpy as np
 from ..errors import UnionCAMError
 from ..image_io import overlay, read_rgb, sample_image_path, to_model_input, write_image
 
-BACKENDS = ("torch",)
+BACKENDS = ("onnxruntime", "tensorrt", "torch")
+DEVICES = ("cpu", "cuda")
 
 
 def add_parser(sub) -> None:
@@ -30,8 +31,11 @@ def add_parser(sub) -> None:
     p.add_argument("--class", dest="class_idx", type=int, help="class to explain (default: the predicted class)")
     p.add_argument("--theta", type=float, default=10.0, help="AMD percentile threshold in [0, 100] (default 10)")
     p.add_argument("--out", type=Path, default=Path("unioncam_out"), help="output folder (default ./unioncam_out)")
-    p.add_argument("--batch-size", type=int, default=64, help="masked forward passes per batch (default 64)")
-    p.add_argument("--backend", choices=BACKENDS, default="torch", help="execution backend (default: torch)")
+    p.add_argument("--batch-size", type=int, help="masked forward passes per call (default: per backend)")
+    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
+                   help="onnxruntime (default; exports the model into the cache on first use), tensorrt, "
+                        "or torch (the eager reference)")
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default) or cuda")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -53,36 +57,108 @@ def _ensure_out(out: Path) -> None:
         raise UnionCAMError(f"output folder {out} is not writable; choose another with --out")
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
+def _explainer(args, model_spec):
+    """(explain(x (1,3,H,W) float32) -> Explanation, layer name), for the chosen backend."""
+    if args.backend == "torch":
+        import torch
 
-    from .. import UnionCAM
+        from .. import UnionCAM
+        from ..models import load
+
+        model, default_layer = load(args.model, args.weights)
+        device = torch.device(args.device)
+        model.to(device)
+        layer = args.layer or default_layer
+        explainer = UnionCAM(model, layer, theta=args.theta, batch_size=args.batch_size or 64, progress=not args.no_progress)
+        return (lambda x: explainer(torch.from_numpy(x).to(device), args.class_idx)), layer
+
+    from ..runtime import Explainer
+
+    directory, layer = ensure_exported(args, model_spec, engines=args.backend == "tensorrt")
+    runtime = Explainer(directory, backend=args.backend, device=args.device, batch_size=args.batch_size,
+                        theta=args.theta, progress=not args.no_progress)
+    return (lambda x: runtime(x, args.class_idx)), layer
+
+
+def ensure_exported(args, model_spec, *, engines: bool = False) -> tuple[Path, str]:
+    """The model's artifact folder in the cache, exported (atomically) on first use."""
+    from ..artifacts import MANIFEST, Manifest
+    from ..cache import artifact_dir
+    from ..errors import ArtifactError
+    from ..model_specs import bundled_weights_path
+
+    bundled = bundled_weights_path(args.model) if args.weights is None else None
+    layer = args.layer or model_spec.default_layer
+    if args.weights is not None and not Path(args.weights).is_file():
+        from ..errors import WeightsError
+
+        raise WeightsError(f"weights file not found: {args.weights}")
+    directory = artifact_dir(args.model, layer, model_spec.input_size, args.weights, bundled)
+    fresh = (directory / MANIFEST).is_file()
+    if fresh:
+        try:
+            Manifest.load(directory).verify(directory)
+        except ArtifactError as e:
+            print(f"unioncam: cached export is unusable ({e}); exporting again", file=sys.stderr)
+            fresh = False
+    if not fresh:
+        from ..export import export
+        from ..models import load
+
+        print(f"unioncam: exporting {args.model} (layer {layer}) to {directory} (first use; later runs reuse it)",
+              file=sys.stderr)
+        model, _ = load(args.model, args.weights)
+        export(model, layer, directory, input_size=model_spec.input_size, model_name=args.model,
+               mean=model_spec.mean, std=model_spec.std)
+    if engines:
+        from ..export import build_engine
+
+        for name in ("gradient", "masked_forward"):
+            if not (directory / f"{name}.engine").is_file():
+                build_engine(directory / f"{name}.onnx", max_batch=64)
+    return directory, layer
+
+
+def run(args: argparse.Namespace) -> int:
     from ..classes import class_name
-    from ..models import load, spec
+    from ..model_specs import spec
 
     images = args.images or [sample_image_path("chelsea")]
     model_spec = spec(args.model)
+    if not 0.0 <= args.theta <= 100.0:
+        from ..errors import InvalidInputError
+
+        raise InvalidInputError(f"--theta is a percentile and must lie in [0, 100], got {args.theta}")
     _ensure_out(args.out)
+    # Read every image first: a bad file is reported without loading (or exporting) the model,
+    # and the good ones are still explained.
+    failures = 0
+    inputs = []
+    for path in images:
+        t_read = time.perf_counter()
+        try:
+            rgb = read_rgb(path)
+        except UnionCAMError as e:
+            print(f"unioncam: error: {e}", file=sys.stderr)
+            failures += 1
+            continue
+        inputs.append((path, rgb, to_model_input(rgb, model_spec.input_size)[None], (time.perf_counter() - t_read) * 1e3))
+    if not inputs:
+        return 1
     t_load = time.perf_counter()
-    model, default_layer = load(args.model, args.weights)
-    layer = args.layer or default_layer
-    explainer = UnionCAM(model, layer, theta=args.theta, batch_size=args.batch_size, progress=not args.no_progress)
+    explain, layer = _explainer(args, model_spec)
     load_ms = (time.perf_counter() - t_load) * 1e3
 
-    failures = 0
-    for path in images:
+    for path, rgb, x, read_ms in inputs:
         try:
-            t_read = time.perf_counter()
-            rgb = read_rgb(path)
-            x = torch.from_numpy(to_model_input(rgb, model_spec.input_size))[None]
-            read_ms = (time.perf_counter() - t_read) * 1e3
-            exp = explainer(x, args.class_idx)
+            exp = explain(x)
         except UnionCAMError as e:
             print(f"unioncam: error: {path}: {e}", file=sys.stderr)
             failures += 1
             continue
         e0 = exp[0]
         stem = Path(path).stem
+        num_classes = exp.logits.shape[1]
         np.save(args.out / f"{stem}_cam.npy", exp.cam[0].astype(np.float32))
         write_image(args.out / f"{stem}.png", overlay(rgb, exp.cam[0]))
         report = {
@@ -92,17 +168,17 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model,
             "weights": str(args.weights) if args.weights else ("bundled ImageNet" if model_spec.bundled_weights else "random (untrained)"),
             "layer": layer,
-            "theta": explainer.theta,
+            "theta": args.theta,
             "class_idx": e0["class_idx"],
-            "class_name": class_name(e0["class_idx"], exp.logits.shape[1]),
+            "class_name": class_name(e0["class_idx"], num_classes),
             "score": e0["score"],
-            "top5": _top5(exp.logits[0], lambda i: class_name(i, exp.logits.shape[1])),
+            "top5": _top5(exp.logits[0], lambda i: class_name(i, num_classes)),
             "selected": e0["selected"],
             "beta_denoising": e0["beta_denoising"],
             "beta_region": e0["beta_region"],
             "beta_de_region": e0["beta_de_region"],
             "backend": args.backend,
-            "device": "cpu",
+            "device": args.device,
             "stats": exp.stats,
             "timings_ms": {"load": load_ms, "read": read_ms, **exp.timings_ms},
         }

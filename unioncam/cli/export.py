@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InvalidInputError
-    from ..models import load, spec
+    from ..model_specs import spec
+    from ..models import load
     from ..export import export, graph_stats
 
     s = spec(args.model)

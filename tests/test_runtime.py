@@ -1,0 +1,180 @@
+"""The torch-free runtime (ONNX Runtime, CPU) against the eager reference, and its bad inputs."""
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tiny import TinyCNN, tiny_images
+from unioncam import ArtifactError, BackendUnavailableError, InvalidInputError, UnionCAM
+from unioncam.export import export
+from unioncam.runtime import Explainer
+
+MAPS = ("cam", "denoising", "region", "de_region")
+BETAS = ("beta_denoising", "beta_region", "beta_de_region")
+
+
+def assert_agree(rt, ref):
+    """The spec's tolerances: maps 1e-3, betas 1e-4, same selection unless the betas nearly tie."""
+    for key in MAPS:
+        assert np.abs(getattr(rt, key) - getattr(ref, key)).max() <= 1e-3, key
+    for key in BETAS:
+        assert np.abs(getattr(rt, key) - getattr(ref, key)).max() <= 1e-4, key
+    np.testing.assert_array_equal(rt.class_idx, ref.class_idx)
+    for i, (a, b) in enumerate(zip(rt.selected, ref.selected)):
+        assert a == b or abs(ref.beta_de_region[i] - ref.beta_region[i]) < 1e-4
+    assert np.abs(rt.score - ref.score).max() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    model = TinyCNN()
+    art = tmp_path_factory.mktemp("rt") / "tiny"
+    export(model, "features.3", art, input_size=(32, 32))
+    return model, art
+
+
+def test_tiny_runtime_matches_eager(tiny):
+    model, art = tiny
+    images = tiny_images(5, seed=21)
+    for classes in (None, [0, 1, 2, 3, 4], 2):
+        ref = UnionCAM(model, "features.3")(images, classes)
+        rt = Explainer(art, batch_size=4)(images.numpy(), classes)
+        assert_agree(rt, ref)
+    assert len(set(ref.class_idx.tolist())) == 1
+
+
+def test_batch_size_and_skipping_change_nothing(tiny):
+    _, art = tiny
+    images = tiny_images(3, seed=5).numpy()
+    images[2] = 0.0  # every activation map of a black image is constant
+    a = Explainer(art, batch_size=1)(images)
+    b = Explainer(art, batch_size=64)(images)
+    c = Explainer(art, skip_constant=False)(images)
+    assert a.stats["constant_channels"] > 0 and c.stats["masked_passes"] > a.stats["masked_passes"]
+    for key in MAPS + BETAS:
+        np.testing.assert_allclose(getattr(a, key), getattr(b, key), atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(getattr(a, key), getattr(c, key), atol=1e-6, err_msg=key)
+
+
+@pytest.mark.slow
+def test_real_model_two_photos_match_eager(lite0_artifacts, lite0_eager, photos):
+    ex = Explainer(lite0_artifacts)
+    rt = ex(photos)
+    assert_agree(rt, lite0_eager)
+    assert rt.class_idx.tolist() == [285, 967]  # Egyptian cat, espresso
+    skipped = rt.stats["constant_channels"] / (2 * 1280)
+    assert 0.3 < skipped < 0.8
+
+
+def test_threads_give_the_same_maps_as_serial_calls(tiny):
+    _, art = tiny
+    ex = Explainer(art, batch_size=3)
+    inputs = [tiny_images(2, seed=s).numpy() for s in range(8)]
+    serial = [ex(x).cam for x in inputs]
+    results = [None] * len(inputs)
+
+    def work(i):
+        results[i] = ex(inputs[i]).cam
+
+    for start in range(0, len(inputs), 4):
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(start, start + 4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for a, b in zip(serial, results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_runtime_imports_no_torch(tiny, tmp_path):
+    _, art = tiny
+    np.save(tmp_path / "x.npy", tiny_images(1).numpy())
+    code = textwrap.dedent(f"""
+        import sys, builtins
+        real_import = builtins.__import__
+        def guard(name, *a, **k):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked in this test")
+            return real_import(name, *a, **k)
+        builtins.__import__ = guard
+        import numpy as np
+        from unioncam.runtime import Explainer
+        exp = Explainer({str(art)!r})(np.load({str(tmp_path / 'x.npy')!r}))
+        assert exp.cam.shape == (1, 32, 32) and np.isfinite(exp.cam).all()
+        assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((1, 3, 16, 16), np.float32), r"shape \(B, 3, 32, 32\)"),
+    (np.full((1, 3, 32, 32), np.nan, np.float32), "NaN"),
+    (np.full((1, 3, 32, 32), 1.5, np.float32), r"\[0, 1\]"),
+    (np.zeros((1, 3, 32, 32), np.uint8), "float32"),
+    (torch.zeros(1, 3, 32, 32), "NumPy array"),
+])
+def test_bad_images(tiny, bad, match):
+    with pytest.raises(InvalidInputError, match=match):
+        Explainer(tiny[1])(bad)
+
+
+def test_bad_classes_and_options(tiny):
+    _, art = tiny
+    x = tiny_images(2).numpy()
+    ex = Explainer(art)
+    with pytest.raises(InvalidInputError, match="out of range"):
+        ex(x, 5)
+    with pytest.raises(InvalidInputError, match="one class per image"):
+        ex(x, [1, 2, 3])
+    with pytest.raises(InvalidInputError, match=r"\[0, 100\]"):
+        Explainer(art, theta=-1)
+    with pytest.raises(BackendUnavailableError, match="available"):
+        Explainer(art, device="cuda")
+    with pytest.raises(BackendUnavailableError, match="unknown backend"):
+        Explainer(art, backend="openvino")
+
+
+def test_missing_corrupt_and_tampered_artifacts(tiny, tmp_path):
+    _, art = tiny
+    with pytest.raises(ArtifactError, match="export the model first"):
+        Explainer(tmp_path / "nothing")
+    bad = tmp_path / "tampered"
+    shutil.copytree(art, bad)
+    with open(bad / "masked_forward.onnx", "ab") as f:
+        f.write(b"\x00")
+    with pytest.raises(ArtifactError, match="does not match its manifest"):
+        Explainer(bad)
+    missing = tmp_path / "missing"
+    shutil.copytree(art, missing)
+    (missing / "gradient.onnx").unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        Explainer(missing)
+    broken = tmp_path / "broken"
+    shutil.copytree(art, broken)
+    (broken / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="corrupt"):
+        Explainer(broken)
+    garbage = tmp_path / "garbage"
+    shutil.copytree(art, garbage)
+    (garbage / "gradient.onnx").write_bytes(b"not an onnx file")
+    man = json.loads((garbage / "manifest.json").read_text())
+    from unioncam.artifacts import sha256_file
+
+    man["files"]["gradient.onnx"] = sha256_file(garbage / "gradient.onnx")
+    (garbage / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ArtifactError, match="cannot load"):
+        Explainer(garbage)
+
+
+def test_tensorrt_backend_needs_cuda(tiny):
+    with pytest.raises(BackendUnavailableError):
+        Explainer(tiny[1], backend="tensorrt", device="cpu")
