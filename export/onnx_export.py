@@ -1,6 +1,7 @@
 """GraphModule / nn.Module -> ONNX file, with clean-ups TensorRT's parser needs and full checks."""
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -77,6 +78,8 @@ def export_onnx(fn: torch.nn.Module, example_inputs: tuple, path: Path, *, input
     """Export ``fn`` with the dynamo exporter, strip unusable outputs, save, check."""
     import onnx
 
+    # The exporter logs a warning per missing torchvision op on every call; none matter here.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -58,3 +58,16 @@ def lite0_eager(lite0, photos):
 
     model, layer = lite0
     return UnionCAM(model, layer, batch_size=32)(torch.from_numpy(photos))
+
+
+@pytest.fixture(scope="session")
+def tiny_art(tmp_path_factory):
+    """(TinyCNN, its artifact folder): exported once per session at 32x32, layer features.3."""
+    from tiny import TinyCNN
+
+    from unioncam.export import export
+
+    model = TinyCNN()
+    out = tmp_path_factory.mktemp("tiny") / "art"
+    export(model, "features.3", out, input_size=(32, 32))
+    return model, out

@@ -17,51 +17,20 @@ from unioncam.export.decompositions import (
     adaptive_avg_pool2d_backward,
     max_pool2d_with_indices_backward,
 )
-from unioncam.methods.core import masked_scores, resolve_layer
+from unioncam.export.verify import gradient_agreement, masked_agreement
+from unioncam.methods.core import masked_scores
 
 
 def _session(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def torch_gradient_at(model, layer, images, acts, classes):
-    """d logits[c] / dA computed by torch's autograd on the given activations (not its own)."""
-    leaf = torch.from_numpy(acts).requires_grad_(True)
-    handle = layer.register_forward_hook(lambda m, i, o: leaf * 1.0)
-    try:
-        logits = model(torch.from_numpy(images))
-    finally:
-        handle.remove()
-    sel = logits.gather(1, torch.from_numpy(classes)[:, None]).sum()
-    (g,) = torch.autograd.grad(sel, leaf)
-    return logits.detach().numpy(), g.numpy()
-
-
 def check_gradient_graph(model, layer_name, art, images, classes):
-    """logits/activations vs torch on the image; gradients vs torch on identical activations."""
-    _, layer = resolve_layer(model, layer_name)
-    logits, acts, grads = _session(art / "gradient.onnx").run(None, {"image": images, "class_idx": classes})
-    store = {}
-    h = layer.register_forward_hook(lambda m, i, o: store.setdefault("a", o.detach().clone()))
-    with torch.no_grad():
-        ref_logits = model(torch.from_numpy(images)).numpy()
-    h.remove()
-    ref_acts = store["a"].numpy()
-    assert np.abs(logits - ref_logits).max() <= 1e-4 * max(1.0, np.abs(ref_logits).max())
-    assert np.abs(acts - ref_acts).max() <= 1e-4 * max(1.0, np.abs(ref_acts).max())
-    _, ref_grads = torch_gradient_at(model, layer, images, acts, classes)
-    scale = max(np.abs(ref_grads).max(), 1e-12)
-    rel = np.abs(grads - ref_grads).max() / scale
-    assert rel <= 1e-4, rel
-    return rel
-
-
-@pytest.fixture(scope="module")
-def tiny_art(tmp_path_factory):
-    model = TinyCNN()
-    out = tmp_path_factory.mktemp("tiny") / "art"
-    export(model, "features.3", out, input_size=(32, 32))
-    return model, out
+    """logits/activations vs torch on the image; gradients vs torch on identical activations: 1e-4 relative."""
+    agree = gradient_agreement(model, layer_name, art, images, classes)
+    assert agree["logits_rel"] <= 1e-4 and agree["activations_rel"] <= 1e-4, agree
+    assert agree["gradients_rel"] <= 1e-4, agree
+    return agree
 
 
 def test_tiny_gradient_graph_matches_autograd(tiny_art):
@@ -136,13 +105,9 @@ def test_registry_models_export_and_agree(name, tmp_path):
     export(model, layer, tmp_path / name, input_size=(64, 64))
     images = tiny_images(2, size=64, seed=11).numpy()
     check_gradient_graph(model, layer, tmp_path / name, images, np.array([3, 999], dtype=np.int64))
-    s = _session(tmp_path / name / "masked_forward.onnx")
-    maps = np.random.default_rng(1).random((1, 5, 2 if name == "resnet50" else 4, 2 if name == "resnet50" else 4),
-                                           dtype=np.float32)
-    (scores,) = s.run(None, {"image": images[:1], "maps": maps, "class_idx": np.array([3])})
-    ref = masked_scores(model, torch.from_numpy(images[:1]), torch.zeros(5, dtype=torch.int64), torch.from_numpy(maps[0]),
-                        torch.tensor([3]), batch_size=8)
-    assert np.abs(scores[0] - ref.numpy()).max() <= 1e-5
+    side = 2 if name == "resnet50" else 4
+    maps = np.random.default_rng(1).random((5, side, side), dtype=np.float32)
+    assert masked_agreement(model, tmp_path / name, images[:1], maps, 3) <= 1e-5
 
 
 @pytest.mark.parametrize("kernel, stride, padding, dilation, ceil", [

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from tiny import TinyCNN, tiny_images
+from tiny import tiny_images
 from unioncam import ArtifactError, BackendUnavailableError, InvalidInputError, UnionCAM
-from unioncam.export import export
 from unioncam.runtime import Explainer
 
 MAPS = ("cam", "denoising", "region", "de_region")
@@ -32,16 +31,8 @@ def assert_agree(rt, ref):
     assert np.abs(rt.score - ref.score).max() <= 1e-5
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    model = TinyCNN()
-    art = tmp_path_factory.mktemp("rt") / "tiny"
-    export(model, "features.3", art, input_size=(32, 32))
-    return model, art
-
-
-def test_tiny_runtime_matches_eager(tiny):
-    model, art = tiny
+def test_tiny_runtime_matches_eager(tiny_art):
+    model, art = tiny_art
     images = tiny_images(5, seed=21)
     for classes in (None, [0, 1, 2, 3, 4], 2):
         ref = UnionCAM(model, "features.3")(images, classes)
@@ -50,8 +41,8 @@ def test_tiny_runtime_matches_eager(tiny):
     assert len(set(ref.class_idx.tolist())) == 1
 
 
-def test_batch_size_and_skipping_change_nothing(tiny):
-    _, art = tiny
+def test_batch_size_and_skipping_change_nothing(tiny_art):
+    _, art = tiny_art
     images = tiny_images(3, seed=5).numpy()
     images[2] = 0.0  # every activation map of a black image is constant
     a = Explainer(art, batch_size=1)(images)
@@ -73,8 +64,8 @@ def test_real_model_two_photos_match_eager(lite0_artifacts, lite0_eager, photos)
     assert 0.3 < skipped < 0.8
 
 
-def test_threads_give_the_same_maps_as_serial_calls(tiny):
-    _, art = tiny
+def test_threads_give_the_same_maps_as_serial_calls(tiny_art):
+    _, art = tiny_art
     ex = Explainer(art, batch_size=3)
     inputs = [tiny_images(2, seed=s).numpy() for s in range(8)]
     serial = [ex(x).cam for x in inputs]
@@ -93,8 +84,8 @@ def test_threads_give_the_same_maps_as_serial_calls(tiny):
         np.testing.assert_array_equal(a, b)
 
 
-def test_runtime_imports_no_torch(tiny, tmp_path):
-    _, art = tiny
+def test_runtime_imports_no_torch(tiny_art, tmp_path):
+    _, art = tiny_art
     np.save(tmp_path / "x.npy", tiny_images(1).numpy())
     code = textwrap.dedent(f"""
         import sys, builtins
@@ -122,13 +113,13 @@ def test_runtime_imports_no_torch(tiny, tmp_path):
     (np.zeros((1, 3, 32, 32), np.uint8), "float32"),
     (torch.zeros(1, 3, 32, 32), "NumPy array"),
 ])
-def test_bad_images(tiny, bad, match):
+def test_bad_images(tiny_art, bad, match):
     with pytest.raises(InvalidInputError, match=match):
-        Explainer(tiny[1])(bad)
+        Explainer(tiny_art[1])(bad)
 
 
-def test_bad_classes_and_options(tiny):
-    _, art = tiny
+def test_bad_classes_and_options(tiny_art):
+    _, art = tiny_art
     x = tiny_images(2).numpy()
     ex = Explainer(art)
     with pytest.raises(InvalidInputError, match="out of range"):
@@ -143,8 +134,8 @@ def test_bad_classes_and_options(tiny):
         Explainer(art, backend="openvino")
 
 
-def test_missing_corrupt_and_tampered_artifacts(tiny, tmp_path):
-    _, art = tiny
+def test_missing_corrupt_and_tampered_artifacts(tiny_art, tmp_path):
+    _, art = tiny_art
     with pytest.raises(ArtifactError, match="export the model first"):
         Explainer(tmp_path / "nothing")
     bad = tmp_path / "tampered"
@@ -175,6 +166,6 @@ def test_missing_corrupt_and_tampered_artifacts(tiny, tmp_path):
         Explainer(garbage)
 
 
-def test_tensorrt_backend_needs_cuda(tiny):
+def test_tensorrt_backend_needs_cuda(tiny_art):
     with pytest.raises(BackendUnavailableError):
-        Explainer(tiny[1], backend="tensorrt", device="cpu")
+        Explainer(tiny_art[1], backend="tensorrt", device="cpu")

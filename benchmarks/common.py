@@ -1,0 +1,65 @@
+"""Helpers shared by the benchmark scripts: machine facts, medians, peak RSS, result files."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import resource
+import socket
+import statistics
+import time
+from importlib import metadata
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    def version(pkg):
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "host": socket.gethostname(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "gpu": None,
+        "versions": {p: version(p) for p in ("torch", "onnxruntime", "onnx", "numpy", "unioncam")},
+    }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def timed(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float], object]:
+    """(median seconds, all seconds, last result) after ``warmup`` untimed calls."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times, out
+
+
+def write_results(stem: str, payload: dict, markdown: str) -> tuple[Path, Path]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    date = datetime.date.today().isoformat()
+    name = f"{date}-{machine_label()}-{stem}"
+    j = RESULTS / f"{name}.json"
+    m = RESULTS / f"{name}.md"
+    j.write_text(json.dumps(payload, indent=2))
+    m.write_text(markdown)
+    return j, m
+
+
+def machine_label() -> str:
+    return os.environ.get("UNIONCAM_MACHINE", f"cpu{os.cpu_count()}")
