@@ -64,6 +64,14 @@ def test_real_model_two_photos_match_eager(lite0_artifacts, lite0_eager, photos)
     assert 0.3 < skipped < 0.8
 
 
+def test_batches_larger_than_a_profile_are_chunked(tiny_art):
+    model, art = tiny_art
+    images = tiny_images(5, seed=9)
+    ex = Explainer(art, batch_size=2)
+    ex.grad_batch = 2  # as a TensorRT engine whose profile allows 2 images per call
+    assert_agree(ex(images.numpy()), UnionCAM(model, "features.3")(images))
+
+
 def test_threads_give_the_same_maps_as_serial_calls(tiny_art):
     _, art = tiny_art
     ex = Explainer(art, batch_size=3)

@@ -40,7 +40,7 @@ class Runner:
             raise InvalidInputError(f"{self.name}: expected inputs {sorted(self.inputs)}, got {sorted(feeds)}")
         for key, value in feeds.items():
             if not isinstance(value, np.ndarray):
-                continue  # a device handle made by to_device, checked when it was made
+                continue  # a handle made by to_device from an array the explainer checked
             dtype, shape = self.inputs[key]
             if value.dtype != _DTYPES[dtype]:
                 raise InvalidInputError(f"{self.name}: input {key!r} must be {dtype}, got {value.dtype}")

@@ -64,6 +64,14 @@ def _cuda_memory():
     return "cuda-python", alloc, h2d, d2h, lambda: cudart.cudaDeviceSynchronize(), lambda: 0
 
 
+class _Resident:
+    """An input the explainer reuses across calls (the image of all its masked passes)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = np.ascontiguousarray(array)
+        self.shape, self.dtype, self.nbytes = self.array.shape, self.array.dtype, self.array.nbytes
+
+
 class TensorRTRunner(Runner):
     """One engine file (``gradient.engine`` or ``masked_forward.engine``) beside its ONNX."""
 
@@ -106,8 +114,12 @@ class TensorRTRunner(Runner):
             dt = "int64" if self.engine.get_tensor_dtype(n) == trt.DataType.INT64 else "float32"
             self.inputs[n] = (dt, tuple(None if d < 0 else d for d in self.engine.get_tensor_shape(n)))
         self._buffers: dict[str, tuple[object, int, int]] = {}
+        self._resident: dict[str, _Resident | None] = {}
         self.is_active = True
         return self
+
+    def to_device(self, array: np.ndarray):
+        return _Resident(array)
 
     def _buffer(self, name: str, nbytes: int) -> int:
         held = self._buffers.get(name)
@@ -115,10 +127,11 @@ class TensorRTRunner(Runner):
             handle, ptr = self.memory[1](nbytes)
             held = (handle, ptr, nbytes)
             self._buffers[name] = held
+            self._resident.pop(name, None)
         return held[1]
 
     def deactivate(self) -> None:
-        self._buffers = {}
+        self._buffers, self._resident = {}, {}
         self.context = self.engine = self.runtime = None
         super().deactivate()
 
@@ -133,7 +146,11 @@ class TensorRTRunner(Runner):
             for name, value in feeds.items():
                 self.context.set_input_shape(name, tuple(value.shape))
                 ptr = self._buffer(name, value.nbytes)
-                h2d(self._buffers[name][0], value) if self.memory[0] == "torch" else h2d(ptr, value)
+                # A resident input already in this buffer is not copied again.
+                if not (isinstance(value, _Resident) and self._resident.get(name) is value):
+                    host = value.array if isinstance(value, _Resident) else value
+                    h2d(self._buffers[name][0], host) if self.memory[0] == "torch" else h2d(ptr, host)
+                    self._resident[name] = value if isinstance(value, _Resident) else None
                 self.context.set_tensor_address(name, ptr)
             outs = {}
             for name in self.output_names:
