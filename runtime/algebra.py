@@ -69,3 +69,33 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    nz = den != 0
+    return np.where(nz, num / np.where(nz, den, 1), 0).astype(num.dtype, copy=False)
+
+
+def gradcam_weights(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+    """Grad-CAM: ``w_k = mean_ij G_kij``. (B, K, h, w) -> (B, K)."""
+    return gradients.mean(axis=(-2, -1))
+
+
+def gradcampp_weights(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+    """Grad-CAM++: ``a = G^2 / (2 G^2 + sum A * G^3)`` (0 where 0/0), ``w_k = sum a relu(G)``."""
+    g2 = gradients * gradients
+    denom = 2 * g2 + activations.sum(axis=(-2, -1), keepdims=True) * g2 * gradients
+    return (_safe_div(g2, denom) * np.maximum(gradients, 0)).sum(axis=(-2, -1))
+
+
+def xgradcam_weights(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+    """XGrad-CAM: ``w_k = sum (A / sum A) G`` (0 where sum A = 0)."""
+    return _safe_div((activations * gradients).sum(axis=(-2, -1)), activations.sum(axis=(-2, -1)))
+
+
+def weighted_map(activations: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``relu(sum_k w_k A_k)``: (B, K, h, w), (B, K) -> (B, h, w)."""
+    return np.maximum(np.einsum("bk,bkhw->bhw", weights.astype(activations.dtype), activations), 0)
+
+
+GRADIENT_WEIGHTS = {"gradcam": gradcam_weights, "gradcampp": gradcampp_weights, "xgradcam": xgradcam_weights}

@@ -9,7 +9,7 @@ import numpy as np
 
 from unioncam.artifacts import Manifest
 from unioncam.errors import InvalidInputError
-from unioncam.explanation import SELECTED_DE_REGION, SELECTED_REGION, Explanation
+from unioncam.explanation import METHODS, SELECTED_DE_REGION, SELECTED_REGION, Explanation
 
 from . import algebra
 from .backends import make_runners
@@ -30,6 +30,7 @@ class Explainer:
         skip_constant: skip the passes of constant channels (exact: their score is ``p_c(Ib)``).
         threads: ONNX Runtime intra-op threads (None: all cores).
         progress: show a progress bar over masked passes.
+        method: default method of calls (``"unioncam"``; baselines: see ``__call__``).
 
     Calls are thread-safe: the state after construction is read-only, ONNX Runtime sessions accept
     concurrent runs, and the TensorRT runner serialises its execution context.
@@ -37,7 +38,7 @@ class Explainer:
 
     def __init__(self, artifact_dir: str | Path, *, backend: str = "onnxruntime", device: str = "cpu",
                  batch_size: int | None = None, theta: float = 10.0, skip_constant: bool = True,
-                 threads: int | None = None, progress: bool = False):
+                 threads: int | None = None, progress: bool = False, method: str = "unioncam"):
         self.directory = Path(artifact_dir)
         self.manifest = Manifest.load(self.directory)
         self.manifest.verify(self.directory)
@@ -48,6 +49,9 @@ class Explainer:
         self.skip_constant = bool(skip_constant)
         self.backend, self.device = backend, device
         self.progress = progress
+        if method not in METHODS:
+            raise InvalidInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        self.method = method
         self._grad, self._masked = make_runners(backend, device, self.directory, self.manifest, threads=threads)
         self._grad.activate()
         self._masked.activate()
@@ -122,9 +126,16 @@ class Explainer:
                 bar.update(chunk.shape[1])
         return out
 
-    def __call__(self, images: np.ndarray, class_idx=None) -> Explanation:
-        """Explain (B, 3, H, W) float32 images in [0, 1]; same fields and definitions as the eager reference."""
+    def __call__(self, images: np.ndarray, class_idx=None, method: str | None = None) -> Explanation:
+        """Explain (B, 3, H, W) float32 images in [0, 1]; same fields and definitions as the eager reference.
+
+        ``method``: ``"unioncam"`` (default: the constructor's), or a baseline from the same passes:
+        ``"gradcam"``, ``"gradcampp"``, ``"xgradcam"`` (gradient pass only), ``"scorecam"`` (region map).
+        """
         t_all = time.perf_counter()
+        method = method or self.method
+        if method not in METHODS:
+            raise InvalidInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         images = self._check_images(images)
         B = images.shape[0]
         H, W = self.manifest.input_size
@@ -135,6 +146,17 @@ class Explainer:
         logits, A, G = self._gradient(images, requested)
         classes = np.where(requested < 0, logits.argmax(axis=1), requested).astype(np.int64)
         timings["gradient"] = (time.perf_counter() - t) * 1e3
+        probs = algebra.softmax(logits.astype(np.float32))[np.arange(B), classes]
+
+        def baseline(L, stats):
+            timings["total"] = (time.perf_counter() - t_all) * 1e3
+            cam = np.ascontiguousarray(algebra.minmax(algebra.upsample(L, (H, W))), dtype=np.float32)
+            return Explanation(cam=cam, score=probs.astype(np.float32), class_idx=classes,
+                               logits=logits.astype(np.float32), method=method, timings_ms=timings,
+                               stats={"channels": int(A.shape[1]), "backend": self.backend, **stats})
+
+        if method in algebra.GRADIENT_WEIGHTS:
+            return baseline(algebra.weighted_map(A, algebra.GRADIENT_WEIGHTS[method](A, G)), {})
 
         t = time.perf_counter()
         base = self.black_probs[classes]
@@ -157,6 +179,8 @@ class Explainer:
                 bar.close()
         L_reg = algebra.region_map(A, scores)
         timings["region"] = (time.perf_counter() - t) * 1e3
+        if method == "scorecam":
+            return baseline(L_reg, {"constant_channels": int(constant.sum()), "masked_passes": int(run.sum())})
 
         t = time.perf_counter()
         L_den = algebra.denoised_map(A, G, self.theta)
@@ -168,7 +192,6 @@ class Explainer:
         beta_dr = np.array([self._scores(devs[b], DR[b:b + 1], int(classes[b]))[0] for b in range(B)]) - base
         pick = beta_dr > beta_reg  # strict: a tie keeps R
         cam = np.where(pick[:, None, None], DR, R)
-        probs = algebra.softmax(logits.astype(np.float32))[np.arange(B), classes]
         timings["fusion"] = (time.perf_counter() - t) * 1e3
         timings["total"] = (time.perf_counter() - t_all) * 1e3
 
@@ -182,6 +205,28 @@ class Explainer:
                    "masked_passes": int(run.sum()) + 3 * B, "backend": self.backend, "device": self.device,
                    "batch_size": self.batch_size},
         )
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (B, C) of (B, 3, H, W) images in [0, 1], in batches (gradient graph)."""
+        images = self._check_images(images)
+        logits, _, _ = self._gradient(images, np.full(images.shape[0], -1, np.int64))
+        return algebra.softmax(logits.astype(np.float32))
+
+    def class_scores(self, images: np.ndarray, maps: np.ndarray, class_idx) -> np.ndarray:
+        """``p_c(N(map) * image)`` for (B, M, h', w') maps (or (B, h', w')) of (B, 3, H, W) images: (B, M).
+
+        ``N`` is the spec's minmax(up(.)), the identity on maps already in [0, 1] with min 0 and max 1
+        (every CAM this package returns), and 0 for a constant map.
+        """
+        images = self._check_images(images)
+        maps = np.asarray(maps, dtype=np.float32)
+        if maps.ndim == 3:
+            maps = maps[:, None]
+        if maps.ndim != 4 or maps.shape[0] != images.shape[0]:
+            raise InvalidInputError(f"maps must be (B, M, h, w) with B={images.shape[0]}, got {maps.shape}")
+        classes = self._classes(class_idx, images.shape[0])
+        return np.stack([self._scores(self._masked.to_device(images[b:b + 1]), maps[b], int(classes[b]))
+                         for b in range(images.shape[0])])
 
     def close(self) -> None:
         self._grad.deactivate()

@@ -23,10 +23,10 @@ from .explanation import Explanation
 
 __version__ = "0.1.0"
 
-_LAZY = {"UnionCAM": "unioncam.methods", "CAMMethod": "unioncam.methods"}
+_LAZY = {name: "unioncam.methods" for name in ("UnionCAM", "CAMMethod", "GradCAM", "GradCAMpp", "XGradCAM", "ScoreCAM")}
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .methods import CAMMethod, UnionCAM
+    from .methods import CAMMethod, GradCAM, GradCAMpp, ScoreCAM, UnionCAM, XGradCAM
 
 
 def __getattr__(name: str):
@@ -43,6 +43,10 @@ __all__ = [
     "CAMMethod",
     "Explanation",
     "ExportError",
+    "GradCAM",
+    "GradCAMpp",
+    "ScoreCAM",
+    "XGradCAM",
     "ImageReadError",
     "InvalidInputError",
     "LayerNotFoundError",

@@ -8,14 +8,20 @@ import numpy as np
 
 SELECTED_DE_REGION = "de_region"
 SELECTED_REGION = "region"
+#: Methods every path implements: UnionCAM and the baselines that fall out of its pipeline.
+METHODS = ("unioncam", "gradcam", "gradcampp", "xgradcam", "scorecam")
 
 
 @dataclass
 class Explanation:
     """UnionCAM maps and scores for a batch of B images of size (H, W).
 
+    For the baselines (``method`` other than ``"unioncam"``) only ``cam``, ``score``, ``class_idx``
+    and ``logits`` are set; the UnionCAM-specific fields are None / empty.
+
     Attributes:
-        cam: (B, H, W) float32 in [0, 1], the UnionCAM map (``de_region`` or ``region``, see ``selected``).
+        cam: (B, H, W) float32 in [0, 1], the method's map (for UnionCAM ``de_region`` or ``region``,
+            see ``selected``).
         denoising: (B, H, W) float32 in [0, 1], ``D = N(L_den)`` (AMD).
         region: (B, H, W) float32 in [0, 1], ``R = N(L_reg)`` (Score-CAM region map).
         de_region: (B, H, W) float32 in [0, 1], ``DR = minmax(beta_den * D + beta_reg * R)`` (AMU).
@@ -29,16 +35,17 @@ class Explanation:
     """
 
     cam: np.ndarray
-    denoising: np.ndarray
-    region: np.ndarray
-    de_region: np.ndarray
-    beta_denoising: np.ndarray
-    beta_region: np.ndarray
-    beta_de_region: np.ndarray
     score: np.ndarray
     class_idx: np.ndarray
-    selected: list[str]
+    denoising: np.ndarray | None = None
+    region: np.ndarray | None = None
+    de_region: np.ndarray | None = None
+    beta_denoising: np.ndarray | None = None
+    beta_region: np.ndarray | None = None
+    beta_de_region: np.ndarray | None = None
+    selected: list[str] = field(default_factory=list)
     logits: np.ndarray | None = None
+    method: str = "unioncam"
     timings_ms: dict[str, float] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -46,16 +53,20 @@ class Explanation:
         return int(self.cam.shape[0])
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        """The i-th image's fields as a dict of NumPy values (maps (H, W), scalars)."""
+        """The i-th image's fields as a dict of NumPy values (maps (H, W), scalars); unset fields are None."""
+        def pick(x, cast=lambda v: v):
+            return None if x is None or len(x) == 0 else cast(x[i])
+
         return {
+            "method": self.method,
             "cam": self.cam[i],
-            "denoising": self.denoising[i],
-            "region": self.region[i],
-            "de_region": self.de_region[i],
-            "beta_denoising": float(self.beta_denoising[i]),
-            "beta_region": float(self.beta_region[i]),
-            "beta_de_region": float(self.beta_de_region[i]),
+            "denoising": pick(self.denoising),
+            "region": pick(self.region),
+            "de_region": pick(self.de_region),
+            "beta_denoising": pick(self.beta_denoising, float),
+            "beta_region": pick(self.beta_region, float),
+            "beta_de_region": pick(self.beta_de_region, float),
             "score": float(self.score[i]),
             "class_idx": int(self.class_idx[i]),
-            "selected": self.selected[i],
+            "selected": pick(self.selected),
         }

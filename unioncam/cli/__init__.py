@@ -13,12 +13,14 @@ def _plain_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import eval as eval_cmd
     from . import explain
 
     parser = argparse.ArgumentParser(prog="unioncam", description="UnionCAM explanations for CNN classifiers.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
     explain.add_parser(sub)
+    eval_cmd.add_parser(sub)
     try:
         from . import export as export_cmd
     except ImportError:  # pragma: no cover - the exporter is optional at import time

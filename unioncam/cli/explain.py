@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UnionCAMError
+from ..explanation import METHODS
 from ..image_io import overlay, read_rgb, sample_image_path, to_model_input, write_image
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
@@ -36,6 +37,8 @@ def add_parser(sub) -> None:
                    help="onnxruntime (default; exports the model into the cache on first use), tensorrt, "
                         "or torch (the eager reference)")
     p.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--method", choices=METHODS, default="unioncam",
+                   help="unioncam (default) or a baseline: gradcam, gradcampp, xgradcam, scorecam")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -69,14 +72,21 @@ def _explainer(args, model_spec):
         device = torch.device(args.device)
         model.to(device)
         layer = args.layer or default_layer
-        explainer = UnionCAM(model, layer, theta=args.theta, batch_size=args.batch_size or 64, progress=not args.no_progress)
+        if args.method == "unioncam":
+            explainer = UnionCAM(model, layer, theta=args.theta, batch_size=args.batch_size or 64,
+                                 progress=not args.no_progress)
+        else:
+            from ..methods import METHOD_CLASSES
+
+            explainer = METHOD_CLASSES[args.method](model, layer, batch_size=args.batch_size or 64,
+                                                    progress=not args.no_progress)
         return (lambda x: explainer(torch.from_numpy(x).to(device), args.class_idx)), layer
 
     from ..runtime import Explainer
 
     directory, layer = ensure_exported(args, model_spec, engines=args.backend == "tensorrt")
     runtime = Explainer(directory, backend=args.backend, device=args.device, batch_size=args.batch_size,
-                        theta=args.theta, progress=not args.no_progress)
+                        theta=args.theta, progress=not args.no_progress, method=args.method)
     return (lambda x: runtime(x, args.class_idx)), layer
 
 
@@ -166,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
             "image_size": [int(rgb.shape[0]), int(rgb.shape[1])],
             "input_size": list(model_spec.input_size),
             "model": args.model,
+            "method": args.method,
             "weights": str(args.weights) if args.weights else ("bundled ImageNet" if model_spec.bundled_weights else "random (untrained)"),
             "layer": layer,
             "theta": args.theta,

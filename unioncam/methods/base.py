@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError
+from .maps import is_constant
 from .core import (
     ActivationTap,
     check_batch_size,
@@ -70,6 +71,30 @@ class CAMMethod:
                 "the model produced NaN or Inf activations or gradients for this input; check the model and its weights"
             )
         return GradientPass(logits.detach(), acts, grads.detach(), classes)
+
+    def _black_scores(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """``p_c(Ib)`` for each image's class: (B,). One pass on a black image serves all classes."""
+        with torch.no_grad():
+            probs = torch.softmax(check_logits(self.model(torch.zeros_like(images[:1])), 1), dim=1)[0]
+        return probs[classes]
+
+    def _channel_scores(self, images, activations, classes, base, skip_constant=True):
+        """Score-CAM's ``s_k = p_c(minmax(up(A_k)) * I0)`` for every (image, channel): (B, K).
+
+        Constant channels get ``p_c(Ib)`` without a pass when ``skip_constant`` (exact).
+
+        Returns:
+            (scores (B, K), constant (B, K) bool, passes run).
+        """
+        B, K = activations.shape[:2]
+        with torch.no_grad():
+            constant = is_constant(activations)
+            run = ~constant if skip_constant else torch.ones_like(constant)
+            b_idx, k_idx = torch.nonzero(run, as_tuple=True)
+            scores = base[:, None].expand(B, K).clone()
+            with self._progress_bar(int(b_idx.numel()), "masked passes") as bar:
+                scores[b_idx, k_idx] = self._masked(images, b_idx, activations[b_idx, k_idx], classes, bar)
+        return scores, constant, int(b_idx.numel())
 
     def _masked(self, images, image_index, maps, classes, bar=None) -> torch.Tensor:
         return masked_scores(self.model, images, image_index, maps, classes, batch_size=self.batch_size, progress=bar)

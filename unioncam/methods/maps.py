@@ -109,3 +109,35 @@ def region_map(activations: torch.Tensor, channel_scores: torch.Tensor) -> torch
         (B, h, w).
     """
     return torch.relu(torch.einsum("bk,bkhw->bhw", channel_scores.to(activations.dtype), activations))
+
+
+def gradcam_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al., 2017): ``w_k = mean_ij G_kij``. (B, K, h, w) -> (B, K)."""
+    return gradients.mean(dim=(-2, -1))
+
+
+def gradcampp_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhay et al., 2018, eq. 19 with the logit's gradient, as its reference code):
+    ``a_kij = G^2 / (2 G^2 + sum_ab A_kab G^3)`` (0 where the denominator is 0),
+    ``w_k = sum_ij a_kij relu(G_kij)``."""
+    g2 = gradients * gradients
+    denom = 2.0 * g2 + activations.sum(dim=(-2, -1), keepdim=True) * g2 * gradients
+    nz = denom != 0
+    alpha = torch.where(nz, g2 / torch.where(nz, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+    return (alpha * torch.relu(gradients)).sum(dim=(-2, -1))
+
+
+def xgradcam_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """XGrad-CAM (Fu et al., 2020): ``w_k = sum_ij (A_kij / sum_ab A_kab) G_kij`` (0 where sum A = 0)."""
+    total = activations.sum(dim=(-2, -1))
+    num = (activations * gradients).sum(dim=(-2, -1))
+    nz = total != 0
+    return torch.where(nz, num / torch.where(nz, total, torch.ones_like(total)), torch.zeros_like(total))
+
+
+def weighted_map(activations: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``relu(sum_k w_k A_k)``: (B, K, h, w), (B, K) -> (B, h, w)."""
+    return torch.relu(torch.einsum("bk,bkhw->bhw", weights.to(activations.dtype), activations))
+
+
+GRADIENT_WEIGHTS = {"gradcam": gradcam_weights, "gradcampp": gradcampp_weights, "xgradcam": xgradcam_weights}

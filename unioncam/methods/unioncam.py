@@ -9,7 +9,7 @@ from torch import nn
 from ..explanation import SELECTED_DE_REGION, SELECTED_REGION, Explanation
 from .base import CAMMethod
 from .core import check_theta
-from .maps import denoised_map, is_constant, minmax, region_map, upsample
+from .maps import denoised_map, minmax, region_map, upsample
 
 
 class UnionCAM(CAMMethod):
@@ -51,17 +51,9 @@ class UnionCAM(CAMMethod):
         timings["gradient"] = (time.perf_counter() - t) * 1e3
 
         t = time.perf_counter()
+        base = self._black_scores(images, classes)
+        scores, constant, passes = self._channel_scores(images, A, classes, base, self.skip_constant)
         with torch.no_grad():
-            black = torch.zeros_like(images[:1])
-            base_all = torch.softmax(self.model(black), dim=1)[0]  # p_c(Ib) for every class
-            base = base_all[classes]  # (B,)
-            K = A.shape[1]
-            constant = is_constant(A)
-            run = ~constant if self.skip_constant else torch.ones_like(constant)
-            b_idx, k_idx = torch.nonzero(run, as_tuple=True)
-            scores = base[:, None].expand(B, K).clone()
-            with self._progress_bar(int(b_idx.numel()), "masked passes") as bar:
-                scores[b_idx, k_idx] = self._masked(images, b_idx, A[b_idx, k_idx], classes, bar)
             L_reg = region_map(A, scores)
         timings["region"] = (time.perf_counter() - t) * 1e3
 
@@ -97,8 +89,8 @@ class UnionCAM(CAMMethod):
             logits=f32(gp.logits),
             timings_ms=timings,
             stats={
-                "channels": int(K),
+                "channels": int(A.shape[1]),
                 "constant_channels": int(constant.sum()),
-                "masked_passes": int(b_idx.numel()) + 3 * B,
+                "masked_passes": passes + 3 * B,
             },
         )
