@@ -117,3 +117,11 @@ def test_unavailable_device_is_a_clear_error(tmp_path, capsys):
     rc = main(["explain", str(sample_image_path("coffee")), "--layer", "stem", "--device", "cuda", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 1 and "CUDAExecutionProvider" in err and "Traceback" not in err
+
+
+def test_explain_baseline_method(tmp_path, capsys):
+    rc = main(["explain", str(sample_image_path("coffee")), "--layer", "stem", "--method", "gradcampp",
+               "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "coffee.json").read_text())
+    assert report["method"] == "gradcampp" and report["beta_region"] is None and report["class_name"] == "espresso"

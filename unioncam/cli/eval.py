@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import InvalidInputError, UnionCAMError
 from ..explanation import METHODS
 from ..image_io import overlay, read_rgb, to_model_input, write_image
+from .explain import add_model_options
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -22,18 +23,12 @@ def add_parser(sub) -> None:
         "eval",
         help="faithfulness of each method on images (Average Drop/Increase, insertion/deletion AUC)",
         description="Run each method on each image through the runtime and write OUT/metrics.csv (per image), "
-        "OUT/metrics.md (means with 95%% intervals) and OUT/grid.png (rows: images; columns: methods).",
+        "OUT/metrics.md (means with 95% intervals) and OUT/grid.png (rows: images; columns: methods).",
     )
     p.add_argument("paths", nargs="+", type=Path, help="image files or folders of images")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods (default: all)")
-    p.add_argument("--model", default="efficientnet_lite0", help="registered model (default: efficientnet_lite0)")
-    p.add_argument("--weights", type=Path, help="checkpoint file (torchvision state_dict for vgg16/resnet50)")
-    p.add_argument("--layer", help="target layer (default: the model's)")
-    p.add_argument("--theta", type=float, default=10.0, help="UnionCAM's AMD percentile (default 10)")
+    add_model_options(p, out_default="unioncam_eval")
     p.add_argument("--steps", type=int, default=32, help="insertion/deletion steps (default 32)")
-    p.add_argument("--batch-size", type=int, help="masked passes per call (default: per backend)")
-    p.add_argument("--out", type=Path, default=Path("unioncam_eval"), help="output folder (default ./unioncam_eval)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run, backend="onnxruntime", device="cpu", class_idx=None)
 
 

@@ -18,6 +18,17 @@ BACKENDS = ("onnxruntime", "tensorrt", "torch")
 DEVICES = ("cpu", "cuda")
 
 
+def add_model_options(p, *, out_default: str) -> None:
+    """Options shared by ``explain`` and ``eval``: model, weights, layer, theta, batch size, output folder."""
+    p.add_argument("--model", default="efficientnet_lite0", help="registered model name (default: efficientnet_lite0)")
+    p.add_argument("--weights", type=Path, help="checkpoint file (torchvision state_dict for vgg16/resnet50)")
+    p.add_argument("--layer", help="target layer, dotted module name (default: the model's documented default)")
+    p.add_argument("--theta", type=float, default=10.0, help="AMD percentile threshold in [0, 100] (default 10)")
+    p.add_argument("--batch-size", type=int, help="masked forward passes per call (default: per backend)")
+    p.add_argument("--out", type=Path, default=Path(out_default), help=f"output folder (default ./{out_default})")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "explain",
@@ -26,20 +37,14 @@ def add_parser(sub) -> None:
         "OUT/<stem>_cam.npy (float32 (H, W) map at the model's input resolution) and OUT/<stem>.json.",
     )
     p.add_argument("images", nargs="*", type=Path, help="image files (any format OpenCV reads); default: bundled chelsea.png")
-    p.add_argument("--model", default="efficientnet_lite0", help="registered model name (default: efficientnet_lite0)")
-    p.add_argument("--weights", type=Path, help="checkpoint file (torchvision state_dict for vgg16/resnet50)")
-    p.add_argument("--layer", help="target layer, dotted module name (default: the model's documented default)")
+    add_model_options(p, out_default="unioncam_out")
     p.add_argument("--class", dest="class_idx", type=int, help="class to explain (default: the predicted class)")
-    p.add_argument("--theta", type=float, default=10.0, help="AMD percentile threshold in [0, 100] (default 10)")
-    p.add_argument("--out", type=Path, default=Path("unioncam_out"), help="output folder (default ./unioncam_out)")
-    p.add_argument("--batch-size", type=int, help="masked forward passes per call (default: per backend)")
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
                    help="onnxruntime (default; exports the model into the cache on first use), tensorrt, "
                         "or torch (the eager reference)")
     p.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default) or cuda")
     p.add_argument("--method", choices=METHODS, default="unioncam",
                    help="unioncam (default) or a baseline: gradcam, gradcampp, xgradcam, scorecam")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
 
