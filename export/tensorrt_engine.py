@@ -171,3 +171,34 @@ def build_engine(
     }
     write_engine(engine_path, header, engine)
     return header
+
+
+def parse_check(onnx_path: str | Path, *, compute_capability: str | None = None) -> str:
+    """Parse an ONNX file with TensorRT's parser and build it (static shapes, no profile needed).
+
+    For graphs outside an artifact folder (``unioncam.onnx``): proves TensorRT accepts every op.
+    Returns a one-line summary; raises ExportError naming what the parser rejects.
+    """
+    trt, flavour = import_tensorrt()
+    if trt is None:
+        raise BackendUnavailableError("no TensorRT Python module: pip install 'unioncam[tensorrt]'")
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT's ONNX parser rejects {Path(onnx_path).name}: {errors}")
+    config = builder.create_builder_config()
+    if compute_capability or flavour == "tensorrt_rtx":
+        cc = getattr(trt.ComputeCapability, (compute_capability or "SM86").upper(), None)
+        if cc is None:
+            raise ExportError(f"unknown compute capability {compute_capability!r}")
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(cc, 0)
+    t = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(f"TensorRT could not build {Path(onnx_path).name}")
+    return (f"{flavour} {trt.__version__} parsed {network.num_layers} layers and built a "
+            f"{len(bytes(serialized)) / 1e6:.1f} MB engine in {time.perf_counter() - t:.1f} s")

@@ -71,3 +71,26 @@ def tiny_art(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "art"
     export(model, "features.3", out, input_size=(32, 32))
     return model, out
+
+
+@pytest.fixture(scope="session")
+def lite0_e2e(lite0, tmp_path_factory):
+    """efficientnet_lite0 as one end-to-end graph (chunks of 160 passes keep the export quicker)."""
+    from unioncam.export.end_to_end import export_end_to_end
+
+    model, layer = lite0
+    out = tmp_path_factory.mktemp("e2e") / "lite0"
+    export_end_to_end(model, layer, out, chunk=160)
+    return out / "unioncam.onnx"
+
+
+@pytest.fixture(scope="session")
+def tiny_e2e(tmp_path_factory):
+    from tiny import TinyCNN
+
+    from unioncam.export.end_to_end import export_end_to_end
+
+    model = TinyCNN()
+    out = tmp_path_factory.mktemp("e2e") / "tiny"
+    export_end_to_end(model, "features.3", out, input_size=(32, 32), chunk=4)
+    return model, out / "unioncam.onnx"

@@ -63,7 +63,9 @@ def to_model_input(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize an RGB image to the model's input and scale it to [0, 1].
 
     The whole image is resized (no crop), bilinear with half-pixel centres, so a map at the model's
-    resolution lies over the whole photo.
+    resolution lies over the whole photo. Pixels are scaled to [0, 1] first and interpolated in
+    float32 (OpenCV's 8-bit path rounds to fixed point), so the C example and any other
+    implementation of the same formula get the same input.
 
     Args:
         rgb: (h, w, 3) uint8.
@@ -75,8 +77,9 @@ def to_model_input(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise InvalidInputError(f"expected an (h, w, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
     H, W = size
-    resized = cv2.resize(rgb, (W, H), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+    scaled = rgb.astype(np.float32) / np.float32(255.0)
+    resized = cv2.resize(scaled, (W, H), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(np.clip(resized, 0.0, 1.0).transpose(2, 0, 1), dtype=np.float32)
 
 
 def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:

@@ -22,6 +22,11 @@ def add_parser(sub) -> None:
     p.add_argument("--fp16", action="store_true", help="allow FP16 kernels in the engines (standard TensorRT)")
     p.add_argument("--max-batch", type=int, default=64, help="engine profile: max batch / maps per call (default 64)")
     p.add_argument("--compute-capability", help="TensorRT-RTX: build ahead of time for SM80/SM86/SM89 (no GPU needed)")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="write unioncam.onnx instead: the whole method in one graph (image in, explanation out)")
+    p.add_argument("--theta", type=float, default=10.0, help="--end-to-end: AMD percentile baked into the graph")
+    p.add_argument("--chunk", type=int, default=64,
+                   help="--end-to-end: masked passes per batch inside the graph (peak memory ~ chunk forward passes)")
     p.set_defaults(func=run)
 
 
@@ -38,6 +43,19 @@ def run(args: argparse.Namespace) -> int:
     if len(size) != 2:
         raise InvalidInputError(f"--input-size takes H or H W, got {args.input_size}")
     model, default_layer = load(args.model, args.weights)
+    if args.end_to_end:
+        from ..export.end_to_end import export_end_to_end
+
+        info = export_end_to_end(model, args.layer or default_layer, args.out, input_size=size, theta=args.theta,
+                                 chunk=args.chunk, opset=args.opset)
+        print(f"exported {args.model} layer {info['layer']} end to end to {info['path']}: {info['bytes'] / 1e6:.1f} MB, "
+              f"{info['nodes']} nodes, {info['channels']} masked passes in chunks of {info['chunk']}, "
+              f"{info['export_s']:.0f} s")
+        if args.engine:
+            from ..export.tensorrt_engine import parse_check
+
+            print(f"  TensorRT: {parse_check(info['path'], compute_capability=args.compute_capability)}")
+        return 0
     t = time.perf_counter()
     manifest = export(model, args.layer or default_layer, args.out, input_size=size, opset=args.opset,
                       model_name=args.model, mean=s.mean, std=s.std)

@@ -1,0 +1,166 @@
+"""The whole of UnionCAM as one ONNX graph: image in, explanation out (``unioncam.onnx``).
+
+Inputs: ``image`` (1, 3, H, W) float32 in [0, 1]; ``class_idx`` (1,) int64, optional (it has a
+default of -1 in the graph: absent or negative = arg-max). Outputs: ``cam``, ``denoising``,
+``region``, ``de_region`` (1, H, W); ``betas`` (3,) = (beta_den, beta_reg, beta_dr); ``selected``
+(1,) int64 (1 = de_region); ``class`` (1,) int64, the explained class (not ``class_idx``: ONNX
+names are unique and the input has that name); ``score`` (1,) float32.
+
+Every step of the spec is inside: the gradient pass (traced as in ``graphs.py``), the per-channel
+percentile (Sort + linear interpolation), AMD, the region map's K masked passes, AMU and AMS (Where).
+The K masked passes run in ``chunk``-sized batches, unrolled in the graph: ONNX Runtime frees each
+chunk's intermediates before the next, so peak memory is that of ``chunk`` forward passes. Constant
+channels are not skipped but masked: their mask is exactly zero and their score is replaced by
+``p_c(Ib)``, so the maps match the runtime's.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from unioncam.artifacts import atomic_directory, sha256_file
+from unioncam.errors import ExportError, InvalidInputError
+from unioncam.methods.core import ActivationTap, check_theta, eval_mode, resolve_layer
+from unioncam.methods.maps import denoised_map, is_constant, minmax, region_map, saliency_masks, upsample
+
+from .onnx_export import export_onnx
+
+E2E_ONNX = "unioncam.onnx"
+OUTPUTS = ["cam", "denoising", "region", "de_region", "betas", "selected", "class", "score"]
+
+
+class EndToEnd(nn.Module):
+    """UnionCAM for one image, every step in PyTorch ops that trace and export."""
+
+    def __init__(self, model: nn.Module, layer_name: str, layer: nn.Module, input_size, channels: int,
+                 theta: float, chunk: int):
+        super().__init__()
+        self.model = model
+        self.layer_name, self.layer = layer_name, layer
+        self.input_size = tuple(input_size)
+        self.channels, self.theta, self.chunk = channels, theta, chunk
+
+    def _p(self, image, masks, cls):
+        """p_c(mask * image) for (m, H, W) masks."""
+        probs = torch.softmax(self.model(image * masks[:, None]), dim=1)
+        # gather, not probs[:, cls]: indexing by a tensor would need its value at trace time.
+        return probs.gather(1, cls.reshape(1, 1).expand(probs.shape[0], 1))[:, 0]
+
+    def forward(self, image: torch.Tensor, class_idx: torch.Tensor):
+        with ActivationTap(self.layer_name, self.layer) as tap:
+            logits = self.model(image)
+        cls_t = torch.where(class_idx < 0, logits.argmax(dim=1), class_idx)  # (1,)
+        onehot = (torch.arange(logits.shape[1])[None, :] == cls_t[:, None]).to(logits.dtype)
+        (G,) = torch.autograd.grad((logits * onehot).sum(), tap.activations)
+        A = tap.activations.detach()
+        cls = cls_t[0]
+        H, W = self.input_size
+        with torch.no_grad():
+            base = self._p(image, torch.zeros_like(image[:, 0]), cls)[0]
+            # Region map: K masked passes in unrolled chunks.
+            scores = [self._p(image, saliency_masks(A[0, s:s + self.chunk], (H, W)), cls)
+                      for s in range(0, self.channels, self.chunk)]
+            s_k = torch.where(is_constant(A[0]), base, torch.cat(scores))
+            L_reg = region_map(A, s_k[None])
+            L_den = denoised_map(A, G, self.theta)
+            D = minmax(upsample(L_den, (H, W)))
+            R = minmax(upsample(L_reg, (H, W)))
+            s_dr = self._p(image, torch.cat([D, R]), cls)
+            beta_den, beta_reg = s_dr[0] - base, s_dr[1] - base
+            DR = minmax(beta_den * D + beta_reg * R)
+            beta_dr = self._p(image, DR, cls)[0] - base
+            pick = beta_dr > beta_reg
+            cam = torch.where(pick, DR, R)
+            score = torch.softmax(logits, dim=1).gather(1, cls_t[:, None])[:, 0]
+        betas = torch.stack([beta_den, beta_reg, beta_dr])
+        return cam, D, R, DR, betas, pick.reshape(1).to(torch.int64), cls_t, score
+
+
+class _Call(nn.Module):
+    def __init__(self, gm):
+        super().__init__()
+        self.gm = gm
+
+    def forward(self, image, class_idx):
+        return self.gm(image, class_idx)
+
+
+def _default_class_input(path: Path) -> None:
+    """Give ``class_idx`` a default of -1: an initializer with the input's name makes it optional."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    import numpy as np
+
+    m.graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "class_idx"))
+    onnx.save_model(m, str(path))
+
+
+def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, input_size=(224, 224),
+                      theta: float = 10.0, chunk: int = 64, opset: int = 18) -> dict:
+    """Write ``unioncam.onnx`` into ``out_dir`` (atomically, replacing the folder).
+
+    Args:
+        model: ``nn.Module`` taking RGB in [0, 1] and returning (B, C) logits.
+        theta: AMD's percentile, baked into the graph.
+        chunk: masked passes per batch inside the graph (peak memory ~ ``chunk`` forward passes).
+
+    Returns:
+        {"path", "bytes", "nodes", "export_s", "channels", "chunk", "sha256"}.
+    """
+    from .exporter import _probe
+
+    theta = check_theta(theta)
+    if not isinstance(chunk, int) or chunk < 1:
+        raise InvalidInputError(f"chunk must be a positive int, got {chunk!r}")
+    layer_name, layer = resolve_layer(model, target_layer)
+    H, W = int(input_size[0]), int(input_size[1])
+    t = time.perf_counter()
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot write into {out_dir}: {e.strerror}; choose a writable --out folder") from None
+    # Built in a temporary sibling folder; only the finished, checked file is moved into out_dir.
+    with eval_mode(model), atomic_directory(out_dir / ".unioncam-e2e") as tmp:
+        _, _, K, _ = _probe(model, layer_name, layer, (H, W))
+        fn = EndToEnd(model, layer_name, layer, (H, W), K, theta, min(chunk, K))
+        x = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0))
+        c = torch.tensor([-1], dtype=torch.int64)
+        try:
+            from torch.fx.experimental.proxy_tensor import make_fx
+
+            from .decompositions import decomposition_table
+
+            gm = make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="fake",
+                         _allow_non_fake_inputs=True)(x, c)
+        except (InvalidInputError, ExportError):
+            raise
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportError(f"tracing the end-to-end graph failed: {type(e).__name__}: {first}") from None
+        path = tmp / E2E_ONNX
+        export_onnx(_Call(gm).eval(), (x, c), path, input_names=["image", "class_idx"], output_names=OUTPUTS,
+                    dynamic_shapes=None, opset=opset, model=model, layer_name=layer_name)
+        _default_class_input(path)
+        from .exporter import graph_stats
+
+        stats = graph_stats(path)
+        info = {"bytes": stats["bytes"], "nodes": stats["nodes"], "ops": stats["ops"], "channels": K,
+                "chunk": min(chunk, K), "theta": theta, "layer": layer_name, "input_size": [H, W],
+                "export_s": time.perf_counter() - t, "sha256": sha256_file(path)}
+        import json
+        import os
+
+        (tmp / "unioncam.json").write_text(json.dumps(info, indent=2))
+        os.replace(path, out_dir / E2E_ONNX)
+        os.replace(tmp / "unioncam.json", out_dir / "unioncam.json")
+    import shutil
+
+    shutil.rmtree(out_dir / ".unioncam-e2e", ignore_errors=True)
+    info["path"] = str(out_dir / E2E_ONNX)
+    return info

@@ -1,0 +1,146 @@
+"""The whole of UnionCAM in one ONNX graph: agreement with the eager reference, TensorRT's parser,
+and the C example built against the ONNX Runtime C API (real photo, bad files, valgrind)."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from tiny import tiny_images
+from unioncam import UnionCAM
+from unioncam.engine_file import import_tensorrt
+from unioncam.image_io import read_rgb, sample_image_path, to_model_input
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "c"
+
+
+def run_graph(path, image, cls=None):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    feeds = {"image": image} if cls is None else {"image": image, "class_idx": np.array([cls], np.int64)}
+    return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
+
+
+def assert_matches(out, ref, i=0):
+    for key in ("cam", "denoising", "region", "de_region"):
+        assert np.abs(out[key][0] - getattr(ref, key)[i]).max() <= 1e-3, key
+    ref_betas = [ref.beta_denoising[i], ref.beta_region[i], ref.beta_de_region[i]]
+    assert np.abs(out["betas"] - ref_betas).max() <= 1e-4
+    assert int(out["class"][0]) == int(ref.class_idx[i])
+    sel = "de_region" if out["selected"][0] == 1 else "region"
+    assert sel == ref.selected[i] or abs(ref.beta_de_region[i] - ref.beta_region[i]) < 1e-4
+    assert abs(float(out["score"][0]) - float(ref.score[i])) <= 1e-5
+
+
+def test_tiny_graph_matches_eager(tiny_e2e):
+    model, path = tiny_e2e
+    for seed in range(3):
+        x = tiny_images(1, seed=seed)
+        ref = UnionCAM(model, "features.3")(x)
+        assert_matches(run_graph(path, x.numpy()), ref)
+        other = (int(ref.class_idx[0]) + 1) % 5  # an explicit class that is not the arg-max
+        assert_matches(run_graph(path, x.numpy(), other), UnionCAM(model, "features.3")(x, other))
+
+
+@pytest.mark.skipif(import_tensorrt()[0] is None, reason="no TensorRT module (pip install 'unioncam[tensorrt]')")
+def test_graph_parses_and_builds_in_tensorrt(tiny_e2e):
+    from unioncam.export.tensorrt_engine import parse_check
+
+    assert "built" in parse_check(tiny_e2e[1], compute_capability="SM86")
+
+
+@pytest.mark.slow
+def test_real_model_two_photos(lite0_e2e, lite0_eager, photos):
+    for i in range(2):
+        assert_matches(run_graph(lite0_e2e, photos[i : i + 1]), lite0_eager, i)
+
+
+@pytest.fixture(scope="session")
+def c_binary():
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    env = dict(os.environ, PYTHON=sys.executable)
+    subprocess.run(["bash", str(EXAMPLE / "setup.sh")], check=True, env=env, capture_output=True, timeout=600)
+    subprocess.run(["make", "-C", str(EXAMPLE)], check=True, env=env, capture_output=True, timeout=300)
+    return EXAMPLE / "build" / "unioncam_explain"
+
+
+def write_ppm(path, name="coffee", size=None):
+    import cv2
+
+    bgr = cv2.imread(str(sample_image_path(name)))
+    if size:
+        bgr = cv2.resize(bgr, size)
+    cv2.imwrite(str(path), bgr)
+    return path
+
+
+def read_pgm16(path):
+    data = Path(path).read_bytes()
+    parts = data.split(b"\n", 3)
+    assert parts[0] == b"P5" and parts[2] == b"65535"
+    w, h = map(int, parts[1].split())
+    return np.frombuffer(parts[3], dtype=">u2").reshape(h, w).astype(np.float32) / 65535.0
+
+
+@pytest.mark.slow
+def test_c_example_matches_python_runtime_on_a_real_photo(c_binary, lite0_e2e, lite0_artifacts, tmp_path):
+    from unioncam.runtime import Explainer
+
+    ppm = write_ppm(tmp_path / "coffee.ppm")
+    proc = subprocess.run([str(c_binary), str(lite0_e2e), str(ppm), str(tmp_path / "cam.pgm")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    printed = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines())
+    exp = Explainer(lite0_artifacts)(to_model_input(read_rgb(ppm), (224, 224))[None])
+    assert int(printed["class"]) == int(exp.class_idx[0]) == 967
+    assert abs(float(printed["score"]) - float(exp.score[0])) <= 1e-5
+    assert abs(float(printed["beta_region"]) - float(exp.beta_region[0])) <= 1e-4
+    assert printed["selected"] == exp.selected[0]
+    cam = read_pgm16(tmp_path / "cam.pgm")
+    assert cam.shape == (224, 224)
+    assert np.abs(cam - exp.cam[0]).max() <= 1e-3
+
+
+def test_c_example_bad_files(c_binary, tiny_e2e, tiny_art, tmp_path):
+    ppm = write_ppm(tmp_path / "ok.ppm", size=(48, 40))
+    not_ppm = tmp_path / "x.ppm"
+    not_ppm.write_text("hello")
+    truncated = tmp_path / "cut.ppm"
+    truncated.write_bytes(ppm.read_bytes()[:200])
+    cases = [
+        ([str(tiny_e2e[1]), str(not_ppm), str(tmp_path / "o.pgm")], "not a binary PPM"),
+        ([str(tiny_e2e[1]), str(truncated), str(tmp_path / "o.pgm")], "truncated"),
+        ([str(tiny_art[1] / "gradient.onnx"), str(ppm), str(tmp_path / "o.pgm")], "not a unioncam end-to-end graph"),
+        ([str(tmp_path / "missing.onnx"), str(ppm), str(tmp_path / "o.pgm")], "loading the model"),
+        ([str(tiny_e2e[1]), str(ppm)], "usage"),
+        ([str(tiny_e2e[1]), str(ppm), str(tmp_path / "o.pgm"), "-4"], "class must be"),
+    ]
+    for args, message in cases:
+        proc = subprocess.run([str(c_binary), *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode in (1, 2) and message in proc.stderr, (args, proc.returncode, proc.stderr)
+    ok = subprocess.run([str(c_binary), str(tiny_e2e[1]), str(ppm), str(tmp_path / "o.pgm"), "3"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "class 3" in ok.stdout
+    # The C program matches the tiny graph run from Python on the same resized input.
+    x = to_model_input(read_rgb(ppm), (32, 32))[None]
+    assert np.abs(read_pgm16(tmp_path / "o.pgm") - run_graph(tiny_e2e[1], x, 3)["cam"][0]).max() <= 1e-4
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind not installed")
+def test_c_example_under_valgrind(c_binary, tiny_e2e, tmp_path):
+    ppm = write_ppm(tmp_path / "ok.ppm", size=(48, 40))
+    cut = tmp_path / "cut.ppm"
+    cut.write_bytes(ppm.read_bytes()[:300])
+    for image in (ppm, cut):
+        proc = subprocess.run(
+            ["valgrind", "--leak-check=full", "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=9",
+             f"--suppressions={EXAMPLE / 'valgrind.supp'}", "-q", str(c_binary), str(tiny_e2e[1]), str(image),
+             str(tmp_path / "v.pgm")], capture_output=True, text=True, timeout=600)
+        assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 9 would be a memory error or a leak
+        assert "Invalid" not in proc.stderr and "definitely lost" not in proc.stderr
