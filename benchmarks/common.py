@@ -33,7 +33,18 @@ def machine() -> dict:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
+    """Peak resident set size of this process so far, MB.
+
+    Linux's VmHWM belongs to the current address space, so a child started by a benchmark reports
+    its own peak; ``ru_maxrss`` survives fork and exec, so a child would report at least its parent's.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

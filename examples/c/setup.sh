@@ -30,7 +30,7 @@ if [ ! -f "$build/include/onnxruntime_c_api.h" ]; then
   echo "deb $uri trixie main" > "$apt_dir/sources.list"
   opts=(-q -o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
         -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache" -o APT::Sandbox::User=root)
-  apt-get "${opts[@]}" update >/dev/null
+  apt-get "${opts[@]}" update >/dev/null || { sleep 5; apt-get "${opts[@]}" update >/dev/null; }
   (cd "$apt_dir" && apt-get "${opts[@]}" download libonnxruntime-dev >/dev/null)
   deb="$(ls "$apt_dir"/libonnxruntime-dev_*.deb | head -n 1)"
   dpkg-deb -x "$deb" "$apt_dir/root"
