@@ -62,7 +62,10 @@ def activation_mb(name: str) -> dict:
     store = {}
     from unioncam.methods.core import resolve_layer
 
-    hooks.append(resolve_layer(model, layer)[1].register_forward_hook(lambda m, i, o: store.setdefault("k", o.shape[1])))
+    def keep_k(_m, _i, out):
+        store["k"] = out.shape[1]  # returns None: a hook's return value would replace the output
+
+    hooks.append(resolve_layer(model, layer)[1].register_forward_hook(keep_k))
     with torch.no_grad():
         model(torch.rand(1, 3, 224, 224))
     for hk in hooks:
