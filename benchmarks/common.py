@@ -74,3 +74,11 @@ def write_results(stem: str, payload: dict, markdown: str) -> tuple[Path, Path]:
 
 def machine_label() -> str:
     return os.environ.get("UNIONCAM_MACHINE", f"cpu{os.cpu_count()}")
+
+
+def child_result(cmd: list[str]) -> dict:
+    """Run a benchmark child process; its last stdout line is a JSON object."""
+    import subprocess
+
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, peak_rss_mb, timed, write_results  # noqa: E402
+from common import child_result, machine, peak_rss_mb, timed, write_results  # noqa: E402
 
 
 def child(path: str, args) -> None:
@@ -100,7 +99,7 @@ def main() -> None:
     for path in ("e2e", "runtime"):
         cmd = [sys.executable, __file__, "--child", path, "--repeats", str(args.repeats), "--threads", str(args.threads),
                "--graph", info["path"], "--artifacts", str(tmp / "art"), "--dump", str(tmp / f"{path}.npz")]
-        rows[path] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        rows[path] = child_result(cmd)
     a, b = np.load(tmp / "e2e.npz"), np.load(tmp / "runtime.npz")
     agreement = {"cam": float(np.abs(a["cam"] - b["cam"]).max()), "betas": float(np.abs(a["betas"] - b["betas"]).max())}
     memory = {name: activation_mb(name) for name in ("efficientnet_lite0", "vgg16", "resnet50")}

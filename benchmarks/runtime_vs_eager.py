@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, peak_rss_mb, timed, write_results  # noqa: E402
+from common import child_result, machine, peak_rss_mb, timed, write_results  # noqa: E402
 
 
 def child(path: str, args) -> None:
@@ -80,8 +79,7 @@ def main() -> None:
             cmd += ["--image", args.image]
         if args.batch_size:
             cmd += ["--batch-size", str(args.batch_size)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        rows[path] = json.loads(out)
+        rows[path] = child_result(cmd)
     a, b = np.load(tmp / "eager.npz"), np.load(tmp / "runtime.npz")
     agreement = {k: float(np.abs(a[k] - b[k]).max()) for k in ("cam", "denoising", "region", "de_region", "betas")}
     agreement["same_selection"] = bool((a["selected"] == b["selected"]).all())

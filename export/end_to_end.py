@@ -79,15 +79,6 @@ class EndToEnd(nn.Module):
         return cam, D, R, DR, betas, pick.reshape(1).to(torch.int64), cls_t, score
 
 
-class _Call(nn.Module):
-    def __init__(self, gm):
-        super().__init__()
-        self.gm = gm
-
-    def forward(self, image, class_idx):
-        return self.gm(image, class_idx)
-
-
 def _default_class_input(path: Path) -> None:
     """Give ``class_idx`` a default of -1: an initializer with the input's name makes it optional."""
     import onnx
@@ -112,7 +103,7 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
     Returns:
         {"path", "bytes", "nodes", "export_s", "channels", "chunk", "sha256"}.
     """
-    from .exporter import _probe
+    from .exporter import _Call, _probe
 
     theta = check_theta(theta)
     if not isinstance(chunk, int) or chunk < 1:
