@@ -1,7 +1,6 @@
 """``Explainer``: UnionCAM around the exported graphs, torch-free, low latency."""
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import numpy as np
 
 from unioncam.artifacts import Manifest
 from unioncam.errors import InvalidInputError
+from unioncam.validation import check_theta
 from unioncam.explanation import METHODS, SELECTED_DE_REGION, SELECTED_REGION, Explanation
 
 from . import algebra
@@ -42,10 +42,7 @@ class Explainer:
         self.directory = Path(artifact_dir)
         self.manifest = Manifest.load(self.directory)
         self.manifest.verify(self.directory)
-        theta = float(theta)
-        if not math.isfinite(theta) or not 0.0 <= theta <= 100.0:
-            raise InvalidInputError(f"theta is a percentile and must lie in [0, 100], got {theta}")
-        self.theta = theta
+        self.theta = check_theta(theta)
         self.skip_constant = bool(skip_constant)
         self.backend, self.device = backend, device
         self.progress = progress

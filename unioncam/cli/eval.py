@@ -53,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from ..classes import class_name
     from ..metrics import average_drop, average_increase, insertion_deletion, mean_ci95
     from ..model_specs import spec
-    from ..runtime import Explainer
-    from .explain import _ensure_out, ensure_exported
+    from .explain import _ensure_out, open_runtime
 
     model_spec = spec(args.model)
     if args.steps < 1:
@@ -74,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
         images.append((f, rgb, to_model_input(rgb, model_spec.input_size)[None]))
     if not images:
         return 1
-    directory, layer = ensure_exported(args, model_spec)
-    ex = Explainer(directory, batch_size=args.batch_size, theta=args.theta)
+    ex, layer = open_runtime(args, model_spec, batch_size=args.batch_size, theta=args.theta)
     progress = None
     if not args.no_progress:
         from tqdm.auto import tqdm

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import UnionCAMError
 from ..explanation import METHODS
+from ..validation import check_theta
 from ..image_io import overlay, read_rgb, sample_image_path, to_model_input, write_image
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
@@ -87,19 +88,33 @@ def _explainer(args, model_spec):
                                                     progress=not args.no_progress)
         return (lambda x: explainer(torch.from_numpy(x).to(device), args.class_idx)), layer
 
-    from ..runtime import Explainer
-
-    directory, layer = ensure_exported(args, model_spec, engines=args.backend == "tensorrt")
-    runtime = Explainer(directory, backend=args.backend, device=args.device, batch_size=args.batch_size,
-                        theta=args.theta, progress=not args.no_progress, method=args.method)
+    runtime, layer = open_runtime(args, model_spec, backend=args.backend, device=args.device,
+                                  batch_size=args.batch_size, theta=args.theta, progress=not args.no_progress,
+                                  method=args.method)
     return (lambda x: runtime(x, args.class_idx)), layer
 
 
-def ensure_exported(args, model_spec, *, engines: bool = False) -> tuple[Path, str]:
-    """The model's artifact folder in the cache, exported (atomically) on first use."""
-    from ..artifacts import MANIFEST, Manifest
-    from ..cache import artifact_dir
+def open_runtime(args, model_spec, **kwargs):
+    """(runtime Explainer on the cached export, layer). The Explainer verifies every file's SHA-256;
+    a cache entry it refuses (corrupt, tampered, stale engine) is exported again, once."""
     from ..errors import ArtifactError
+    from ..runtime import Explainer
+
+    engines = kwargs.get("backend") == "tensorrt"
+    directory, layer = ensure_exported(args, model_spec, engines=engines)
+    try:
+        return Explainer(directory, **kwargs), layer
+    except ArtifactError as e:
+        print(f"unioncam: cached export is unusable ({e}); exporting again", file=sys.stderr)
+        ensure_exported(args, model_spec, engines=engines, force=True)
+        return Explainer(directory, **kwargs), layer
+
+
+def ensure_exported(args, model_spec, *, engines: bool = False, force: bool = False) -> tuple[Path, str]:
+    """The model's artifact folder in the cache, exported (atomically, replacing the folder) on first
+    use or when ``force``."""
+    from ..artifacts import MANIFEST
+    from ..cache import artifact_dir
     from ..model_specs import bundled_weights_path
 
     bundled = bundled_weights_path(args.model) if args.weights is None else None
@@ -109,14 +124,7 @@ def ensure_exported(args, model_spec, *, engines: bool = False) -> tuple[Path, s
 
         raise WeightsError(f"weights file not found: {args.weights}")
     directory = artifact_dir(args.model, layer, model_spec.input_size, args.weights, bundled)
-    fresh = (directory / MANIFEST).is_file()
-    if fresh:
-        try:
-            Manifest.load(directory).verify(directory)
-        except ArtifactError as e:
-            print(f"unioncam: cached export is unusable ({e}); exporting again", file=sys.stderr)
-            fresh = False
-    if not fresh:
+    if force or not (directory / MANIFEST).is_file():
         from ..export import export
         from ..models import load
 
@@ -140,10 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
     images = args.images or [sample_image_path("chelsea")]
     model_spec = spec(args.model)
-    if not 0.0 <= args.theta <= 100.0:
-        from ..errors import InvalidInputError
-
-        raise InvalidInputError(f"--theta is a percentile and must lie in [0, 100], got {args.theta}")
+    check_theta(args.theta)  # before any image is read or model exported
     _ensure_out(args.out)
     # Read every image first: a bad file is reported without loading (or exporting) the model,
     # and the good ones are still explained.

@@ -3,13 +3,13 @@ eval-mode and hook hygiene, input validation, and batched masked passes."""
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Iterator
 
 import torch
 from torch import nn
 
 from ..errors import InvalidInputError, LayerNotFoundError
+from ..validation import check_theta  # noqa: F401  (re-exported for the methods)
 from .maps import saliency_masks
 
 
@@ -136,11 +136,6 @@ def check_logits(out, batch: int) -> torch.Tensor:
     return out
 
 
-def check_theta(theta: float) -> float:
-    theta = float(theta)
-    if not math.isfinite(theta) or not 0.0 <= theta <= 100.0:
-        raise InvalidInputError(f"theta is a percentile and must lie in [0, 100], got {theta}")
-    return theta
 
 
 def resolve_classes(class_idx, logits: torch.Tensor) -> torch.Tensor:
