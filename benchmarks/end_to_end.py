@@ -59,7 +59,7 @@ def activation_mb(name: str) -> dict:
     leaves = [m for m in model.modules() if not list(m.children())]
     hooks = [m.register_forward_hook(lambda m, i, o: total.__setitem__(0, total[0] + o.numel() * 4)) for m in leaves]
     store = {}
-    from unioncam.methods.core import resolve_layer
+    from unioncam.methods.hooks import resolve_layer
 
     def keep_k(_m, _i, out):
         store["k"] = out.shape[1]  # returns None: a hook's return value would replace the output

@@ -146,6 +146,12 @@ def avg_pool2d_backward(grad_output, self, kernel_size, stride, padding, ceil_mo
     return grad
 
 
+def sort_stable(self, *, stable=None, dim=-1, descending=False):
+    """``sort.stable`` (what the array API's ``sort`` calls) as ``sort.default``: ONNX has no stable
+    sort, and the algebra uses only the sorted values, which stability does not change."""
+    return aten.sort.default(self, dim, descending)
+
+
 def decomposition_table() -> dict:
     """PyTorch's core ATen decompositions plus the backward ones above (which take precedence)."""
     from torch._decomp import core_aten_decompositions
@@ -156,4 +162,5 @@ def decomposition_table() -> dict:
     table[aten._adaptive_avg_pool2d_backward.default] = adaptive_avg_pool2d_backward
     table[aten.adaptive_max_pool2d_backward.default] = adaptive_max_pool2d_backward
     table[aten.avg_pool2d_backward.default] = avg_pool2d_backward
+    table[aten.sort.stable] = sort_stable
     return table

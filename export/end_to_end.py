@@ -21,11 +21,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from unioncam import algebra
 from unioncam.artifacts import atomic_directory, sha256_file
 from unioncam.errors import ExportError, InvalidInputError
-from unioncam.methods.core import ActivationTap, check_theta, eval_mode, resolve_layer
-from unioncam.methods.maps import denoised_map, is_constant, minmax, region_map, saliency_masks, upsample
+from unioncam.methods.hooks import eval_mode, resolve_layer
+from unioncam.validation import check_positive_int, check_theta
 
+from .graphs import logit_gradient
 from .onnx_export import export_onnx
 
 E2E_ONNX = "unioncam.onnx"
@@ -50,33 +52,25 @@ class EndToEnd(nn.Module):
         return probs.gather(1, cls.reshape(1, 1).expand(probs.shape[0], 1))[:, 0]
 
     def forward(self, image: torch.Tensor, class_idx: torch.Tensor):
-        with ActivationTap(self.layer_name, self.layer) as tap:
-            logits = self.model(image)
-        cls_t = torch.where(class_idx < 0, logits.argmax(dim=1), class_idx)  # (1,)
-        onehot = (torch.arange(logits.shape[1])[None, :] == cls_t[:, None]).to(logits.dtype)
-        (G,) = torch.autograd.grad((logits * onehot).sum(), tap.activations)
-        A = tap.activations.detach()
-        cls = cls_t[0]
+        logits, A, G, cls_t = logit_gradient(self.model, self.layer_name, self.layer, image, class_idx)
+        A, cls = A.detach(), cls_t[0]
         H, W = self.input_size
         with torch.no_grad():
-            base = self._p(image, torch.zeros_like(image[:, 0]), cls)[0]
-            # Region map: K masked passes in unrolled chunks.
-            scores = [self._p(image, saliency_masks(A[0, s:s + self.chunk], (H, W)), cls)
-                      for s in range(0, self.channels, self.chunk)]
-            s_k = torch.where(is_constant(A[0]), base, torch.cat(scores))
-            L_reg = region_map(A, s_k[None])
-            L_den = denoised_map(A, G, self.theta)
-            D = minmax(upsample(L_den, (H, W)))
-            R = minmax(upsample(L_reg, (H, W)))
-            s_dr = self._p(image, torch.cat([D, R]), cls)
-            beta_den, beta_reg = s_dr[0] - base, s_dr[1] - base
-            DR = minmax(beta_den * D + beta_reg * R)
-            beta_dr = self._p(image, DR, cls)[0] - base
-            pick = beta_dr > beta_reg
-            cam = torch.where(pick, DR, R)
-            score = torch.softmax(logits, dim=1).gather(1, cls_t[:, None])[:, 0]
-        betas = torch.stack([beta_den, beta_reg, beta_dr])
-        return cam, D, R, DR, betas, pick.reshape(1).to(torch.int64), cls_t, score
+            base = self._p(image, torch.zeros_like(image[:, 0]), cls)  # (1,)
+
+            def score(image_index, maps):
+                # Unrolled chunks: ONNX Runtime frees each chunk's intermediates before the next.
+                return torch.cat([self._p(image, algebra.saliency_masks(maps[s:s + self.chunk], (H, W)), cls)
+                                  for s in range(0, maps.shape[0], self.chunk)])
+
+            # No data-dependent skipping in a static graph: every channel runs, constant ones get p_c(Ib).
+            cs = algebra.channel_scores(A, base, score, skip_constant=False)
+            L_reg = algebra.region_map(A, cs.scores)
+            L_den = algebra.denoised_map(A, G, self.theta)
+            f = algebra.union_select(L_den, L_reg, (H, W), base, score)
+            score_c = torch.softmax(logits, dim=1).gather(1, cls_t[:, None])[:, 0]
+        betas = torch.cat([f.beta_denoising, f.beta_region, f.beta_de_region])
+        return (f.cam, f.denoising, f.region, f.de_region, betas, f.selected.to(torch.int64), cls_t, score_c)
 
 
 def _default_class_input(path: Path) -> None:
@@ -106,8 +100,7 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
     from .exporter import _Call, _probe
 
     theta = check_theta(theta)
-    if not isinstance(chunk, int) or chunk < 1:
-        raise InvalidInputError(f"chunk must be a positive int, got {chunk!r}")
+    chunk = check_positive_int(chunk, "chunk")
     layer_name, layer = resolve_layer(model, target_layer)
     H, W = int(input_size[0]), int(input_size[1])
     t = time.perf_counter()

@@ -10,7 +10,8 @@ from torch import nn
 from unioncam import __version__
 from unioncam.artifacts import GRADIENT_ONNX, MANIFEST, MASKED_ONNX, Manifest, atomic_directory, sha256_file
 from unioncam.errors import ExportError, InvalidInputError, LayerNotFoundError
-from unioncam.methods.core import ActivationTap, check_logits, eval_mode, resolve_layer
+from unioncam.methods.hooks import ActivationTap, check_model, eval_mode, resolve_layer
+from unioncam.methods.passes import check_logits
 
 from .graphs import GradientFunction, MaskedForward, trace
 from .onnx_export import export_onnx
@@ -80,8 +81,7 @@ def export(
         LayerNotFoundError, ExportError (unsupported op, named with its layer; unwritable folder;
         input too small), ArtifactError.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     H, W = (int(input_size[0]), int(input_size[1]))
     if H < 1 or W < 1:
         raise InvalidInputError(f"input_size must be positive, got {input_size}")

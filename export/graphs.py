@@ -13,10 +13,24 @@ Only the layers after the target are differentiated; the layers before it run fo
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from unioncam.methods.core import ActivationTap
+from unioncam import algebra
+from unioncam.methods.hooks import ActivationTap
+
+
+def logit_gradient(model: nn.Module, layer_name: str, layer: nn.Module, image: torch.Tensor, class_idx: torch.Tensor):
+    """The spec's step 1 in traceable ops: (logits (B, C), A (B, K, h, w), G = d logit_c / dA, classes (B,)).
+
+    A negative class index selects the arg-max of the image's logits (first maximum).
+    """
+    with ActivationTap(layer_name, layer) as tap:
+        logits = model(image)
+    classes = torch.where(class_idx < 0, logits.argmax(dim=1), class_idx)
+    # One-hot weights instead of gather: gather's backward is a ScatterElements, avoided here.
+    onehot = (torch.arange(logits.shape[1], device=logits.device)[None, :] == classes[:, None]).to(logits.dtype)
+    (grads,) = torch.autograd.grad((logits * onehot).sum(), tap.activations)
+    return logits, tap.activations, grads, classes
 
 
 class GradientFunction(nn.Module):
@@ -33,13 +47,8 @@ class GradientFunction(nn.Module):
         self.layer = layer
 
     def forward(self, image: torch.Tensor, class_idx: torch.Tensor):
-        with ActivationTap(self.layer_name, self.layer) as tap:
-            logits = self.model(image)
-        classes = torch.where(class_idx < 0, logits.argmax(dim=1), class_idx)
-        # One-hot weights instead of gather: gather's backward is a ScatterElements, avoided here.
-        onehot = (torch.arange(logits.shape[1], device=logits.device)[None, :] == classes[:, None]).to(logits.dtype)
-        (grads,) = torch.autograd.grad((logits * onehot).sum(), tap.activations)
-        return logits, tap.activations, grads
+        logits, A, G, _ = logit_gradient(self.model, self.layer_name, self.layer, image, class_idx)
+        return logits, A, G
 
 
 class MaskedForward(nn.Module):
@@ -55,16 +64,9 @@ class MaskedForward(nn.Module):
         self.input_size = tuple(input_size)
 
     def forward(self, image: torch.Tensor, maps: torch.Tensor, class_idx: torch.Tensor):
-        B, M, h, w = maps.shape
+        B, M = maps.shape[:2]
         H, W = self.input_size
-        up = F.interpolate(maps.reshape(B * M, 1, h, w), size=(H, W), mode="bilinear", align_corners=False)
-        up = up.reshape(B, M, H, W)
-        lo = up.amin(dim=(2, 3), keepdim=True)
-        hi = up.amax(dim=(2, 3), keepdim=True)
-        rng = hi - lo
-        flat_maps = maps.reshape(B, M, h * w)
-        nonconst = (rng > 0) & (flat_maps.amax(dim=2) > flat_maps.amin(dim=2))[:, :, None, None]
-        masks = torch.where(nonconst, (up - lo) / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(up))
+        masks = algebra.saliency_masks(maps, (H, W))  # (B, M, H, W); exactly 0 for a constant map
         x = (image[:, None] * masks[:, :, None]).reshape(B * M, 3, H, W)
         probs = torch.softmax(self.model(x), dim=1).reshape(B, M, -1)
         return torch.gather(probs, 2, class_idx.reshape(B, 1, 1).expand(B, M, 1)).reshape(B, M)

@@ -12,27 +12,8 @@ import time
 from pathlib import Path
 
 from unioncam.artifacts import GRADIENT_ONNX, MASKED_ONNX, Manifest, sha256_file
-from unioncam.engine_file import import_tensorrt, write_engine
+from unioncam.engine_file import current_gpu, import_tensorrt, write_engine
 from unioncam.errors import BackendUnavailableError, ExportError
-
-
-def current_gpu() -> dict | None:
-    """Name and compute capability ("8.6") of CUDA device 0, or None without a GPU or cuda-python."""
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except Exception:
-        try:
-            from cuda import cudart  # older cuda-python
-        except Exception:
-            return None
-    try:
-        err, props = cudart.cudaGetDeviceProperties(0)
-        if int(err) != 0:
-            return None
-        name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-        return {"name": name.strip("\x00"), "compute_capability": f"{props.major}.{props.minor}"}
-    except Exception:
-        return None
 
 
 def _profiles(onnx_name: str, manifest: Manifest, max_batch: int) -> dict[str, tuple[tuple, tuple, tuple]]:

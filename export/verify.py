@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from unioncam.methods.core import eval_mode, masked_scores, resolve_layer
+from unioncam.methods.hooks import eval_mode, resolve_layer
+from unioncam.methods.passes import masked_scores
 
 
 def _session(path: Path):

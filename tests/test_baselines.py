@@ -7,7 +7,7 @@ import torch
 from independent import _minmax, _up
 from tiny import TinyCNN, tiny_images
 from unioncam import GradCAM, GradCAMpp, ScoreCAM, XGradCAM
-from unioncam.methods.maps import gradcam_weights, gradcampp_weights, xgradcam_weights
+from unioncam.algebra import gradcam_weights, gradcampp_weights, xgradcam_weights
 from unioncam.runtime import Explainer
 
 

@@ -18,7 +18,7 @@ from unioncam.export.decompositions import (
     max_pool2d_with_indices_backward,
 )
 from unioncam.export.verify import gradient_agreement, masked_agreement
-from unioncam.methods.core import masked_scores
+from unioncam.methods.passes import masked_scores
 
 
 def _session(path):

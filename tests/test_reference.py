@@ -7,7 +7,7 @@ from torch import nn
 from independent import independent_unioncam
 from tiny import TinyCNN, tiny_images
 from unioncam import InvalidInputError, LayerNotFoundError, UnionCAM
-from unioncam.methods.maps import denoised_map, minmax, percentile, region_map, saliency_masks
+from unioncam.algebra import denoised_map, minmax, percentile, region_map, saliency_masks
 
 
 def test_percentile_matches_numpy_linear():

@@ -22,16 +22,48 @@ def import_tensorrt():
     """The installed TensorRT Python module: standard ``tensorrt`` first, else ``tensorrt_rtx``.
 
     Returns:
-        (module, flavour) where flavour is ``"tensorrt"`` or ``"tensorrt_rtx"``; (None, None) if neither.
+        (module, flavour) where flavour is ``"tensorrt"`` or ``"tensorrt_rtx"``; (None, None) if neither
+        is installed.
+
+    Raises:
+        BackendUnavailableError: a TensorRT module is installed but fails to import (a broken install
+        must not look like an absent one).
     """
+    from .errors import BackendUnavailableError
+
     for name in ("tensorrt", "tensorrt_rtx"):
         try:
             module = __import__(name)
-            getattr(module, "Builder")  # the PyPI 'tensorrt' stub package has no API
-            return module, name
-        except Exception:
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise BackendUnavailableError(f"{name} is installed but cannot import {e.name}: reinstall it") from None
+        except Exception as e:
+            raise BackendUnavailableError(
+                f"{name} is installed but fails to import ({type(e).__name__}: {e}): reinstall it") from None
+        if not hasattr(module, "Builder"):  # the PyPI 'tensorrt' placeholder package has no API
             continue
+        return module, name
     return None, None
+
+
+def current_gpu() -> dict | None:
+    """Name and compute capability ("8.6") of CUDA device 0, or None without a GPU or cuda-python."""
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except Exception:
+        try:
+            from cuda import cudart  # older cuda-python
+        except Exception:
+            return None
+    try:
+        err, props = cudart.cudaGetDeviceProperties(0)
+        if int(err) != 0:
+            return None
+        name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+        return {"name": name.strip("\x00"), "compute_capability": f"{props.major}.{props.minor}"}
+    except Exception:
+        return None
 
 
 def write_engine(path: str | Path, header: dict, engine: bytes) -> None:

@@ -13,6 +13,11 @@ class InvalidInputError(UnionCAMError, ValueError):
     """An image, tensor, class index or parameter is malformed (shape, dtype, range, NaN)."""
 
 
+class InvalidTypeError(InvalidInputError, TypeError):
+    """An argument has the wrong type (a list where an array is needed, a bool as a class index);
+    also a ``TypeError``, so ``except TypeError`` keeps working."""
+
+
 class ImageReadError(UnionCAMError, ValueError):
     """An image file is missing, unreadable or not an image."""
 
@@ -45,3 +50,7 @@ class ArtifactError(UnionCAMError, RuntimeError):
 
 class BackendUnavailableError(UnionCAMError, RuntimeError):
     """The requested backend or device is not available on this machine."""
+
+
+class RunnerStateError(UnionCAMError, RuntimeError):
+    """A runner or explainer was used while not active (before ``activate()`` or after ``close()``)."""

@@ -6,10 +6,32 @@ from typing import Any
 
 import numpy as np
 
+from .validation import METHODS  # noqa: F401  (re-exported: the names every path implements)
+
 SELECTED_DE_REGION = "de_region"
 SELECTED_REGION = "region"
-#: Methods every path implements: UnionCAM and the baselines that fall out of its pipeline.
-METHODS = ("unioncam", "gradcam", "gradcampp", "xgradcam", "scorecam")
+
+
+def _f32(x) -> np.ndarray:
+    from .algebra import to_numpy
+
+    return np.ascontiguousarray(to_numpy(x), dtype=np.float32)
+
+
+def _class_scores(logits, class_idx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits (B, C) float32, class_idx (B,) int64, p_c(I0) (B,) float32) on the host."""
+    from .algebra import softmax
+
+    logits = _f32(logits)
+    classes = np.asarray(_host(class_idx), dtype=np.int64)
+    probs = softmax(logits)[np.arange(logits.shape[0]), classes]
+    return logits, classes, probs.astype(np.float32)
+
+
+def _host(x):
+    from .algebra import to_numpy
+
+    return to_numpy(x)
 
 
 @dataclass
@@ -48,6 +70,28 @@ class Explanation:
     method: str = "unioncam"
     timings_ms: dict[str, float] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_fusion(cls, fusion, *, logits, class_idx, timings_ms: dict, stats: dict) -> "Explanation":
+        """UnionCAM's result from :class:`unioncam.algebra.Fusion` arrays of any library and device,
+        the logits (B, C) and the explained classes (B,)."""
+        logits, classes, probs = _class_scores(logits, class_idx)
+        selected = _host(fusion.selected)
+        return cls(
+            cam=_f32(fusion.cam), denoising=_f32(fusion.denoising), region=_f32(fusion.region),
+            de_region=_f32(fusion.de_region), beta_denoising=_f32(fusion.beta_denoising),
+            beta_region=_f32(fusion.beta_region), beta_de_region=_f32(fusion.beta_de_region),
+            score=probs, class_idx=classes, logits=logits,
+            selected=[SELECTED_DE_REGION if bool(p) else SELECTED_REGION for p in selected],
+            method="unioncam", timings_ms=timings_ms, stats=stats,
+        )
+
+    @classmethod
+    def from_map(cls, method: str, cam, *, logits, class_idx, timings_ms: dict, stats: dict) -> "Explanation":
+        """A baseline's result: its (B, H, W) map, the logits (B, C) and the explained classes (B,)."""
+        logits, classes, probs = _class_scores(logits, class_idx)
+        return cls(cam=_f32(cam), score=probs, class_idx=classes, logits=logits, method=method,
+                   timings_ms=timings_ms, stats=stats)
 
     def __len__(self) -> int:
         return int(self.cam.shape[0])

@@ -1,14 +1,119 @@
-"""Checks shared by every path (eager, runtime, CLI). Torch-free."""
+"""Every check of user input, once, for every path (eager reference, runtime, exporter, CLI), with
+the same messages. Torch-free: torch tensors are recognised without importing torch."""
 from __future__ import annotations
 
 import math
 
-from .errors import InvalidInputError
+import numpy as np
+from array_api_compat import array_namespace, is_array_api_obj, is_numpy_array, is_torch_array
+
+from .errors import InvalidInputError, InvalidTypeError
+
+#: Methods every path implements: UnionCAM and the baselines that fall out of its pipeline.
+METHODS = ("unioncam", "gradcam", "gradcampp", "xgradcam", "scorecam")
 
 
-def check_theta(theta: float) -> float:
+def check_theta(theta) -> float:
     """AMD's percentile must be a finite number in [0, 100]."""
-    theta = float(theta)
-    if not math.isfinite(theta) or not 0.0 <= theta <= 100.0:
-        raise InvalidInputError(f"theta is a percentile and must lie in [0, 100], got {theta}")
-    return theta
+    try:
+        value = float(theta)
+    except (TypeError, ValueError):
+        raise InvalidTypeError(f"theta must be a number in [0, 100], got {theta!r}") from None
+    if not math.isfinite(value) or not 0.0 <= value <= 100.0:
+        raise InvalidInputError(f"theta is a percentile and must lie in [0, 100], got {value}")
+    return value
+
+
+def check_positive_int(value, name: str):
+    """A positive int (not a bool); returns it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def check_batch_size(batch_size) -> int:
+    """Masked passes per call: a positive int."""
+    return check_positive_int(batch_size, "batch_size")
+
+
+def check_method(method: str) -> str:
+    """One of :data:`METHODS`."""
+    if method not in METHODS:
+        raise InvalidInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    return method
+
+
+def check_images(images, *, library: str, size: tuple[int, int] | None = None):
+    """Validate a non-empty (B, 3, H, W) floating array in [0, 1] with finite values.
+
+    Args:
+        images: the batch, a NumPy array (``library="numpy"``) or a torch tensor (``"torch"``).
+        library: what this path takes; anything else is refused with the type it should be.
+        size: (H, W) the path is specialised to (an export), or None for any size.
+
+    Returns:
+        ``images`` (unchanged; NumPy float64/float16 becomes C-contiguous float32).
+
+    Raises:
+        InvalidTypeError (also a TypeError): not an array of the expected library.
+        InvalidInputError: wrong rank, shape, dtype or range; NaN or Inf.
+    """
+    want = {"numpy": "a NumPy array", "torch": "a torch.Tensor"}[library]
+    is_ok = is_numpy_array(images) if library == "numpy" else is_torch_array(images)
+    shape_hint = f"(B, 3, {size[0]}, {size[1]})" if size else "(B, 3, H, W)"
+    if not is_ok:
+        raise InvalidTypeError(f"images must be {want} {shape_hint}, got {type(images).__name__}")
+    shape = tuple(images.shape)
+    if len(shape) == 3:
+        raise InvalidInputError(f"images must be {shape_hint}; got {shape}: add a batch dim with images[None]")
+    if len(shape) != 4 or shape[0] == 0 or shape[1] != 3 or (size is not None and shape[2:] != tuple(size)):
+        raise InvalidInputError(f"images must have shape {shape_hint}" + (" for this export" if size else "")
+                                + f", got {shape}")
+    xp = array_namespace(images)
+    if not xp.isdtype(images.dtype, "real floating"):
+        raise InvalidInputError(f"images must be floating point (float32) in [0, 1], got {images.dtype}; divide uint8 by 255")
+    if library == "numpy" and images.dtype != np.float32:
+        images = images.astype(np.float32)
+    if library == "numpy":
+        images = np.ascontiguousarray(images)
+    if not bool(xp.all(xp.isfinite(images))):
+        raise InvalidInputError("images contain NaN or Inf; clean the input before explaining it")
+    lo, hi = float(xp.min(images)), float(xp.max(images))
+    if lo < 0.0 or hi > 1.0:
+        # Refused, never clipped: every path refuses the same input.
+        raise InvalidInputError(
+            f"images must lie in [0, 1] (normalisation is part of the model), got range [{lo:.4g}, {hi:.4g}]")
+    return images
+
+
+def check_classes(class_idx, batch: int, num_classes: int | None = None) -> np.ndarray | None:
+    """``class_idx`` as (B,) NumPy int64, or None for the arg-max of each image.
+
+    Accepts None, an int (the same class for all images), or one int per image (a sequence, a NumPy
+    array or a torch tensor). With ``num_classes`` the range is checked too.
+    """
+    if class_idx is None:
+        return None
+    if isinstance(class_idx, (bool, np.bool_)):
+        raise InvalidTypeError("class_idx must be None, an int or a sequence of ints, not a bool")
+    if is_torch_array(class_idx):
+        class_idx = class_idx.detach().cpu().numpy()
+    if isinstance(class_idx, (int, np.integer)) or (is_array_api_obj(class_idx) and np.ndim(class_idx) == 0
+                                                     and np.asarray(class_idx).dtype.kind in "iu"):
+        idx = np.full(batch, int(class_idx), np.int64)
+    else:
+        try:
+            idx = np.asarray(class_idx if is_array_api_obj(class_idx) else list(class_idx))
+        except (TypeError, ValueError) as e:
+            raise InvalidTypeError(f"class_idx must be None, an int or a sequence of ints: {e}") from None
+        if idx.ndim != 1 or idx.shape[0] != batch:
+            raise InvalidInputError(f"class_idx has shape {idx.shape}; give one class per image (B={batch})")
+        if idx.dtype.kind not in "iu":
+            raise InvalidTypeError(f"class_idx must hold integers, got {idx.dtype}")
+        idx = idx.astype(np.int64)
+    if num_classes is not None:
+        bad = (idx < 0) | (idx >= num_classes)
+        if bad.any():
+            raise InvalidInputError(
+                f"class index {int(idx[bad][0])} out of range: the model has {num_classes} classes (0..{num_classes - 1})")
+    return idx

@@ -11,21 +11,24 @@ from .base import Runner
 BACKENDS = ("onnxruntime", "tensorrt")
 
 
-def make_runners(backend: str, device: str, directory: Path, manifest: Manifest, *, threads: int | None = None
-                 ) -> tuple[Runner, Runner]:
+def make_runners(backend: str, device: str, directory: Path, manifest: Manifest, *, threads: int | None = None,
+                 buffers: str = "auto") -> tuple[Runner, Runner]:
     """(gradient runner, masked-forward runner), not yet activated. Fails here, never at the first call."""
+    from ..loaders import EngineFromFile, SessionFromOnnx
+
     if backend == "onnxruntime":
         from .onnxruntime_runner import OnnxRuntimeRunner
 
-        return (OnnxRuntimeRunner(directory / GRADIENT_ONNX, device=device, threads=threads),
-                OnnxRuntimeRunner(directory / MASKED_ONNX, device=device, threads=threads))
+        return tuple(OnnxRuntimeRunner(SessionFromOnnx(directory / name, device=device, threads=threads))
+                     for name in (GRADIENT_ONNX, MASKED_ONNX))
     if backend == "tensorrt":
         if device != "cuda":
             raise BackendUnavailableError("backend 'tensorrt' runs on device 'cuda' only; use backend 'onnxruntime' on the CPU")
         from .tensorrt_runner import TensorRTRunner
 
-        return (TensorRTRunner(directory / GRADIENT_ONNX.replace(".onnx", ".engine"), manifest),
-                TensorRTRunner(directory / MASKED_ONNX.replace(".onnx", ".engine"), manifest))
+        return tuple(TensorRTRunner(EngineFromFile(directory / name.replace(".onnx", ".engine"),
+                                                   onnx_sha256=manifest.files.get(name, "")), buffers=buffers)
+                     for name in (GRADIENT_ONNX, MASKED_ONNX))
     raise BackendUnavailableError(f"unknown backend {backend!r}; available: {', '.join(available_backends())}")
 
 
@@ -40,8 +43,11 @@ def available_backends() -> list[str]:
         pass
     from unioncam.engine_file import import_tensorrt
 
-    if import_tensorrt()[0] is not None:
-        out.append("tensorrt (CUDA only)")
+    try:
+        if import_tensorrt()[0] is not None:
+            out.append("tensorrt (CUDA only)")
+    except BackendUnavailableError as e:
+        out.append(f"tensorrt (broken install: {e})")
     return out
 
 

@@ -1,20 +1,21 @@
-"""One small interface for every backend (after Polygraphy's loader/runner split).
+"""One small interface for every backend, after Polygraphy's ``BaseRunner``.
 
-A runner is created cheaply, ``activate()`` loads the session or engine, ``infer(feeds)`` checks the
-feeds against the graph's input metadata and runs, ``deactivate()`` frees it. Runners are used as
-context managers or held for the explainer's lifetime.
+A runner is created from a loader (cheap), ``activate()`` loads, ``infer(feeds)`` checks state and
+feeds then runs, ``deactivate()`` frees. The base owns these three and their checks; a backend
+implements ``activate_impl``, ``infer_impl``, ``deactivate_impl`` (and ``to_device_impl`` where it
+keeps inputs on a device).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from unioncam.errors import InvalidInputError
+from unioncam.errors import InvalidInputError, RunnerStateError
 
 _DTYPES = {"float32": np.float32, "int64": np.int64}
 
 
 class Runner:
-    """Runs one graph. Subclasses fill ``inputs`` at activation: name -> (dtype name, shape with None)."""
+    """Runs one graph. ``activate_impl`` fills ``inputs``: name -> (dtype name, shape with None)."""
 
     name = "runner"
     #: Largest first dimension (gradient: batch; masked forward: maps per call) one call accepts.
@@ -24,15 +25,53 @@ class Runner:
         self.inputs: dict[str, tuple[str, tuple]] = {}
         self.is_active = False
 
+    # -- the interface ----------------------------------------------------------------------
     def activate(self) -> "Runner":
-        raise NotImplementedError
+        """Load the session or engine. Activating an active runner does nothing."""
+        if not self.is_active:
+            self.activate_impl()
+            self.is_active = True
+        return self
 
-    def deactivate(self) -> None:
-        self.is_active = False
+    def infer(self, feeds: dict) -> dict[str, np.ndarray]:
+        """Run on ``feeds`` (name -> array or a handle from ``to_device``); returns name -> array."""
+        self._check_active("infer")
+        self.check_feeds(feeds)
+        return self.infer_impl(feeds)
 
     def to_device(self, array: np.ndarray):
         """A handle for an input reused across calls (kept on the device by GPU backends)."""
+        self._check_active("to_device")
+        return self.to_device_impl(array)
+
+    def deactivate(self) -> None:
+        """Free the session or engine and every device buffer. Idempotent."""
+        if self.is_active:
+            try:
+                self.deactivate_impl()
+            finally:
+                self.is_active = False
+
+    # -- what a backend implements -----------------------------------------------------------
+    def activate_impl(self) -> None:
+        raise NotImplementedError
+
+    def infer_impl(self, feeds: dict) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def deactivate_impl(self) -> None:
+        raise NotImplementedError
+
+    def to_device_impl(self, array: np.ndarray):
         return array
+
+    # -- checks ------------------------------------------------------------------------------
+    def _check_active(self, what: str) -> None:
+        if not self.is_active:
+            raise RunnerStateError(
+                f"{self.name}: {what}() on an inactive runner; call activate() first (or use it in a `with` block), "
+                "and do not use it after deactivate() or Explainer.close()"
+            )
 
     def check_feeds(self, feeds: dict) -> None:
         """Input metadata checked before inference: names, dtypes, ranks, static dimensions."""
@@ -47,13 +86,8 @@ class Runner:
             if value.ndim != len(shape) or any(s is not None and s != v for s, v in zip(shape, value.shape)):
                 raise InvalidInputError(f"{self.name}: input {key!r} must have shape {shape}, got {value.shape}")
 
-    def infer(self, feeds: dict) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
     def __enter__(self):
-        if not self.is_active:
-            self.activate()
-        return self
+        return self.activate()
 
     def __exit__(self, *exc):
         self.deactivate()

@@ -1,68 +1,22 @@
 """TensorRT backend: runs the engines ``unioncam export --engine`` built, through the standard
 ``tensorrt`` Python API (``tensorrt_rtx`` where that is the module installed).
 
-Device buffers: torch CUDA tensors when torch with CUDA imports (no copy of torch itself is needed
-otherwise), else ``cuda-python`` (``cuda.bindings.runtime``). The engine header is checked before
-deserialising: a stale engine (other ONNX), or one built by another TensorRT version or for another
-GPU, is refused with the command that rebuilds it. An execution context is not thread-safe: calls
-are serialised with a lock.
+The engine comes from an :class:`~unioncam.runtime.loaders.EngineFromFile` loader, which refuses a
+stale or foreign engine before deserialising it. Device buffers come from
+:mod:`.device_memory` (cuda-python by default; torch only when asked or already imported) and are
+freed on ``deactivate()``. An execution context is not thread-safe: calls are serialised with a lock.
 """
 from __future__ import annotations
 
-import importlib
 import threading
-from pathlib import Path
 
 import numpy as np
 
-from unioncam.artifacts import Manifest
-from unioncam.engine_file import check_header, import_tensorrt, read_engine
 from unioncam.errors import BackendUnavailableError, InvalidInputError
 
+from ..loaders import EngineFromFile
 from .base import Runner
-
-
-def _cuda_memory():
-    """(alloc(nbytes) -> (handle, ptr), h2d(ptr, array), d2h(array, ptr), sync()) with torch or cuda-python."""
-    try:
-        # Looked up by name: the runtime never needs torch, it only uses it when it is there.
-        torch = importlib.import_module("torch")
-        if torch.cuda.is_available():
-            def alloc(n):
-                t = torch.empty(max(n, 1), dtype=torch.uint8, device="cuda")
-                return t, t.data_ptr()
-
-            def h2d(ptr_owner, arr):
-                ptr_owner[: arr.nbytes].copy_(torch.from_numpy(np.ascontiguousarray(arr)).view(torch.uint8).reshape(-1))
-
-            def d2h(arr, ptr_owner):
-                arr.reshape(-1).view(np.uint8)[:] = ptr_owner[: arr.nbytes].cpu().numpy()
-
-            return "torch", alloc, h2d, d2h, torch.cuda.synchronize, lambda: torch.cuda.current_stream().cuda_stream
-    except Exception:
-        pass
-    try:
-        from cuda.bindings import runtime as cudart
-    except Exception:
-        try:
-            from cuda import cudart
-        except Exception:
-            return None
-
-    def alloc(n):
-        err, ptr = cudart.cudaMalloc(max(n, 1))
-        if int(err) != 0:
-            raise BackendUnavailableError(f"cudaMalloc({n}) failed: {err}")
-        return ptr, int(ptr)
-
-    def h2d(ptr, arr):
-        arr = np.ascontiguousarray(arr)
-        cudart.cudaMemcpy(ptr, arr.ctypes.data, arr.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice)
-
-    def d2h(arr, ptr):
-        cudart.cudaMemcpy(arr.ctypes.data, ptr, arr.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
-
-    return "cuda-python", alloc, h2d, d2h, lambda: cudart.cudaDeviceSynchronize(), lambda: 0
+from .device_memory import BufferPool, cuda_memory
 
 
 class _Resident:
@@ -74,38 +28,26 @@ class _Resident:
 
 
 class TensorRTRunner(Runner):
-    """One engine file (``gradient.engine`` or ``masked_forward.engine``) beside its ONNX."""
+    """One engine (``gradient.engine`` or ``masked_forward.engine``) from ``engine_loader``.
 
-    def __init__(self, engine_path: str | Path, manifest: Manifest):
+    Args:
+        engine_loader: an :class:`EngineFromFile` (its header gives the profile's ``max_batch``).
+        buffers: ``"auto"``, ``"cuda-python"`` or ``"torch"`` (see :func:`.device_memory.cuda_memory`).
+    """
+
+    def __init__(self, engine_loader: EngineFromFile, *, buffers: str = "auto"):
         super().__init__()
-        self.path = Path(engine_path)
-        self.name = f"tensorrt:{self.path.name}"
-        self.trt, self.flavour = import_tensorrt()
-        if self.trt is None:
-            raise BackendUnavailableError(
-                "backend 'tensorrt' needs NVIDIA's tensorrt Python package on a CUDA machine; available here: onnxruntime"
-            )
-        self.memory = _cuda_memory()
-        if self.memory is None:
-            raise BackendUnavailableError("backend 'tensorrt' needs torch with CUDA or cuda-python for device buffers")
-        from unioncam.export.tensorrt_engine import current_gpu
-
-        header, _ = read_engine(self.path, header_only=True)
-        onnx_name = header.get("onnx_file", "")
-        check_header(self.path, header, onnx_sha256=manifest.files.get(onnx_name, ""),
-                     trt_version=str(self.trt.__version__), gpu=current_gpu())
-        self.header = header
-        self.max_batch = int(header.get("max_batch", 1))
+        self.loader = engine_loader
+        self.trt = engine_loader.trt
+        self.name = f"tensorrt:{getattr(engine_loader, 'path', 'engine')}"
+        self.memory = cuda_memory(buffers)  # fails at construction, not at the first call
+        self.max_batch = int(engine_loader.header.get("max_batch", 1))
         self._lock = threading.Lock()
+        self.pool: BufferPool | None = None
 
-    def activate(self) -> "TensorRTRunner":
+    def activate_impl(self) -> None:
         trt = self.trt
-        _, blob = read_engine(self.path)
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(blob)
-        if self.engine is None:
-            raise BackendUnavailableError(f"TensorRT could not deserialize {self.path}; rebuild it with `unioncam export ... --engine`")
+        self.engine = self.loader()
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -114,55 +56,42 @@ class TensorRTRunner(Runner):
         for n in self.input_names:
             dt = "int64" if self.engine.get_tensor_dtype(n) == trt.DataType.INT64 else "float32"
             self.inputs[n] = (dt, tuple(None if d < 0 else d for d in self.engine.get_tensor_shape(n)))
-        self._buffers: dict[str, tuple[object, int, int]] = {}
+        self.pool = BufferPool(self.memory)
         self._resident: dict[str, _Resident | None] = {}
-        self.is_active = True
-        return self
 
-    def to_device(self, array: np.ndarray):
+    def deactivate_impl(self) -> None:
+        try:
+            if self.pool is not None:
+                self.pool.free_all()
+        finally:
+            self.pool, self._resident = None, {}
+            self.context = self.engine = None
+
+    def to_device_impl(self, array: np.ndarray):
         return _Resident(array)
 
-    def _buffer(self, name: str, nbytes: int) -> int:
-        held = self._buffers.get(name)
-        if held is None or held[2] < nbytes:
-            handle, ptr = self.memory[1](nbytes)
-            held = (handle, ptr, nbytes)
-            self._buffers[name] = held
-            self._resident.pop(name, None)
-        return held[1]
-
-    def deactivate(self) -> None:
-        self._buffers, self._resident = {}, {}
-        self.context = self.engine = self.runtime = None
-        super().deactivate()
-
-    def infer(self, feeds: dict) -> dict[str, np.ndarray]:
-        self.check_feeds(feeds)
+    def infer_impl(self, feeds: dict) -> dict[str, np.ndarray]:
         # The explainer chunks to max_batch; this guards direct callers.
         n = feeds["maps"].shape[1] if "maps" in feeds else feeds["image"].shape[0]
         if n > self.max_batch:
             raise InvalidInputError(f"{self.name}: {n} exceeds the engine's profile ({self.max_batch}); split the call")
-        _, _, h2d, d2h, sync, stream = self.memory
         with self._lock:
             for name, value in feeds.items():
                 self.context.set_input_shape(name, tuple(value.shape))
-                ptr = self._buffer(name, value.nbytes)
+                buf, new = self.pool.get(name, value.nbytes)
                 # A resident input already in this buffer is not copied again.
-                if not (isinstance(value, _Resident) and self._resident.get(name) is value):
-                    host = value.array if isinstance(value, _Resident) else value
-                    h2d(self._buffers[name][0], host) if self.memory[0] == "torch" else h2d(ptr, host)
+                if new or not (isinstance(value, _Resident) and self._resident.get(name) is value):
+                    buf.upload(value.array if isinstance(value, _Resident) else value)
                     self._resident[name] = value if isinstance(value, _Resident) else None
-                self.context.set_tensor_address(name, ptr)
+                self.context.set_tensor_address(name, buf.ptr)
             outs = {}
             for name in self.output_names:
-                shape = tuple(self.context.get_tensor_shape(name))
-                arr = np.empty(shape, dtype=np.float32)
+                arr = np.empty(tuple(self.context.get_tensor_shape(name)), dtype=np.float32)
                 outs[name] = arr
-                self.context.set_tensor_address(name, self._buffer(name, arr.nbytes))
-            if not self.context.execute_async_v3(stream()):
+                self.context.set_tensor_address(name, self.pool.get(name, arr.nbytes)[0].ptr)
+            if not self.context.execute_async_v3(self.memory.stream()):
                 raise BackendUnavailableError(f"{self.name}: TensorRT execution failed")
-            sync()
+            self.memory.synchronize()
             for name, arr in outs.items():
-                owner, ptr, _ = self._buffers[name]
-                d2h(arr, owner) if self.memory[0] == "torch" else d2h(arr, ptr)
+                self.pool.buffers[name].download(arr)
         return outs

@@ -1,6 +1,6 @@
 """Eager PyTorch CAM methods (the reference implementation)."""
-from .base import CAMMethod
 from .baselines import GradCAM, GradCAMpp, ScoreCAM, XGradCAM
+from .cam_method import CAMMethod
 from .unioncam import UnionCAM
 
 #: name -> class, for ``--method``.

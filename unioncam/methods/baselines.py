@@ -6,36 +6,23 @@ import time
 
 import torch
 
+from .. import algebra
 from ..explanation import Explanation
-from .base import CAMMethod
-from .core import ActivationTap, check_logits, resolve_classes
-from .maps import GRADIENT_WEIGHTS, minmax, region_map, upsample, weighted_map
-
-
-def _result(method, cam, logits, classes, timings, stats) -> Explanation:
-    probs = torch.softmax(logits, dim=1).gather(1, classes[:, None])[:, 0]
-    return Explanation(
-        cam=cam.detach().to("cpu", torch.float32).numpy(),
-        score=probs.to("cpu", torch.float32).numpy(),
-        class_idx=classes.cpu().numpy().astype("int64"),
-        logits=logits.to("cpu", torch.float32).numpy(),
-        method=method, timings_ms=timings, stats=stats,
-    )
+from .cam_method import CAMMethod
 
 
 class _GradientWeighted(CAMMethod):
     """``L = relu(sum_k w_k A_k)`` with weights from the activations and gradients."""
 
-    method = ""
-
     def _explain(self, images, class_idx) -> Explanation:
         t = time.perf_counter()
-        gp = self._gradient_pass(images, class_idx)
+        gp = self._forward(images, class_idx, gradients=True)
         with torch.no_grad():
-            L = weighted_map(gp.activations, GRADIENT_WEIGHTS[self.method](gp.activations, gp.gradients))
-            cam = minmax(upsample(L, tuple(images.shape[-2:])))
+            weights = algebra.GRADIENT_WEIGHTS[self.method](gp.activations, gp.gradients)
+            cam = algebra.normalized(algebra.weighted_map(gp.activations, weights), tuple(images.shape[-2:]))
         timings = {"gradient": (time.perf_counter() - t) * 1e3}
-        return _result(self.method, cam, gp.logits, gp.class_idx, timings, {"channels": int(gp.activations.shape[1])})
+        return Explanation.from_map(self.method, cam, logits=gp.logits, class_idx=gp.class_idx, timings_ms=timings,
+                                    stats={"channels": int(gp.activations.shape[1])})
 
 
 class GradCAM(_GradientWeighted):
@@ -62,21 +49,23 @@ class ScoreCAM(CAMMethod):
 
     method = "scorecam"
 
-    def __init__(self, model, target_layer, batch_size: int = 64, *, skip_constant: bool = True, progress: bool = False):
+    def __init__(self, model, target_layer, *, batch_size: int = 64, skip_constant: bool = True,
+                 skip_duplicates: bool = False, progress: bool = False):
         super().__init__(model, target_layer, batch_size=batch_size, progress=progress)
         self.skip_constant = bool(skip_constant)
+        self.skip_duplicates = bool(skip_duplicates)
 
     def _explain(self, images, class_idx) -> Explanation:
         t = time.perf_counter()
         # Activations and logits in one pass; no gradient is needed, so the tap makes no leaf.
-        with torch.no_grad(), ActivationTap(self.layer_name, self.layer, requires_grad=False) as tap:
-            logits = check_logits(self.model(images), images.shape[0])
-        classes = resolve_classes(class_idx, logits)
-        A = tap.activations
-        base = self._black_scores(images, classes)
-        scores, constant, passes = self._channel_scores(images, A, classes, base, self.skip_constant)
+        gp = self._forward(images, class_idx, gradients=False)
+        base = self._black_scores(images, gp.class_idx)
+        cs = self._channel_scores(images, gp, base, skip_constant=self.skip_constant,
+                                  skip_duplicates=self.skip_duplicates)
         with torch.no_grad():
-            cam = minmax(upsample(region_map(A, scores), tuple(images.shape[-2:])))
+            cam = algebra.normalized(algebra.region_map(gp.activations, cs.scores), tuple(images.shape[-2:]))
         timings = {"region": (time.perf_counter() - t) * 1e3}
-        stats = {"channels": int(A.shape[1]), "constant_channels": int(constant.sum()), "masked_passes": passes}
-        return _result(self.method, cam, logits, classes, timings, stats)
+        stats = {"channels": int(gp.activations.shape[1]), "constant_channels": int(cs.constant.sum()),
+                 "duplicate_channels": cs.duplicates, "masked_passes": cs.passes}
+        return Explanation.from_map(self.method, cam, logits=gp.logits, class_idx=gp.class_idx,
+                                    timings_ms=timings, stats=stats)

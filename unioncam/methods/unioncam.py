@@ -6,17 +6,17 @@ import time
 import torch
 from torch import nn
 
-from ..explanation import SELECTED_DE_REGION, SELECTED_REGION, Explanation
-from .base import CAMMethod
-from .core import check_theta
-from .maps import denoised_map, minmax, region_map, upsample
+from .. import algebra
+from ..explanation import Explanation
+from ..validation import check_theta
+from .cam_method import CAMMethod
 
 
 class UnionCAM(CAMMethod):
     """UnionCAM (Hu et al., 2024): AMD + Score-CAM region map, fused by AMU, selected by AMS.
 
     ``UnionCAM(model, target_layer)(images, class_idx)`` follows the definitions in the README
-    ("The method") exactly, in the model's dtype.
+    ("The method") exactly, in the model's dtype, through :mod:`unioncam.algebra`.
 
     Args:
         model: ``nn.Module`` mapping (B, 3, H, W) images in [0, 1] to (B, C) logits.
@@ -25,72 +25,42 @@ class UnionCAM(CAMMethod):
         batch_size: forward passes per chunk of masked passes.
         skip_constant: skip the forward pass of channels whose map is constant (their score is
             ``p_c(Ib)`` exactly); turning it off changes no value, only the time.
+        skip_duplicates: run one pass per distinct mask of an image (exact; off by default).
         progress: show a progress bar over masked passes.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        target_layer: str | nn.Module,
-        theta: float = 10.0,
-        batch_size: int = 64,
-        *,
-        skip_constant: bool = True,
-        progress: bool = False,
-    ):
+    method = "unioncam"
+
+    def __init__(self, model: nn.Module, target_layer: str | nn.Module, *, theta: float = 10.0,
+                 batch_size: int = 64, skip_constant: bool = True, skip_duplicates: bool = False,
+                 progress: bool = False):
         super().__init__(model, target_layer, batch_size=batch_size, progress=progress)
         self.theta = check_theta(theta)
         self.skip_constant = bool(skip_constant)
+        self.skip_duplicates = bool(skip_duplicates)
 
     def _explain(self, images: torch.Tensor, class_idx) -> Explanation:
         timings: dict[str, float] = {}
         B, _, H, W = images.shape
         t = time.perf_counter()
-        gp = self._gradient_pass(images, class_idx)
-        A, G, classes = gp.activations, gp.gradients, gp.class_idx
+        gp = self._forward(images, class_idx, gradients=True)
         timings["gradient"] = (time.perf_counter() - t) * 1e3
 
         t = time.perf_counter()
-        base = self._black_scores(images, classes)
-        scores, constant, passes = self._channel_scores(images, A, classes, base, self.skip_constant)
+        base = self._black_scores(images, gp.class_idx)
+        cs = self._channel_scores(images, gp, base, skip_constant=self.skip_constant,
+                                  skip_duplicates=self.skip_duplicates)
         with torch.no_grad():
-            L_reg = region_map(A, scores)
+            L_reg = algebra.region_map(gp.activations, cs.scores)
         timings["region"] = (time.perf_counter() - t) * 1e3
 
         t = time.perf_counter()
         with torch.no_grad():
-            L_den = denoised_map(A, G, self.theta)
-            D = minmax(upsample(L_den, (H, W)))
-            R = minmax(upsample(L_reg, (H, W)))
-            rows = torch.arange(B, device=images.device)
-            s_dr = self._masked(images, torch.cat([rows, rows]), torch.cat([D, R]), classes)
-            beta_den, beta_reg = s_dr[:B] - base, s_dr[B:] - base
-            DR = minmax(beta_den[:, None, None] * D + beta_reg[:, None, None] * R)
-            beta_dr = self._masked(images, rows, DR, classes) - base
-            pick = beta_dr > beta_reg  # strict: a tie keeps R
-            cam = torch.where(pick[:, None, None], DR, R)
-            probs = torch.softmax(gp.logits, dim=1).gather(1, classes[:, None])[:, 0]
+            L_den = algebra.denoised_map(gp.activations, gp.gradients, self.theta)
+            fusion = algebra.union_select(L_den, L_reg, (H, W), base, self._scorer(images, gp.class_idx))
         timings["fusion"] = (time.perf_counter() - t) * 1e3
-
-        def f32(x):
-            return x.detach().to("cpu", torch.float32).numpy()
-
-        return Explanation(
-            cam=f32(cam),
-            denoising=f32(D),
-            region=f32(R),
-            de_region=f32(DR),
-            beta_denoising=f32(beta_den),
-            beta_region=f32(beta_reg),
-            beta_de_region=f32(beta_dr),
-            score=f32(probs),
-            class_idx=classes.cpu().numpy().astype("int64"),
-            selected=[SELECTED_DE_REGION if p else SELECTED_REGION for p in pick.tolist()],
-            logits=f32(gp.logits),
-            timings_ms=timings,
-            stats={
-                "channels": int(A.shape[1]),
-                "constant_channels": int(constant.sum()),
-                "masked_passes": passes + 3 * B,
-            },
+        return Explanation.from_fusion(
+            fusion, logits=gp.logits, class_idx=gp.class_idx, timings_ms=timings,
+            stats={"channels": int(gp.activations.shape[1]), "constant_channels": int(cs.constant.sum()),
+                   "duplicate_channels": cs.duplicates, "masked_passes": cs.passes + 3 * B},
         )

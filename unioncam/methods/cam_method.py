@@ -1,4 +1,6 @@
-"""Base class of the eager CAM methods: the gradient pass and batched masked passes."""
+"""Base class of the eager CAM methods: input checks, the gradient pass, the black image's scores
+and batched masked passes. A method supplies ``_explain``; the algebra comes from
+:mod:`unioncam.algebra`."""
 from __future__ import annotations
 
 import contextlib
@@ -8,18 +10,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import algebra
 from ..errors import InvalidInputError
-from .maps import is_constant
-from .core import (
-    ActivationTap,
-    check_batch_size,
-    check_images,
-    check_logits,
-    eval_mode,
-    masked_scores,
-    resolve_classes,
-    resolve_layer,
-)
+from ..validation import check_batch_size, check_images
+from .hooks import ActivationTap, check_model, eval_mode, resolve_layer
+from .passes import check_logits, masked_scores, resolve_classes
 
 
 @dataclass
@@ -38,6 +33,9 @@ class GradientPass:
 class CAMMethod:
     """Eager PyTorch CAM method around one target layer of ``model``.
 
+    ``method(images, class_idx=None) -> Explanation``: images (B, 3, H, W) float in [0, 1] (torch);
+    class_idx None (arg-max), an int, or one int per image.
+
     Args:
         model: ``nn.Module`` mapping (B, 3, H, W) images in [0, 1] to (B, C) logits.
         target_layer: dotted module name (``"features.29"``) or the module itself.
@@ -45,32 +43,39 @@ class CAMMethod:
         progress: show a progress bar over masked passes (it appears only after one second).
     """
 
-    def __init__(self, model: nn.Module, target_layer: str | nn.Module, *, batch_size: int = 64, progress: bool = False):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
+    method = ""
+
+    def __init__(self, model: nn.Module, target_layer: str | nn.Module, *, batch_size: int = 64,
+                 progress: bool = False):
+        self.model = check_model(model)
         self.layer_name, self.layer = resolve_layer(model, target_layer)
         self.batch_size = check_batch_size(batch_size)
         self.progress = bool(progress)
 
-    def _gradient_pass(self, images: torch.Tensor, class_idx) -> GradientPass:
-        with torch.enable_grad(), ActivationTap(self.layer_name, self.layer) as tap:
+    def _forward(self, images: torch.Tensor, class_idx, *, gradients: bool) -> GradientPass:
+        """Logits, activations, classes and (with ``gradients``) ``G = d logit_c / dA``."""
+        grad_ctx = torch.enable_grad() if gradients else torch.no_grad()
+        with grad_ctx, ActivationTap(self.layer_name, self.layer, requires_grad=gradients) as tap:
             logits = check_logits(self.model(images), images.shape[0])
             if tap.activations is None:
                 raise InvalidInputError(
                     f"layer {self.layer_name!r} did not run during the forward pass; choose a layer on the path to the logits"
                 )
             classes = resolve_classes(class_idx, logits)
-            selected = logits.gather(1, classes[:, None]).sum()
-            (grads,) = torch.autograd.grad(selected, tap.activations, allow_unused=True)
-        if grads is None:
-            raise InvalidInputError(f"the logits do not depend on layer {self.layer_name!r}; choose a layer before the classifier")
+            grads = None
+            if gradients:
+                selected = logits.gather(1, classes[:, None]).sum()
+                (grads,) = torch.autograd.grad(selected, tap.activations, allow_unused=True)
+                if grads is None:
+                    raise InvalidInputError(
+                        f"the logits do not depend on layer {self.layer_name!r}; choose a layer before the classifier")
         acts = tap.activations.detach()
-        if not bool(torch.isfinite(acts).all() & torch.isfinite(grads).all()):
+        finite = torch.isfinite(acts).all() & (torch.isfinite(grads).all() if grads is not None else True)
+        if not bool(finite):
             raise InvalidInputError(
                 "the model produced NaN or Inf activations or gradients for this input; check the model and its weights"
             )
-        return GradientPass(logits.detach(), acts, grads.detach(), classes)
+        return GradientPass(logits.detach(), acts, grads.detach() if grads is not None else None, classes)
 
     def _black_scores(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """``p_c(Ib)`` for each image's class: (B,). One pass on a black image serves all classes."""
@@ -78,26 +83,18 @@ class CAMMethod:
             probs = torch.softmax(check_logits(self.model(torch.zeros_like(images[:1])), 1), dim=1)[0]
         return probs[classes]
 
-    def _channel_scores(self, images, activations, classes, base, skip_constant=True):
-        """Score-CAM's ``s_k = p_c(minmax(up(A_k)) * I0)`` for every (image, channel): (B, K).
+    def _scorer(self, images: torch.Tensor, classes: torch.Tensor, bar=None):
+        """The scoring callable the algebra calls: ``(image_index, maps) -> p_c(N(map) * I0)``."""
+        return lambda index, maps: masked_scores(self.model, images, index, maps, classes,
+                                                 batch_size=self.batch_size, progress=bar)
 
-        Constant channels get ``p_c(Ib)`` without a pass when ``skip_constant`` (exact).
-
-        Returns:
-            (scores (B, K), constant (B, K) bool, passes run).
-        """
-        B, K = activations.shape[:2]
-        with torch.no_grad():
-            constant = is_constant(activations)
-            run = ~constant if skip_constant else torch.ones_like(constant)
-            b_idx, k_idx = torch.nonzero(run, as_tuple=True)
-            scores = base[:, None].expand(B, K).clone()
-            with self._progress_bar(int(b_idx.numel()), "masked passes") as bar:
-                scores[b_idx, k_idx] = self._masked(images, b_idx, activations[b_idx, k_idx], classes, bar)
-        return scores, constant, int(b_idx.numel())
-
-    def _masked(self, images, image_index, maps, classes, bar=None) -> torch.Tensor:
-        return masked_scores(self.model, images, image_index, maps, classes, batch_size=self.batch_size, progress=bar)
+    def _channel_scores(self, images, gp: GradientPass, base, *, skip_constant=True, skip_duplicates=False):
+        """Score-CAM channel scores (B, K) through :func:`unioncam.algebra.channel_scores`."""
+        A = gp.activations
+        total = int((~algebra.constant_channels(A)).sum()) if skip_constant else A.shape[0] * A.shape[1]
+        with torch.no_grad(), self._progress_bar(total, "masked passes") as bar:
+            return algebra.channel_scores(A, base, self._scorer(images, gp.class_idx, bar),
+                                          skip_constant=skip_constant, skip_duplicates=skip_duplicates)
 
     def _progress_bar(self, total: int, desc: str):
         if not self.progress or total == 0:
@@ -107,7 +104,7 @@ class CAMMethod:
         return tqdm(total=total, desc=desc, unit="pass", delay=1.0, leave=False)
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        check_images(images)
+        check_images(images, library="torch")
         param = next(self.model.parameters(), None)
         if param is not None and (param.device != images.device or param.dtype != images.dtype):
             images = images.to(device=param.device, dtype=param.dtype)

@@ -1,0 +1,91 @@
+"""Lazy loaders (after Polygraphy's ``SessionFromOnnx`` / ``EngineFromBytes``): cheap to create,
+they check what can be checked at once and load when called. A runner takes a loader, so the way a
+session or engine is made is separate from the way it is run."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from unioncam.engine_file import check_header, current_gpu, import_tensorrt, read_engine
+from unioncam.errors import ArtifactError, BackendUnavailableError
+
+#: Devices of the ONNX Runtime backend and their execution providers, best first.
+ORT_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def providers_for(device: str) -> list[str]:
+    """Execution providers for a device, or BackendUnavailableError listing what this onnxruntime has."""
+    import onnxruntime as ort
+
+    wanted = ORT_PROVIDERS.get(device)
+    if wanted is None:
+        raise BackendUnavailableError(f"unknown device {device!r} for onnxruntime; choose one of {tuple(ORT_PROVIDERS)}")
+    available = ort.get_available_providers()
+    if wanted[0] not in available:
+        raise BackendUnavailableError(
+            f"onnxruntime has no {wanted[0]} here (available: {', '.join(available)}); "
+            + ("install onnxruntime-gpu on a CUDA machine" if device != "cpu" else "reinstall onnxruntime")
+        )
+    return [p for p in wanted if p in available]
+
+
+class SessionFromOnnx:
+    """``SessionFromOnnx(path, device=...)()`` -> ``onnxruntime.InferenceSession``.
+
+    The device's providers are checked at construction, so an unavailable device fails before any
+    file is read.
+    """
+
+    def __init__(self, path: str | Path, *, device: str = "cpu", threads: int | None = None):
+        self.path = Path(path)
+        self.device = device
+        self.providers = providers_for(device)
+        self.threads = threads
+
+    def __call__(self):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
+        so.log_severity_level = 3
+        try:
+            return ort.InferenceSession(str(self.path), so, providers=self.providers)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            raise ArtifactError(f"onnxruntime cannot load {self.path}: {str(e).splitlines()[0]}; re-export the model") from None
+
+
+class EngineFromFile:
+    """``EngineFromFile(path, onnx_sha256=...)()`` -> a deserialised TensorRT ``ICudaEngine``.
+
+    The engine's header is checked at construction (cheap: the header only): a stale engine (built
+    from another ONNX), or one built by another TensorRT version or for another GPU, is refused with
+    the command that rebuilds it. ``header`` holds the profile's ``max_batch``.
+    """
+
+    def __init__(self, path: str | Path, *, onnx_sha256: str):
+        self.path = Path(path)
+        self.trt, self.flavour = import_tensorrt()
+        if self.trt is None:
+            raise BackendUnavailableError(
+                "backend 'tensorrt' needs NVIDIA's tensorrt Python package on a CUDA machine; available here: onnxruntime"
+            )
+        self.header, _ = read_engine(self.path, header_only=True)
+        check_header(self.path, self.header, onnx_sha256=onnx_sha256, trt_version=str(self.trt.__version__),
+                     gpu=current_gpu())
+        self.logger = self.runtime = None
+
+    def __call__(self):
+        trt = self.trt
+        _, blob = read_engine(self.path)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        # Held by the loader: a TensorRT runtime must outlive the engines it deserialised.
+        self.runtime = trt.Runtime(self.logger)
+        engine = self.runtime.deserialize_cuda_engine(blob)
+        if engine is None:
+            raise ArtifactError(f"TensorRT could not deserialize {self.path}; rebuild it with `unioncam export ... --engine`")
+        return engine

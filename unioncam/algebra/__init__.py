@@ -1,0 +1,59 @@
+"""The spec's algebra, written once against the Python array API standard.
+
+Every equation of ``shared/spec/UNIONCAM.md`` (restated in the README, "The method") lives here and
+nowhere else. The functions take NumPy, PyTorch or CuPy arrays alike (through ``array-api-compat``)
+and return arrays of the same library, on the same device:
+
+- the eager reference (:mod:`unioncam.methods`) calls them with torch tensors,
+- the runtime (:mod:`unioncam.runtime`) with NumPy arrays,
+- the exporter traces them into the masked-forward and end-to-end ONNX graphs.
+
+Torch-free: importing this package imports neither torch nor CuPy.
+"""
+from .amd import denoised_map, percentile
+from .fusion import Fusion, channel_scores, union_select
+from .maps import (
+    bilinear_matrix,
+    constant_channels,
+    duplicate_masks,
+    minmax,
+    normalized,
+    saliency_masks,
+    upsample,
+)
+from .namespace import namespace, to_numpy
+from .weights import (
+    GRADIENT_WEIGHTS,
+    gradcam_weights,
+    gradcampp_weights,
+    region_map,
+    safe_divide,
+    softmax,
+    weighted_map,
+    xgradcam_weights,
+)
+
+__all__ = [
+    "Fusion",
+    "GRADIENT_WEIGHTS",
+    "bilinear_matrix",
+    "channel_scores",
+    "constant_channels",
+    "denoised_map",
+    "duplicate_masks",
+    "gradcam_weights",
+    "gradcampp_weights",
+    "minmax",
+    "namespace",
+    "normalized",
+    "percentile",
+    "region_map",
+    "safe_divide",
+    "saliency_masks",
+    "softmax",
+    "to_numpy",
+    "union_select",
+    "upsample",
+    "weighted_map",
+    "xgradcam_weights",
+]

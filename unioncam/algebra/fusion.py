@@ -1,0 +1,145 @@
+"""Steps 3-5 of the spec around a scoring callable: the region map's channel scores (Score-CAM),
+AMU (eqs. 4-6) and AMS (eqs. 7-8).
+
+Each path supplies only ``score(image_index, maps) -> scores``, ``p_c(N(map) * I0)`` for N
+(image, map) pairs: the eager reference runs the model in torch, the runtime calls ONNX Runtime or
+TensorRT, the end-to-end export traces the model into the graph. Everything else is here, once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .maps import constant_channels, duplicate_masks, minmax, normalized
+from .namespace import namespace, to_numpy
+
+#: ``score(image_index (N,) int64, maps (N, h', w') float) -> (N,) float``: ``p_c(N(map) * I0)``
+#: of image ``image_index[i]`` for its class. Maps are activations (h, w) or full-size (H, W).
+ScoreFn = Callable[[Any, Any], Any]
+
+
+@dataclass
+class ChannelScores:
+    """Score-CAM channel scores of a batch.
+
+    scores: (B, K) ``s_k``; constant: (B, K) bool; passes: masked passes run; duplicates: passes
+    saved because a map's mask equals an earlier channel's.
+    """
+
+    scores: Any
+    constant: Any
+    passes: int
+    duplicates: int = 0
+
+
+def channel_scores(activations, base, score: ScoreFn, *, skip_constant: bool = True,
+                   skip_duplicates: bool = False) -> ChannelScores:
+    """``s_k = p_c(minmax(up(A_k)) * I0)`` for every (image, channel), step 3 of the spec.
+
+    A constant channel's mask is exactly 0, so its score is ``p_c(Ib)`` = ``base``: it is set to
+    ``base`` exactly whether or not its pass runs, so skipping changes no value.
+
+    Args:
+        activations: (B, K, h, w) float ``A``.
+        base: (B,) ``p_c(Ib)`` for each image's class.
+        score: the path's scoring callable (see ``ScoreFn``).
+        skip_constant: run no pass for constant channels (needs data-dependent indexing; a traced
+            graph passes False and runs every channel, replacing the constant ones by ``base``).
+        skip_duplicates: also run one pass per distinct mask within an image (exact: an equal mask
+            gives an equal score).
+
+    Returns:
+        :class:`ChannelScores`, arrays in the activations' library.
+    """
+    xp = namespace(activations)
+    B, K, h, w = activations.shape
+    dev = getattr(activations, "device", None)
+    constant = constant_channels(activations)
+    base_bk = xp.broadcast_to(xp.astype(base, activations.dtype)[:, None], (B, K))
+    if not skip_constant:
+        image_index = xp.reshape(xp.broadcast_to(xp.arange(B, device=dev)[:, None], (B, K)), (B * K,))
+        s = xp.reshape(score(image_index, xp.reshape(activations, (B * K, h, w))), (B, K))
+        return ChannelScores(xp.where(constant, base_bk, xp.astype(s, activations.dtype)), constant, B * K)
+
+    # Gather the channels that need a pass, score them, scatter back. Integer-array indexing and
+    # item assignment are not in the array API standard, but NumPy, torch and CuPy all have them.
+    import numpy as np
+
+    run = ~to_numpy(constant)
+    b_idx, k_idx = np.nonzero(run)
+    duplicates = 0
+    if skip_duplicates and b_idx.size:
+        keep = np.zeros(b_idx.size, bool)
+        source = np.arange(b_idx.size)
+        for b in np.unique(b_idx):
+            pos = np.flatnonzero(b_idx == b)
+            first = duplicate_masks(activations[b, xp.asarray(k_idx[pos], device=dev)])
+            keep[pos[first == np.arange(pos.size)]] = True
+            source[pos] = pos[first]
+        duplicates = int(b_idx.size - keep.sum())
+    else:
+        keep = np.ones(b_idx.size, bool)
+        source = np.arange(b_idx.size)
+    kept = np.flatnonzero(keep)
+    scores = xp.asarray(base_bk, copy=True)
+    if kept.size:
+        bi = xp.asarray(b_idx[kept], device=dev)
+        ki = xp.asarray(k_idx[kept], device=dev)
+        s_kept = xp.astype(score(bi, activations[bi, ki]), activations.dtype)
+        # Each run channel takes the score of the first channel with its mask (itself if unique).
+        slot = np.empty(b_idx.size, np.int64)
+        slot[kept] = np.arange(kept.size)
+        s_all = s_kept[xp.asarray(slot[source], device=dev)]
+        scores[xp.asarray(b_idx, device=dev), xp.asarray(k_idx, device=dev)] = s_all
+    return ChannelScores(scores, constant, int(kept.size), duplicates)
+
+
+@dataclass
+class Fusion:
+    """AMU + AMS results for B images, arrays of the inputs' library.
+
+    denoising ``D``, region ``R``, de_region ``DR``, cam: (B, H, W) in [0, 1];
+    beta_denoising, beta_region, beta_de_region: (B,); selected: (B,) bool, True = ``DR``.
+    """
+
+    cam: Any
+    denoising: Any
+    region: Any
+    de_region: Any
+    beta_denoising: Any
+    beta_region: Any
+    beta_de_region: Any
+    selected: Any
+
+
+def union_select(L_den, L_reg, size, base, score: ScoreFn) -> Fusion:
+    """AMU (eqs. 4-6) and AMS (eqs. 7-8): three masked passes per image.
+
+    ``D = N(L_den)``, ``R = N(L_reg)``; ``beta_den = p_c(D*I0) - b``, ``beta_reg = p_c(R*I0) - b``;
+    ``DR = minmax(beta_den*D + beta_reg*R)``; ``beta_dr = p_c(DR*I0) - b``; the map is ``DR`` if
+    ``beta_dr > beta_reg`` (strictly: a tie keeps ``R``), else ``R``.
+
+    Args:
+        L_den, L_reg: (B, h, w) denoised and region maps.
+        size: (H, W) of the images.
+        base: (B,) ``b = p_c(Ib)``.
+        score: the path's scoring callable; it receives (H, W) maps in [0, 1], on which its ``N``
+            is the identity.
+
+    Returns:
+        :class:`Fusion`.
+    """
+    xp = namespace(L_den, L_reg)
+    B = L_den.shape[0]
+    dev = getattr(L_den, "device", None)
+    D = normalized(L_den, size)
+    R = normalized(L_reg, size)
+    rows = xp.arange(B, device=dev)
+    base = xp.astype(base, D.dtype)
+    s = xp.astype(score(xp.concat([rows, rows]), xp.concat([D, R])), D.dtype)
+    beta_den, beta_reg = s[:B] - base, s[B:] - base
+    DR = minmax(beta_den[:, None, None] * D + beta_reg[:, None, None] * R)
+    beta_dr = xp.astype(score(rows, DR), D.dtype) - base
+    pick = beta_dr > beta_reg  # strict: a tie keeps R
+    cam = xp.where(pick[:, None, None], DR, R)
+    return Fusion(cam, D, R, DR, beta_den, beta_reg, beta_dr, pick)
