@@ -71,7 +71,8 @@ def check_images(images, *, library: str, size: tuple[int, int] | None = None):
                                 + f", got {shape}")
     xp = array_namespace(images)
     if not xp.isdtype(images.dtype, "real floating"):
-        raise InvalidInputError(f"images must be floating point (float32) in [0, 1], got {images.dtype}; divide uint8 by 255")
+        dtype = str(images.dtype).removeprefix("torch.")
+        raise InvalidInputError(f"images must be floating point (float32) in [0, 1], got {dtype}; divide uint8 by 255")
     if library == "numpy" and images.dtype != np.float32:
         images = images.astype(np.float32)
     if library == "numpy":

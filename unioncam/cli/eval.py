@@ -7,13 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..errors import InvalidInputError, UnionCAMError
-from ..explanation import METHODS
-from ..image_io import overlay, read_rgb, to_model_input, write_image
-from .explain import add_model_options
+from ..validation import METHODS
+from .common import add_model_options
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -44,6 +42,8 @@ def collect_images(paths: list[Path]) -> list[Path]:
 
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:
+    import cv2
+
     bar = np.full((22, img.shape[1], 3), 255, np.uint8)
     cv2.putText(bar, text[:28], (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     return np.vstack([bar, img])
@@ -53,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
     from ..classes import class_name
     from ..metrics import average_drop, average_increase, insertion_deletion, mean_ci95
     from ..model_specs import spec
-    from .explain import _ensure_out, open_runtime
+    import cv2
+
+    from ..image_io import overlay, read_rgb, to_model_input, write_image
+    from .common import ensure_out, open_runtime
 
     model_spec = spec(args.model)
     if args.steps < 1:
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     files = collect_images(args.paths)
     if not files:
         raise InvalidInputError("no image files found in the given paths")
-    _ensure_out(args.out)
+    ensure_out(args.out)
     images, failures = [], 0
     for f in files:
         try:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -11,23 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UnionCAMError
-from ..explanation import METHODS
-from ..validation import check_theta
-from ..image_io import overlay, read_rgb, sample_image_path, to_model_input, write_image
+from ..validation import METHODS, check_theta
+from .common import add_model_options, ensure_out, open_runtime
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 DEVICES = ("cpu", "cuda")
-
-
-def add_model_options(p, *, out_default: str) -> None:
-    """Options shared by ``explain`` and ``eval``: model, weights, layer, theta, batch size, output folder."""
-    p.add_argument("--model", default="efficientnet_lite0", help="registered model name (default: efficientnet_lite0)")
-    p.add_argument("--weights", type=Path, help="checkpoint file (torchvision state_dict for vgg16/resnet50)")
-    p.add_argument("--layer", help="target layer, dotted module name (default: the model's documented default)")
-    p.add_argument("--theta", type=float, default=10.0, help="AMD percentile threshold in [0, 100] (default 10)")
-    p.add_argument("--batch-size", type=int, help="masked forward passes per call (default: per backend)")
-    p.add_argument("--out", type=Path, default=Path(out_default), help=f"output folder (default ./{out_default})")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def add_parser(sub) -> None:
@@ -55,15 +42,6 @@ def _top5(logits: np.ndarray, names) -> list[dict]:
     p /= p.sum()
     order = np.argsort(-p)[:5]
     return [{"index": int(i), "name": names(int(i)), "probability": float(p[i])} for i in order]
-
-
-def _ensure_out(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UnionCAMError(f"cannot create output folder {out}: {e.strerror}") from None
-    if not os.access(out, os.W_OK):
-        raise UnionCAMError(f"output folder {out} is not writable; choose another with --out")
 
 
 def _explainer(args, model_spec):
@@ -94,62 +72,15 @@ def _explainer(args, model_spec):
     return (lambda x: runtime(x, args.class_idx)), layer
 
 
-def open_runtime(args, model_spec, **kwargs):
-    """(runtime Explainer on the cached export, layer). The Explainer verifies every file's SHA-256;
-    a cache entry it refuses (corrupt, tampered, stale engine) is exported again, once."""
-    from ..errors import ArtifactError
-    from ..runtime import Explainer
-
-    engines = kwargs.get("backend") == "tensorrt"
-    directory, layer = ensure_exported(args, model_spec, engines=engines)
-    try:
-        return Explainer(directory, **kwargs), layer
-    except ArtifactError as e:
-        print(f"unioncam: cached export is unusable ({e}); exporting again", file=sys.stderr)
-        ensure_exported(args, model_spec, engines=engines, force=True)
-        return Explainer(directory, **kwargs), layer
-
-
-def ensure_exported(args, model_spec, *, engines: bool = False, force: bool = False) -> tuple[Path, str]:
-    """The model's artifact folder in the cache, exported (atomically, replacing the folder) on first
-    use or when ``force``."""
-    from ..artifacts import MANIFEST
-    from ..cache import artifact_dir
-    from ..model_specs import bundled_weights_path
-
-    bundled = bundled_weights_path(args.model) if args.weights is None else None
-    layer = args.layer or model_spec.default_layer
-    if args.weights is not None and not Path(args.weights).is_file():
-        from ..errors import WeightsError
-
-        raise WeightsError(f"weights file not found: {args.weights}")
-    directory = artifact_dir(args.model, layer, model_spec.input_size, args.weights, bundled)
-    if force or not (directory / MANIFEST).is_file():
-        from ..export import export
-        from ..models import load
-
-        print(f"unioncam: exporting {args.model} (layer {layer}) to {directory} (first use; later runs reuse it)",
-              file=sys.stderr)
-        model, _ = load(args.model, args.weights)
-        export(model, layer, directory, input_size=model_spec.input_size, model_name=args.model,
-               mean=model_spec.mean, std=model_spec.std)
-    if engines:
-        from ..export import build_engine
-
-        for name in ("gradient", "masked_forward"):
-            if not (directory / f"{name}.engine").is_file():
-                build_engine(directory / f"{name}.onnx", max_batch=64)
-    return directory, layer
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..image_io import overlay, read_rgb, sample_image_path, to_model_input, write_image
     from ..classes import class_name
     from ..model_specs import spec
 
     images = args.images or [sample_image_path("chelsea")]
     model_spec = spec(args.model)
     check_theta(args.theta)  # before any image is read or model exported
-    _ensure_out(args.out)
+    ensure_out(args.out)
     # Read every image first: a bad file is reported without loading (or exporting) the model,
     # and the good ones are still explained.
     failures = 0

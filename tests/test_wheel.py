@@ -1,0 +1,71 @@
+"""What users install: a wheel built from this tree, imported from its install folder (not the
+checkout), runs the torch-free runtime with torch blocked and matches the checkout's results."""
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import numpy as np
+import pytest
+
+from test_runners import BLOCK_TORCH
+from tiny import tiny_images
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    try:  # the venv's own setuptools when it is new enough: no download
+        import setuptools
+
+        no_iso = ["--no-build-isolation"] if int(setuptools.__version__.split(".")[0]) >= 68 else []
+    except ImportError:
+        no_iso = []
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *no_iso, "-w", str(out / "dist"),
+                            ROOT], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (out / "dist").glob("unioncam-*.whl")
+    target = out / "site"
+    inst = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                          capture_output=True, text=True, timeout=300)
+    assert inst.returncode == 0, inst.stderr[-2000:]
+    return wheel, target
+
+
+def test_wheel_holds_every_package(installed_wheel):
+    wheel, _ = installed_wheel
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module in ("unioncam/algebra/fusion.py", "unioncam/runtime/backends/tensorrt_runner.py",
+                   "unioncam/runtime/backends/device_memory.py", "unioncam/runtime/loaders.py",
+                   "unioncam/export/end_to_end.py", "unioncam/cli/common.py", "unioncam/data/chelsea.png"):
+        assert module in names, module
+    assert not any(n.startswith(("tests/", "benchmarks/", "export/", "runtime/")) for n in names)
+
+
+def test_installed_runtime_runs_without_torch_and_matches_the_checkout(installed_wheel, tiny_art, tmp_path):
+    _, target = installed_wheel
+    _, art = tiny_art
+    x = tiny_images(2, seed=5).numpy()
+    np.save(tmp_path / "x.npy", x)
+    code = BLOCK_TORCH + textwrap.dedent(f"""
+        import importlib, pkgutil
+        import numpy as np
+        import unioncam, unioncam.runtime
+        assert unioncam.__file__.startswith({str(target)!r}), unioncam.__file__
+        for info in pkgutil.walk_packages(unioncam.runtime.__path__, "unioncam.runtime."):
+            importlib.import_module(info.name)
+        from unioncam.runtime import Explainer
+        exp = Explainer({str(art)!r})(np.load({str(tmp_path / 'x.npy')!r}))
+        np.save({str(tmp_path / 'cam.npy')!r}, exp.cam)
+        assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+        print("ok")
+    """)
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+    from unioncam.runtime import Explainer
+
+    np.testing.assert_array_equal(np.load(tmp_path / "cam.npy"), Explainer(art)(x).cam)
