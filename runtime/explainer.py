@@ -13,7 +13,7 @@ import numpy as np
 from unioncam import algebra
 from unioncam.artifacts import Manifest
 from unioncam.explanation import Explanation
-from unioncam.errors import InvalidInputError, RunnerStateError
+from unioncam.errors import ArtifactError, InvalidInputError, RunnerStateError
 from unioncam.validation import check_batch_size, check_classes, check_images, check_method, check_theta
 
 from .backends import make_runners
@@ -77,8 +77,26 @@ class Explainer:
         self.grad_batch = self._grad.max_batch or 1 << 30
         H, W = self.manifest.input_size
         # p_c(Ib) for every class at once: the black image's softmax, one pass, cached.
-        black = self._grad.infer({"image": np.zeros((1, 3, H, W), np.float32), "class_idx": np.zeros(1, np.int64)})
+        try:
+            self._check_graphs_match_manifest()
+            black = self._grad.infer({"image": np.zeros((1, 3, H, W), np.float32), "class_idx": np.zeros(1, np.int64)})
+            if black["logits"].shape != (1, self.manifest.num_classes):
+                raise ArtifactError(f"{self.directory}: the gradient graph gives {black['logits'].shape[1]} classes, the "
+                                    f"manifest says {self.manifest.num_classes}; re-export the model")
+        except BaseException:
+            self.close()
+            raise
         self.black_probs = algebra.softmax(black["logits"][0].astype(np.float32))
+
+    def _check_graphs_match_manifest(self) -> None:
+        """The graphs' static input sizes are the manifest's: a manifest edited apart from its graphs
+        is refused here, not by an obscure error at the first call."""
+        H, W = self.manifest.input_size
+        for runner in (self._grad, self._masked):
+            _, shape = runner.inputs.get("image", ("float32", (None, 3, H, W)))
+            if len(shape) != 4 or any(s is not None and s != v for s, v in zip(shape[1:], (3, H, W))):
+                raise ArtifactError(f"{runner.name} takes images of shape {shape}, the manifest says (B, 3, {H}, {W}); "
+                                    "re-export the model")
 
     # -- passes -----------------------------------------------------------------------------
     def _gradient(self, images, classes):
@@ -187,7 +205,12 @@ class Explainer:
         """
         self._check_open()
         images = check_images(images, library="numpy", size=self.manifest.input_size)
-        maps = np.asarray(maps, dtype=np.float32)
+        try:
+            maps = np.asarray(maps, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise InvalidInputError(f"maps must be a float array (B, M, h, w): {e}") from None
+        if not np.isfinite(maps).all():
+            raise InvalidInputError("maps contain NaN or Inf; give finite maps (every CAM this package returns is)")
         if maps.ndim == 3:
             maps = maps[:, None]
         if maps.ndim != 4 or maps.shape[0] != images.shape[0]:

@@ -37,7 +37,7 @@ def test_eager_and_runtime_refuse_with_the_same_message(tiny_art, bad):
 
 
 @pytest.mark.parametrize("cls, match", [
-    (True, "not a bool"), ([1.5], "integers"), ("cat", "one class per image"), ([0, 1], "one class per image"),
+    (True, "not a bool"), ([1.5], "integers"), ("cat", "got str"), (285.0, "got float"), ([None], "integers"), (2**63, "out of range"), ([0, 1], "one class per image"),
     (7, "out of range"), (-2, "out of range"), (np.array([9]), "out of range"), (torch.tensor([9]), "out of range"),
 ])
 def test_bad_classes_same_error_on_both_paths(tiny_art, cls, match):

@@ -12,12 +12,50 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .atomic import default_mode
 from .errors import ArtifactError
 
 MANIFEST = "manifest.json"
 GRADIENT_ONNX = "gradient.onnx"
 MASKED_ONNX = "masked_forward.onnx"
 FORMAT_VERSION = 1
+#: Graphs every artifact folder holds; the manifest must list a SHA-256 for each.
+REQUIRED_FILES = (GRADIENT_ONNX, MASKED_ONNX)
+
+
+def _positive_ints(v, n: int) -> bool:
+    return isinstance(v, list) and len(v) == n and all(type(x) is int and x > 0 for x in v)
+
+
+def _schema_problem(d: dict) -> str | None:
+    """What is wrong with a manifest's fields, or None. Checked before any field is used."""
+    import re
+
+    checks = [
+        ("model", lambda v: isinstance(v, str)),
+        ("layer", lambda v: isinstance(v, str) and v != ""),
+        ("input_size", lambda v: _positive_ints(v, 2)),
+        ("feature_size", lambda v: _positive_ints(v, 2)),
+        ("channels", lambda v: type(v) is int and v > 0),
+        ("num_classes", lambda v: type(v) is int and v > 1),
+        ("opset", lambda v: type(v) is int and v > 0),
+        ("mean", lambda v: v is None or (isinstance(v, list) and all(isinstance(x, (int, float)) for x in v))),
+        ("std", lambda v: v is None or (isinstance(v, list) and all(isinstance(x, (int, float)) and x > 0 for x in v))),
+        ("files", lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(h, str)
+                                                        and re.fullmatch(r"[0-9a-f]{64}", h) for k, h in v.items())),
+        ("exporter_version", lambda v: isinstance(v, str)),
+        ("torch_version", lambda v: isinstance(v, str)),
+        ("extra", lambda v: isinstance(v, dict)),
+    ]
+    for key, ok in checks:
+        if key not in d and key != "extra":
+            return f"field {key!r} is missing"
+        if key in d and not ok(d[key]):
+            return f"field {key!r} has an invalid value {d[key]!r:.80}"
+    missing = [f for f in REQUIRED_FILES if f not in d["files"]]
+    if missing:
+        return f"'files' lists no SHA-256 for {', '.join(missing)}"
+    return None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -63,21 +101,26 @@ class Manifest:
             raise ArtifactError(f"no {MANIFEST} in {directory}: export the model first with `unioncam export --out {directory}`")
         try:
             d = json.loads(path.read_text())
-            if d.get("format_version") != FORMAT_VERSION:
-                raise ArtifactError(
-                    f"{path} has format_version {d.get('format_version')}, this unioncam reads {FORMAT_VERSION}: re-export the model"
-                )
-            d["input_size"] = tuple(d["input_size"])
-            d["feature_size"] = tuple(d["feature_size"])
-            return cls(**d)
-        except ArtifactError:
-            raise
-        except (ValueError, TypeError, KeyError) as e:
+        except (OSError, UnicodeDecodeError, ValueError) as e:
             raise ArtifactError(f"{path} is corrupt ({type(e).__name__}: {e}); re-export the model") from None
+        if not isinstance(d, dict):
+            raise ArtifactError(f"{path} is corrupt (not a JSON object); re-export the model")
+        if d.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(
+                f"{path} has format_version {d.get('format_version')}, this unioncam reads {FORMAT_VERSION}: re-export the model"
+            )
+        problem = _schema_problem(d)
+        if problem:
+            raise ArtifactError(f"{path} is corrupt ({problem}); re-export the model")
+        d["input_size"] = tuple(d["input_size"])
+        d["feature_size"] = tuple(d["feature_size"])
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
     def verify(self, directory: str | Path, names: list[str] | None = None) -> None:
-        """Check that each listed file exists and its SHA-256 matches the manifest."""
-        for name in names or list(self.files):
+        """Check that each graph (by default both required ones and every other listed file) exists
+        and its SHA-256 matches the manifest."""
+        for name in names or sorted(set(REQUIRED_FILES) | set(self.files)):
             path = Path(directory) / name
             if name not in self.files:
                 raise ArtifactError(f"{name} is not listed in {Path(directory) / MANIFEST}; re-export the model")
@@ -108,6 +151,7 @@ def atomic_directory(final: str | Path):
         try:
             parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
+            os.chmod(tmp, default_mode(directory=True))
         except OSError as e:
             raise ArtifactError(f"cannot write into {parent}: {e.strerror}; choose a writable --out folder") from None
         try:

@@ -7,9 +7,7 @@ refused as foreign: without one we cannot tell whether it matches the ONNX graph
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 from .errors import ArtifactError
@@ -68,19 +66,14 @@ def current_gpu() -> dict | None:
 
 def write_engine(path: str | Path, header: dict, engine: bytes) -> None:
     """Write header + engine atomically (temporary file, then rename)."""
-    path = Path(path)
+    from .atomic import atomic_file
+
     blob = json.dumps(header, sort_keys=True).encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC)
-            f.write(struct.pack("<I", len(blob)))
-            f.write(blob)
-            f.write(engine)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        f.write(MAGIC)
+        f.write(struct.pack("<I", len(blob)))
+        f.write(blob)
+        f.write(engine)
 
 
 def read_engine(path: str | Path, *, header_only: bool = False) -> tuple[dict, bytes | None]:

@@ -9,6 +9,9 @@ import numpy as np
 
 from .errors import ImageReadError, InvalidInputError
 
+#: OpenCV's default decode limit (2**30 pixels), unless OPENCV_IO_MAX_IMAGE_PIXELS says otherwise.
+MAX_PIXELS = 1 << 30
+
 #: Real photos bundled with the package (CC0, from scikit-image's data folder).
 SAMPLE_IMAGES = {"chelsea": "chelsea.png", "coffee": "coffee.png"}
 
@@ -18,6 +21,39 @@ def sample_image_path(name: str = "chelsea") -> Path:
     if name not in SAMPLE_IMAGES:
         raise InvalidInputError(f"unknown sample image {name!r}; choose one of {sorted(SAMPLE_IMAGES)}")
     return Path(str(resources.files("unioncam") / "data" / SAMPLE_IMAGES[name]))
+
+
+def _decode(data: np.ndarray, path: Path) -> np.ndarray:
+    """Decode bytes with OpenCV, its own log silenced (it would print "libpng error: ..." lines that
+    say less than our message). A picture above OpenCV's pixel limit is decoded at 1/8 size where the
+    codec can (JPEG), else refused with the limit."""
+    if data.size == 0:
+        raise ImageReadError(f"{path} is empty (0 bytes); give an image file")
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        try:
+            img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        except cv2.error as e:
+            if "pixels" not in str(e):
+                raise ImageReadError(f"cannot decode {path}: {_first_line(e)}") from None
+            try:
+                img = cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_8)
+            except cv2.error:
+                raise ImageReadError(
+                    f"{path} is too large to decode: above OpenCV's limit of {MAX_PIXELS:,} pixels "
+                    "(OPENCV_IO_MAX_IMAGE_PIXELS); downscale it first (the model needs only its input size)"
+                ) from None
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    if img is None or img.size == 0:
+        raise ImageReadError(f"cannot decode {path} as an image (corrupt, truncated or not an image file)")
+    return img
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -33,14 +69,19 @@ def read_rgb(path: str | Path) -> np.ndarray:
         ImageReadError: the file is missing, empty, not an image, or decodes to nothing.
     """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise ImageReadError(f"{path} is a folder, not an image file (give the image files, or a glob)")
+    if path.is_symlink() and not path.exists():
+        raise ImageReadError(f"{path} is a broken symlink or a symlink loop; point it at an image file")
+    if not path.exists():
         raise ImageReadError(f"image not found: {path} (give the path of an existing image file)")
-    # imdecode instead of imread: imread cannot open non-ASCII paths on some platforms and
-    # prints nothing useful on failure.
-    data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if img is None or img.size == 0:
-        raise ImageReadError(f"cannot decode {path} as an image (corrupt, truncated or not an image file)")
+    if not path.is_file():
+        raise ImageReadError(f"{path} is not a regular file (a device, pipe or socket); give an image file")
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as e:
+        raise ImageReadError(f"cannot read {path}: {e.strerror or e}") from None
+    img = _decode(data, path)
     if img.dtype == np.uint16:
         img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):
@@ -102,9 +143,11 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: int 
 
 
 def write_image(path: str | Path, bgr: np.ndarray) -> None:
-    """Write a BGR image; the format follows the file suffix."""
+    """Write a BGR image atomically; the format follows the file suffix."""
     path = Path(path)
+    from .atomic import write_bytes
+
     ok, buf = cv2.imencode(path.suffix or ".png", bgr)
     if not ok:
         raise ImageReadError(f"cannot encode an image for {path}")
-    buf.tofile(str(path))
+    write_bytes(path, buf.tobytes())

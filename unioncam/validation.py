@@ -91,7 +91,8 @@ def check_classes(class_idx, batch: int, num_classes: int | None = None) -> np.n
     """``class_idx`` as (B,) NumPy int64, or None for the arg-max of each image.
 
     Accepts None, an int (the same class for all images), or one int per image (a sequence, a NumPy
-    array or a torch tensor). With ``num_classes`` the range is checked too.
+    array or a torch tensor). With ``num_classes`` the range is checked too. Only None means
+    arg-max: a negative index is out of range.
     """
     if class_idx is None:
         return None
@@ -99,22 +100,29 @@ def check_classes(class_idx, batch: int, num_classes: int | None = None) -> np.n
         raise InvalidTypeError("class_idx must be None, an int or a sequence of ints, not a bool")
     if is_torch_array(class_idx):
         class_idx = class_idx.detach().cpu().numpy()
-    if isinstance(class_idx, (int, np.integer)) or (is_array_api_obj(class_idx) and np.ndim(class_idx) == 0
-                                                     and np.asarray(class_idx).dtype.kind in "iu"):
-        idx = np.full(batch, int(class_idx), np.int64)
+    if is_array_api_obj(class_idx) and np.ndim(class_idx) == 0:
+        class_idx = np.asarray(class_idx).item()
+    if isinstance(class_idx, (int, np.integer)):
+        values = [int(class_idx)] * batch
+    elif isinstance(class_idx, (float, complex, str, bytes)) or not hasattr(class_idx, "__len__"):
+        raise InvalidTypeError(
+            f"class_idx must be None, an int or a sequence of ints, got {type(class_idx).__name__} {class_idx!r}")
     else:
-        try:
-            idx = np.asarray(class_idx if is_array_api_obj(class_idx) else list(class_idx))
-        except (TypeError, ValueError) as e:
-            raise InvalidTypeError(f"class_idx must be None, an int or a sequence of ints: {e}") from None
-        if idx.ndim != 1 or idx.shape[0] != batch:
-            raise InvalidInputError(f"class_idx has shape {idx.shape}; give one class per image (B={batch})")
-        if idx.dtype.kind not in "iu":
-            raise InvalidTypeError(f"class_idx must hold integers, got {idx.dtype}")
-        idx = idx.astype(np.int64)
-    if num_classes is not None:
-        bad = (idx < 0) | (idx >= num_classes)
-        if bad.any():
-            raise InvalidInputError(
-                f"class index {int(idx[bad][0])} out of range: the model has {num_classes} classes (0..{num_classes - 1})")
-    return idx
+        arr = np.asarray(class_idx, dtype=object) if not is_array_api_obj(class_idx) else np.asarray(class_idx)
+        if arr.ndim != 1 or arr.shape[0] != batch:
+            raise InvalidInputError(f"class_idx has shape {arr.shape}; give one class per image (B={batch})")
+        if arr.dtype.kind in "iu":
+            values = [int(v) for v in arr]
+        else:
+            bad = [v for v in arr.tolist() if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
+            if bad or arr.dtype.kind not in "O":
+                what = type(bad[0]).__name__ if bad else str(arr.dtype)
+                raise InvalidTypeError(f"class_idx must hold integers, got {what}")
+            values = [int(v) for v in arr.tolist()]
+    # Range first, in Python ints: a huge index is out of range, not an overflow.
+    limit = num_classes if num_classes is not None else 2**63
+    for v in values:
+        if not 0 <= v < limit:
+            hint = f": the model has {num_classes} classes (0..{num_classes - 1})" if num_classes else ""
+            raise InvalidInputError(f"class index {v} out of range{hint}")
+    return np.asarray(values, dtype=np.int64)

@@ -170,8 +170,13 @@ static int write_pgm16(const char *path, const float *map, int H, int W) {
     return 0;
 }
 
-static const char *OUTPUT_NAMES[] = {"cam", "denoising", "region", "de_region", "betas", "selected", "class", "score"};
-#define N_OUTPUTS 8
+static const char *OUTPUT_NAMES[] = {"cam", "denoising", "region", "de_region", "betas", "selected", "class", "score",
+                                     "status"};
+#define N_OUTPUTS 9
+
+/* The graph's status output (0 ok): it checks its own input, since no Python stands in front of it. */
+static const char *STATUS_MESSAGES[] = {"ok", "the image contains NaN or Inf", "the image is outside [0, 1]",
+                                        "the class is out of range for this model"};
 
 /* The session must be a unioncam end-to-end graph: input "image" (1, 3, H, W) and our outputs. */
 static int check_model(OrtSession *sess, OrtAllocator *alloc, int64_t *H, int64_t *W, int *has_class) {
@@ -221,7 +226,7 @@ static int check_model(OrtSession *sess, OrtAllocator *alloc, int64_t *H, int64_
     ok = found_image && found_out == N_OUTPUTS;
     if (!ok)
         fprintf(stderr, "unioncam_explain: error: this model is not a unioncam end-to-end graph (needs input image "
-                        "(1, 3, H, W) and outputs cam, betas, selected, class, score, ...): export one with "
+                        "(1, 3, H, W) and outputs cam, betas, selected, class, score, status, ...): export one with "
                         "`unioncam export --end-to-end`\n");
     return ok;
 }
@@ -292,7 +297,13 @@ int main(int argc, char **argv) {
         goto done;
 
     float *cam = NULL, *betas = NULL, *score = NULL;
-    int64_t *selected = NULL, *out_class = NULL;
+    int64_t *selected = NULL, *out_class = NULL, *status = NULL;
+    if (!check(ort->GetTensorMutableData(outputs[8], (void **)&status), "reading status")) goto done;
+    if (status[0] != 0) {
+        fprintf(stderr, "unioncam_explain: error: %s (status %lld)\n",
+                status[0] > 0 && status[0] < 4 ? STATUS_MESSAGES[status[0]] : "unknown status", (long long)status[0]);
+        goto done;
+    }
     if (!check(ort->GetTensorMutableData(outputs[0], (void **)&cam), "reading cam") ||
         !check(ort->GetTensorMutableData(outputs[4], (void **)&betas), "reading betas") ||
         !check(ort->GetTensorMutableData(outputs[5], (void **)&selected), "reading selected") ||

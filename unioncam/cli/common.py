@@ -50,6 +50,14 @@ def open_runtime(args, model_spec, **kwargs):
     from ..runtime import Explainer
 
     engines = kwargs.get("backend") == "tensorrt"
+    if engines:
+        from ..engine_file import current_gpu
+        from ..errors import BackendUnavailableError
+
+        if current_gpu() is None:
+            raise BackendUnavailableError(
+                "--backend tensorrt runs TensorRT engines on an NVIDIA GPU, and none was found here (or cuda-python "
+                "is missing); use --backend onnxruntime (the default) or --backend torch on this machine")
     directory, layer = ensure_exported(args, model_spec, engines=engines)
     try:
         return Explainer(directory, **kwargs), layer
@@ -63,7 +71,8 @@ def ensure_exported(args, model_spec, *, engines: bool = False, force: bool = Fa
     """The model's artifact folder in the cache, exported (atomically, replacing the folder) on first
     use or when ``force``."""
     from ..artifacts import MANIFEST
-    from ..cache import artifact_dir
+    from ..cache import artifact_dir, cache_lock
+    from ..errors import ArtifactError
     from ..model_specs import bundled_weights_path
 
     bundled = bundled_weights_path(args.model) if args.weights is None else None
@@ -73,21 +82,58 @@ def ensure_exported(args, model_spec, *, engines: bool = False, force: bool = Fa
 
         raise WeightsError(f"weights file not found: {args.weights}")
     directory = artifact_dir(args.model, layer, model_spec.input_size, args.weights, bundled)
-    if force or not (directory / MANIFEST).is_file():
-        from ..export import export
-        from ..models import load
+    with cache_lock(directory):
+        # Under the lock: another run may have exported while this one waited.
+        if force or not (directory / MANIFEST).is_file():
+            from ..export import export
+            from ..models import load
 
-        print(f"unioncam: exporting {args.model} (layer {layer}) to {directory} (first use; later runs reuse it)",
-              file=sys.stderr)
-        model, _ = load(args.model, args.weights)
-        export(model, layer, directory, input_size=model_spec.input_size, model_name=args.model,
-               mean=model_spec.mean, std=model_spec.std)
-    if engines:
-        from ..export import build_engine
+            print(f"unioncam: exporting {args.model} (layer {layer}) to {directory} (first use; later runs reuse it)",
+                  file=sys.stderr)
+            model, _ = load(args.model, args.weights)
+            try:
+                export(model, layer, directory, input_size=model_spec.input_size, model_name=args.model,
+                       mean=model_spec.mean, std=model_spec.std)
+            except ArtifactError as e:
+                if "cannot write into" in str(e):
+                    raise ArtifactError(f"the export cache {directory.parent} is not writable; set UNIONCAM_CACHE "
+                                        "to a writable folder") from None
+                raise
+        if engines:
+            from ..export import build_engine
 
-        for name in ("gradient", "masked_forward"):
-            if not (directory / f"{name}.engine").is_file():
-                build_engine(directory / f"{name}.onnx", max_batch=64)
+            for name in ("gradient", "masked_forward"):
+                if not (directory / f"{name}.engine").is_file():
+                    build_engine(directory / f"{name}.onnx", max_batch=64)
     return directory, layer
 
 
+
+
+def output_stems(paths: list[Path], out: Path) -> list[str]:
+    """One distinct output stem per input, such that no output replaces an input.
+
+    The stem is the file's stem (``photo``); where two inputs share it, or an output
+    (``<stem>.png``, ``<stem>_cam.npy``, ``<stem>.json``) would be an input file, the whole name is
+    used (``photo.tif`` -> ``photo.tif.png``), then a counter (``x-2``) for same-named files in
+    different folders.
+    """
+    inputs = {os.path.realpath(p) for p in paths}
+
+    def clashes_with_input(stem: str) -> bool:
+        return any(os.path.realpath(out / f"{stem}{suffix}") in inputs for suffix in (".png", "_cam.npy", ".json"))
+
+    stems = [Path(p).stem for p in paths]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    chosen, taken = [], set()
+    for p, s in zip(paths, stems):
+        stem = s if counts[s] == 1 and not clashes_with_input(s) else Path(p).name
+        base, n = stem, 1
+        while stem in taken or clashes_with_input(stem):
+            n += 1
+            stem = f"{base}-{n}"
+        taken.add(stem)
+        chosen.append(stem)
+    return chosen

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import UnionCAMError
 from ..validation import METHODS, check_theta
-from .common import add_model_options, ensure_out, open_runtime
+from .common import add_model_options, ensure_out, open_runtime, output_stems
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 DEVICES = ("cpu", "cuda")
@@ -50,8 +50,13 @@ def _explainer(args, model_spec):
         import torch
 
         from .. import UnionCAM
+        from ..errors import BackendUnavailableError
         from ..models import load
 
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailableError(
+                f"--device cuda needs a CUDA build of torch and a GPU; this is torch {torch.__version__} with no "
+                "CUDA device. Use --device cpu here.")
         model, default_layer = load(args.model, args.weights)
         device = torch.device(args.device)
         model.to(device)
@@ -85,59 +90,91 @@ def run(args: argparse.Namespace) -> int:
     # and the good ones are still explained.
     failures = 0
     inputs = []
-    for path in images:
+    stems = output_stems([Path(p) for p in images], args.out)
+    for path, stem in zip(images, stems):
         t_read = time.perf_counter()
         try:
             rgb = read_rgb(path)
-        except UnionCAMError as e:
-            print(f"unioncam: error: {e}", file=sys.stderr)
+            x = to_model_input(rgb, model_spec.input_size)[None]
+        except Exception as e:  # one image never stops the others, whatever its fault
+            print(f"unioncam: error: {path}: {e}" if not isinstance(e, UnionCAMError) else f"unioncam: error: {e}",
+                  file=sys.stderr)
             failures += 1
             continue
-        inputs.append((path, rgb, to_model_input(rgb, model_spec.input_size)[None], (time.perf_counter() - t_read) * 1e3))
+        inputs.append((path, stem, rgb, x, (time.perf_counter() - t_read) * 1e3))
     if not inputs:
         return 1
     t_load = time.perf_counter()
     explain, layer = _explainer(args, model_spec)
     load_ms = (time.perf_counter() - t_load) * 1e3
 
-    for path, rgb, x, read_ms in inputs:
+    for path, stem, rgb, x, read_ms in inputs:
         try:
             exp = explain(x)
+            report = _report(args, model_spec, layer, path, rgb, exp, load_ms, read_ms, class_name)
+            _write_outputs(args.out, stem, rgb, exp.cam[0], report, overlay, write_image)
         except UnionCAMError as e:
             print(f"unioncam: error: {path}: {e}", file=sys.stderr)
             failures += 1
             continue
-        e0 = exp[0]
-        stem = Path(path).stem
-        num_classes = exp.logits.shape[1]
-        np.save(args.out / f"{stem}_cam.npy", exp.cam[0].astype(np.float32))
-        write_image(args.out / f"{stem}.png", overlay(rgb, exp.cam[0]))
-        report = {
-            "image": str(path),
-            "image_size": [int(rgb.shape[0]), int(rgb.shape[1])],
-            "input_size": list(model_spec.input_size),
-            "model": args.model,
-            "method": args.method,
-            "weights": str(args.weights) if args.weights else ("bundled ImageNet" if model_spec.bundled_weights else "random (untrained)"),
-            "layer": layer,
-            "theta": args.theta,
-            "class_idx": e0["class_idx"],
-            "class_name": class_name(e0["class_idx"], num_classes),
-            "score": e0["score"],
-            "top5": _top5(exp.logits[0], lambda i: class_name(i, num_classes)),
-            "selected": e0["selected"],
-            "beta_denoising": e0["beta_denoising"],
-            "beta_region": e0["beta_region"],
-            "beta_de_region": e0["beta_de_region"],
-            "backend": args.backend,
-            "device": args.device,
-            "stats": exp.stats,
-            "timings_ms": {"load": load_ms, "read": read_ms, **exp.timings_ms},
-        }
-        (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+        except OSError as e:
+            print(f"unioncam: error: {path}: cannot write its outputs into {args.out}: {e.strerror or e}", file=sys.stderr)
+            failures += 1
+            continue
+        except Exception as e:  # one image never stops the others; --debug shows the traceback
+            if getattr(args, "debug", False):
+                raise
+            print(f"unioncam: error: {path}: internal error {type(e).__name__}: {e} (rerun with --debug for a "
+                  "traceback and report it)", file=sys.stderr)
+            failures += 1
+            continue
         print(
             f"{path}: {report['class_name']} (class {report['class_idx']}, p={report['score']:.3f}), "
             f"selected {report['selected']}, {exp.timings_ms['total'] / 1e3:.1f} s -> {args.out / (stem + '.png')}"
         )
         load_ms = 0.0
     return 1 if failures else 0
+
+
+def _report(args, model_spec, layer, path, rgb, exp, load_ms, read_ms, class_name) -> dict:
+    e0 = exp[0]
+    num_classes = exp.logits.shape[1]
+    return {
+        "image": str(path),
+        "image_size": [int(rgb.shape[0]), int(rgb.shape[1])],
+        "input_size": list(model_spec.input_size),
+        "model": args.model,
+        "method": args.method,
+        "weights": str(args.weights) if args.weights else ("bundled ImageNet" if model_spec.bundled_weights else "random (untrained)"),
+        "layer": layer,
+        "theta": args.theta,
+        "class_idx": e0["class_idx"],
+        "class_name": class_name(e0["class_idx"], num_classes),
+        "score": e0["score"],
+        "top5": _top5(exp.logits[0], lambda i: class_name(i, num_classes)),
+        "selected": e0["selected"],
+        "beta_denoising": e0["beta_denoising"],
+        "beta_region": e0["beta_region"],
+        "beta_de_region": e0["beta_de_region"],
+        "backend": args.backend,
+        "device": args.device,
+        "stats": exp.stats,
+        "timings_ms": {"load": load_ms, "read": read_ms, **exp.timings_ms},
+    }
+
+
+def _write_outputs(out: Path, stem: str, rgb, cam, report: dict, overlay, write_image) -> None:
+    """The three outputs of one image, each written atomically; the JSON last, so a report on disk
+    means its map and heatmap are complete."""
+    import io
+
+    from .. import atomic
+
+    cam = np.asarray(cam, dtype=np.float32)
+    if not (np.isfinite(cam).all() and cam.min() >= 0.0 and cam.max() <= 1.0):
+        raise UnionCAMError(f"the map is not finite in [0, 1] (range {cam.min()}..{cam.max()}); nothing written")
+    buf = io.BytesIO()
+    np.save(buf, cam)
+    atomic.write_bytes(out / f"{stem}_cam.npy", buf.getvalue())
+    write_image(out / f"{stem}.png", overlay(rgb, cam))
+    atomic.write_text(out / f"{stem}.json", json.dumps(report, indent=2))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -36,7 +37,12 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load
     from ..export import export, graph_stats
 
+    from ..validation import check_positive_int, check_theta
+
     s = spec(args.model)
+    check_theta(args.theta)  # before the model is loaded
+    check_positive_int(args.chunk, "--chunk")
+    check_positive_int(args.max_batch, "--max-batch")
     size = tuple(args.input_size) if args.input_size else s.input_size
     if len(size) == 1:
         size = (size[0], size[0])
@@ -47,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         from ..export.end_to_end import export_end_to_end
 
         info = export_end_to_end(model, args.layer or default_layer, args.out, input_size=size, theta=args.theta,
-                                 chunk=args.chunk, opset=args.opset)
+                                 chunk=args.chunk, opset=args.opset,
+                                 log=lambda line: print(f"unioncam: {line}", file=sys.stderr, flush=True))
         print(f"exported {args.model} layer {info['layer']} end to end to {info['path']}: {info['bytes'] / 1e6:.1f} MB, "
               f"{info['nodes']} nodes, {info['channels']} masked passes in chunks of {info['chunk']}, "
               f"{info['export_s']:.0f} s")

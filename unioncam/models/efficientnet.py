@@ -40,10 +40,12 @@ class EfficientNetLite(nn.Module):
         return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
 
 
-def efficientnet_lite0(state_dict: dict | None) -> EfficientNetLite:
+def efficientnet_lite0(state_dict: dict, source: str = "the state_dict") -> EfficientNetLite:
     """Build EfficientNet-Lite0; ``state_dict`` in the upstream package's key layout."""
     from efficientnet_lite_pytorch import EfficientNet
 
+    from .registry import load_strict
+
     net = EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(state_dict, strict=True)
+    load_strict(net, state_dict, source, "efficientnet_lite0")
     return EfficientNetLite(net)

@@ -32,12 +32,30 @@ def read_state_dict(path: str | Path) -> dict:
     return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
-def _load_into(net: nn.Module, state_dict: dict, source: str) -> None:
+def state_dict_mismatch(net: nn.Module, state_dict: dict) -> str | None:
+    """What keeps ``state_dict`` from loading into ``net`` strictly, naming the first keys, or None."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    parts = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)):
+        if keys:
+            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+            parts.append(f"{len(keys)} {label}: {', '.join(keys[:3])}{more}")
+    return "; ".join(parts) or None
+
+
+def load_strict(net: nn.Module, state_dict: dict, source: str, model: str) -> None:
+    """``load_state_dict(strict=True)``, with a WeightsError naming the first mismatched keys."""
+    problem = state_dict_mismatch(net, state_dict)
+    if problem:
+        raise WeightsError(f"weights in {source} do not fit {model}: {problem}; give a checkpoint of this architecture")
     try:
         net.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
-        first = str(e).split("\n")
-        raise WeightsError(f"weights in {source} do not fit this model: {' '.join(first[:3])[:500]}") from None
+        raise WeightsError(f"weights in {source} do not fit {model}: {str(e).splitlines()[0][:300]}") from None
 
 
 def _torchvision_builder(name: str) -> Callable[[], nn.Module] | None:
@@ -70,11 +88,7 @@ def load(name: str, weights: str | Path | None = None) -> tuple[nn.Module, str]:
 
         source = str(weights) if weights is not None else bundled_weights_path(name)
         sd = read_state_dict(source)
-        try:
-            model = efficientnet_lite0(sd)
-        except RuntimeError as e:
-            raise WeightsError(f"weights in {source} do not fit efficientnet_lite0: {str(e).splitlines()[0]}") from None
-        return model.eval(), s.default_layer
+        return efficientnet_lite0(sd, source).eval(), s.default_layer
 
     from .normalize import Normalized
 
@@ -89,7 +103,7 @@ def load(name: str, weights: str | Path | None = None) -> tuple[nn.Module, str]:
         torch.manual_seed(0)
         net = builder(weights=None)
     if weights is not None:
-        _load_into(net, read_state_dict(weights), str(weights))
+        load_strict(net, read_state_dict(weights), str(weights), name)
     else:
         warnings.warn(
             f"{name} has RANDOM weights (no pretrained weights can be downloaded here): its explanations "
