@@ -34,6 +34,16 @@ def add_model_options(p, *, out_default: str) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def check_model_options(args) -> None:
+    """The shared options' values, before any image is read or model exported."""
+    from ..errors import InvalidInputError
+    from ..validation import check_theta
+
+    check_theta(args.theta)
+    if args.layer is not None and not args.layer.strip():
+        raise InvalidInputError("--layer is empty; give a dotted module name, or leave it out for the model's default")
+
+
 def ensure_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)

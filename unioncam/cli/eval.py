@@ -56,12 +56,10 @@ def run(args: argparse.Namespace) -> int:
     import cv2
 
     from ..image_io import overlay, read_rgb, to_model_input, write_image
-    from .common import ensure_out, open_runtime
-
-    from ..validation import check_theta
+    from .common import check_model_options, ensure_out, open_runtime
 
     model_spec = spec(args.model)
-    check_theta(args.theta)  # before any image is read or model exported
+    check_model_options(args)  # before any image is read or model exported
     if args.steps < 1:
         raise InvalidInputError(f"--steps must be >= 1, got {args.steps}")
     files = collect_images(args.paths)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UnionCAMError
-from ..validation import METHODS, check_theta
-from .common import add_model_options, ensure_out, open_runtime, output_stems
+from ..validation import METHODS
+from .common import add_model_options, check_model_options, ensure_out, open_runtime, output_stems
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 DEVICES = ("cpu", "cuda")
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     images = args.images or [sample_image_path("chelsea")]
     model_spec = spec(args.model)
-    check_theta(args.theta)  # before any image is read or model exported
+    check_model_options(args)  # before any image is read or model exported
     ensure_out(args.out)
     # Read every image first: a bad file is reported without loading (or exporting) the model,
     # and the good ones are still explained.
