@@ -92,5 +92,7 @@ def tiny_e2e(tmp_path_factory):
 
     model = TinyCNN()
     out = tmp_path_factory.mktemp("e2e") / "tiny"
-    export_end_to_end(model, "features.3", out, input_size=(32, 32), chunk=4)
+    lines = []
+    export_end_to_end(model, "features.3", out, input_size=(32, 32), chunk=4, log=lines.append)
+    (out / "export.log").write_text("\n".join(lines))  # what a user of the CLI sees while it exports
     return model, out / "unioncam.onnx"

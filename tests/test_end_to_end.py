@@ -114,16 +114,19 @@ def test_c_example_bad_files(c_binary, tiny_e2e, tiny_art, tmp_path):
     truncated = tmp_path / "cut.ppm"
     truncated.write_bytes(ppm.read_bytes()[:200])
     cases = [
-        ([str(tiny_e2e[1]), str(not_ppm), str(tmp_path / "o.pgm")], "not a binary PPM"),
-        ([str(tiny_e2e[1]), str(truncated), str(tmp_path / "o.pgm")], "truncated"),
-        ([str(tiny_art[1] / "gradient.onnx"), str(ppm), str(tmp_path / "o.pgm")], "not a unioncam end-to-end graph"),
-        ([str(tmp_path / "missing.onnx"), str(ppm), str(tmp_path / "o.pgm")], "loading the model"),
-        ([str(tiny_e2e[1]), str(ppm)], "usage"),
-        ([str(tiny_e2e[1]), str(ppm), str(tmp_path / "o.pgm"), "-4"], "class must be"),
+        ([str(tiny_e2e[1]), str(not_ppm), str(tmp_path / "o.pgm")], "not a binary PPM", 1),
+        ([str(tiny_e2e[1]), str(truncated), str(tmp_path / "o.pgm")], "truncated", 1),
+        ([str(tiny_art[1] / "gradient.onnx"), str(ppm), str(tmp_path / "o.pgm")], "not a unioncam end-to-end graph", 1),
+        ([str(tmp_path / "missing.onnx"), str(ppm), str(tmp_path / "o.pgm")], "loading the model", 1),
+        ([str(tiny_e2e[1]), str(ppm)], "usage", 2),
+        ([str(tiny_e2e[1]), str(ppm), str(tmp_path / "o.pgm"), "-4"], "class must be", 2),
+        # The tiny model has 5 classes: the graph's status output says so, and nothing is written.
+        ([str(tiny_e2e[1]), str(ppm), str(tmp_path / "bad_class.pgm"), "7"], "class is out of range (status 3)", 1),
     ]
-    for args, message in cases:
+    for args, message, code in cases:
         proc = subprocess.run([str(c_binary), *args], capture_output=True, text=True, timeout=120)
-        assert proc.returncode in (1, 2) and message in proc.stderr, (args, proc.returncode, proc.stderr)
+        assert proc.returncode == code and message in proc.stderr, (args, proc.returncode, proc.stderr)
+    assert not (tmp_path / "bad_class.pgm").exists()
     ok = subprocess.run([str(c_binary), str(tiny_e2e[1]), str(ppm), str(tmp_path / "o.pgm"), "3"],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and "class 3" in ok.stdout
@@ -137,10 +140,10 @@ def test_c_example_under_valgrind(c_binary, tiny_e2e, tmp_path):
     ppm = write_ppm(tmp_path / "ok.ppm", size=(48, 40))
     cut = tmp_path / "cut.ppm"
     cut.write_bytes(ppm.read_bytes()[:300])
-    for image in (ppm, cut):
+    for image, code in ((ppm, 0), (cut, 1)):
         proc = subprocess.run(
             ["valgrind", "--leak-check=full", "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=9",
              f"--suppressions={EXAMPLE / 'valgrind.supp'}", "-q", str(c_binary), str(tiny_e2e[1]), str(image),
              str(tmp_path / "v.pgm")], capture_output=True, text=True, timeout=600)
-        assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 9 would be a memory error or a leak
+        assert proc.returncode == code, proc.stderr[-3000:]  # 9 would be a memory error or a leak
         assert "Invalid" not in proc.stderr and "definitely lost" not in proc.stderr

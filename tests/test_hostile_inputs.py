@@ -119,25 +119,22 @@ def test_cache_lock_serialises_exports_and_cleans_killed_temporaries(tmp_path):
     assert not stale.exists()
 
 
-def test_exports_respect_the_umask(tmp_path):
-    from unioncam.export import export
+def test_exports_respect_the_umask(tiny_art, tmp_path):
+    from unioncam.atomic import umask
 
-    old = os.umask(0o022)
-    try:
-        export(TinyCNN(), "features.3", tmp_path / "art", input_size=(32, 32))
-    finally:
-        os.umask(old)
-    assert (tmp_path / "art").stat().st_mode & 0o777 == 0o755
-    assert {(p.name, p.stat().st_mode & 0o777) for p in (tmp_path / "art").iterdir()} == {
-        ("gradient.onnx", 0o644), ("masked_forward.onnx", 0o644), ("manifest.json", 0o644)}
+    _, art = tiny_art  # exported by this process, under its umask
+    mask = umask()
+    assert art.stat().st_mode & 0o777 == 0o777 & ~mask
+    for p in art.iterdir():
+        assert p.stat().st_mode & 0o777 == 0o666 & ~mask, p.name
     from unioncam.engine_file import read_engine, write_engine
 
-    os.umask(0o022)
+    old = os.umask(0o022)
     try:
         write_engine(tmp_path / "x.engine", {"engine_bytes": 3}, b"abc")
     finally:
         os.umask(old)
-    assert (tmp_path / "x.engine").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "x.engine").stat().st_mode & 0o777 == 0o644  # mkstemp alone would give 0600
     assert read_engine(tmp_path / "x.engine")[1] == b"abc"
 
 
@@ -234,9 +231,6 @@ def test_unwritable_cache_says_so(tmp_path, capsys, monkeypatch):
     assert rc == 1 and "UNIONCAM_CACHE" in err and "writable" in err
 
 
-def test_long_end_to_end_export_reports_progress(tmp_path):
-    from unioncam.export.end_to_end import export_end_to_end
-
-    lines = []
-    export_end_to_end(TinyCNN(), "features.3", tmp_path / "e2e", input_size=(32, 32), chunk=2, log=lines.append)
-    assert lines[0].startswith("tracing UnionCAM with 6 masked passes in 3 chunks") and "nodes" in lines[-1]
+def test_long_end_to_end_export_reports_progress(tiny_e2e):
+    lines = (tiny_e2e[1].parent / "export.log").read_text().splitlines()
+    assert lines[0].startswith("tracing UnionCAM with 6 masked passes in 2 chunks of 4") and "nodes" in lines[-1]

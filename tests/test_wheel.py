@@ -69,3 +69,29 @@ def test_installed_runtime_runs_without_torch_and_matches_the_checkout(installed
     from unioncam.runtime import Explainer
 
     np.testing.assert_array_equal(np.load(tmp_path / "cam.npy"), Explainer(art)(x).cam)
+
+
+@pytest.mark.slow
+def test_fresh_venv_without_torch_runs_the_cli_on_an_exported_folder(installed_wheel, lite0_artifacts, tmp_path):
+    """The release path: `pip install unioncam-*.whl` into a new virtual environment that has no torch,
+    then `unioncam explain --artifacts DIR` on a folder exported in the torch environment."""
+    wheel, _ = installed_wheel
+    venv = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    py = venv / "bin" / "python"
+    inst = subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)], capture_output=True, text=True, timeout=900)
+    assert inst.returncode == 0, inst.stderr[-3000:]
+    probe = subprocess.run([str(py), "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
+                           capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "True"  # torch is really absent, not just blocked
+    out = tmp_path / "out"
+    proc = subprocess.run([str(venv / "bin" / "unioncam"), "explain", "--artifacts", str(lite0_artifacts),
+                           "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    report = json.loads((out / "chelsea.json").read_text())
+    assert report["class_name"] in ("Egyptian cat", "tabby", "tiger cat") and report["layer"] == "head"
+    cam = np.load(out / "chelsea_cam.npy")
+    assert cam.shape == (224, 224) and np.isfinite(cam).all() and cam.max() == 1.0

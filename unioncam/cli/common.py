@@ -32,6 +32,28 @@ def add_model_options(p, *, out_default: str) -> None:
     p.add_argument("--batch-size", type=positive_int, help="masked forward passes per call (default: per backend)")
     p.add_argument("--out", type=Path, default=Path(out_default), help=f"output folder (default ./{out_default})")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--artifacts", type=Path,
+                   help="an exported folder (`unioncam export --out DIR`): used as is, with no export and no torch "
+                        "needed; model, layer and input size come from its manifest")
+
+
+def resolve_model_spec(args):
+    """The model's facts: the registry's, or with ``--artifacts`` the folder's manifest (torch-free)."""
+    from ..model_specs import ModelSpec, spec
+
+    if getattr(args, "artifacts", None) is None:
+        return spec(args.model)
+    from ..artifacts import Manifest
+    from ..errors import InvalidInputError
+
+    if getattr(args, "backend", "onnxruntime") == "torch":
+        raise InvalidInputError("--artifacts runs the exported graphs; it does not go with --backend torch")
+    if args.layer is not None or args.weights is not None:
+        raise InvalidInputError("--artifacts fixes the model, weights and layer; leave out --layer and --weights")
+    m = Manifest.load(args.artifacts)
+    args.model = m.model
+    return ModelSpec(m.model, m.layer, tuple(m.input_size), tuple(m.mean or ()), tuple(m.std or ()),
+                     f"exported folder {args.artifacts}", False)
 
 
 def check_model_options(args) -> None:
@@ -59,6 +81,8 @@ def open_runtime(args, model_spec, **kwargs):
     from ..errors import ArtifactError
     from ..runtime import Explainer
 
+    if getattr(args, "artifacts", None) is not None:  # the user's folder: verified, never re-exported
+        return Explainer(args.artifacts, **kwargs), model_spec.default_layer
     engines = kwargs.get("backend") == "tensorrt"
     if engines:
         from ..engine_file import current_gpu

@@ -52,13 +52,12 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     from ..classes import class_name
     from ..metrics import average_drop, average_increase, insertion_deletion, mean_ci95
-    from ..model_specs import spec
     import cv2
 
     from ..image_io import overlay, read_rgb, to_model_input, write_image
-    from .common import check_model_options, ensure_out, open_runtime
+    from .common import check_model_options, ensure_out, open_runtime, resolve_model_spec
 
-    model_spec = spec(args.model)
+    model_spec = resolve_model_spec(args)
     check_model_options(args)  # before any image is read or model exported
     if args.steps < 1:
         raise InvalidInputError(f"--steps must be >= 1, got {args.steps}")

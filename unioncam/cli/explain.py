@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import UnionCAMError
 from ..validation import METHODS
-from .common import add_model_options, check_model_options, ensure_out, open_runtime, output_stems
+from .common import add_model_options, check_model_options, ensure_out, open_runtime, output_stems, resolve_model_spec
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 DEVICES = ("cpu", "cuda")
@@ -80,10 +80,9 @@ def _explainer(args, model_spec):
 def run(args: argparse.Namespace) -> int:
     from ..image_io import overlay, read_rgb, sample_image_path, to_model_input, write_image
     from ..classes import class_name
-    from ..model_specs import spec
 
     images = args.images or [sample_image_path("chelsea")]
-    model_spec = spec(args.model)
+    model_spec = resolve_model_spec(args)
     check_model_options(args)  # before any image is read or model exported
     ensure_out(args.out)
     # Read every image first: a bad file is reported without loading (or exporting) the model,
@@ -145,7 +144,8 @@ def _report(args, model_spec, layer, path, rgb, exp, load_ms, read_ms, class_nam
         "input_size": list(model_spec.input_size),
         "model": args.model,
         "method": args.method,
-        "weights": str(args.weights) if args.weights else ("bundled ImageNet" if model_spec.bundled_weights else "random (untrained)"),
+        "weights": (f"exported folder {args.artifacts}" if getattr(args, "artifacts", None) else str(args.weights)
+                    if args.weights else ("bundled ImageNet" if model_spec.bundled_weights else "random (untrained)")),
         "layer": layer,
         "theta": args.theta,
         "class_idx": e0["class_idx"],
