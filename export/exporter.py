@@ -139,10 +139,24 @@ def export(
             files={n: sha256_file(tmp / n) for n in (GRADIENT_ONNX, MASKED_ONNX)},
             exporter_version=__version__,
             torch_version=torch.__version__,
-            extra={"export_timings_s": timings},
+            extra={"export_timings_s": timings, "forward_flops": forward_flops(model, x[:1])},
         )
         (tmp / MANIFEST).write_text(manifest.to_json())
     return manifest
+
+
+def forward_flops(model: nn.Module, x: torch.Tensor) -> int | None:
+    """FLOPs of one forward pass on ``x`` (1, 3, H, W), counted by torch's FlopCounterMode (2 per
+    multiply-add of convolutions and matrix products). Stored in the manifest so that any artifact
+    folder can report achieved GFLOP/s."""
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+        return int(counter.get_total_flops())
+    except Exception:  # counting is a report, never a reason to fail an export
+        return None
 
 
 def graph_stats(path: str | Path) -> dict:

@@ -54,3 +54,7 @@ class BackendUnavailableError(UnionCAMError, RuntimeError):
 
 class RunnerStateError(UnionCAMError, RuntimeError):
     """A runner or explainer was used while not active (before ``activate()`` or after ``close()``)."""
+
+
+class UsageError(UnionCAMError, ValueError):
+    """A command-line flag has a bad value; the CLI exits 2, as argparse does."""

@@ -5,7 +5,7 @@ import argparse
 import sys
 import warnings
 
-from ..errors import UnionCAMError
+from ..errors import UnionCAMError, UsageError
 
 
 def _plain_warning(message, category, filename, lineno, file=None, line=None):
@@ -13,14 +13,15 @@ def _plain_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import bench, explain
     from . import eval as eval_cmd
-    from . import explain
 
     parser = argparse.ArgumentParser(prog="unioncam", description="UnionCAM explanations for CNN classifiers.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
     explain.add_parser(sub)
     eval_cmd.add_parser(sub)
+    bench.add_parser(sub)
     try:
         from . import export as export_cmd
     except ImportError:  # pragma: no cover - the exporter is optional at import time
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"unioncam: error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:
         print("unioncam: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,67 @@
+"""``unioncam bench``: its statistics on known timings, the JSON schema of a real (tiny) bench run,
+an unavailable cell that does not stop the sweep, and bad flags."""
+import json
+
+import numpy as np
+import pytest
+
+from unioncam.bench import summarize
+from unioncam.cli import main
+
+
+def test_summarize_known_timings():
+    s = summarize([10.0, 20.0, 30.0, 40.0, 100.0])
+    assert s["min_ms"] == 10.0 and s["max_ms"] == 100.0 and s["n"] == 5
+    assert s["mean_ms"] == pytest.approx(40.0)
+    assert s["std_ms"] == pytest.approx(np.sqrt(((np.array([10, 20, 30, 40, 100]) - 40.0) ** 2).mean()))
+    assert s["p50_ms"] == 30.0
+    assert s["p90_ms"] == pytest.approx(40.0 + 0.6 * 60.0)  # rank 3.6 between 40 and 100
+    assert s["p99_ms"] == pytest.approx(40.0 + 0.96 * 60.0)
+    one = summarize([7.0])
+    assert one["p99_ms"] == one["min_ms"] == 7.0 and one["std_ms"] == 0.0
+
+
+def test_bench_json_schema_on_a_tiny_export(tiny_art, tmp_path, capsys):
+    _, art = tiny_art
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--artifacts", str(art), "--batch-size", "2", "4", "--iterations", "2", "--warmup", "0",
+               "--backend", "onnxruntime", "tensorrt", "--json", str(out), "--md", str(tmp_path / "b.md"),
+               "--no-progress"])
+    table = capsys.readouterr().out
+    assert rc == 0 and "p90 ms" in table
+    report = json.loads(out.read_text())
+    assert set(report) >= {"machine", "ceiling_gflops_per_s", "cells"} and report["ceiling_gflops_per_s"] > 0
+    assert len(report["cells"]) == 4
+    ok = [c for c in report["cells"] if c["status"] == "ok"]
+    bad = [c for c in report["cells"] if c["status"] != "ok"]
+    assert [c["batch_size"] for c in ok] == [2, 4] and all(c["backend"] == "onnxruntime" for c in ok)
+    assert all(c["backend"] == "tensorrt" and c["status"].startswith("unavailable:") for c in bad)
+    for c in ok:
+        for key in ("backend", "device", "method", "batch_size", "threads", "explanations_per_s",
+                    "masked_passes_per_s", "gflops_per_s", "fraction_of_ceiling", "peak_rss_mb", "peak_device_mb",
+                    "max_abs_diff_vs_first", "masked_passes", "skipped_channels"):
+            assert key in c, key
+        for stage in ("total", "gradient", "masked", "fusion", "load"):
+            st = c["stages"][stage]
+            assert st["min_ms"] <= st["p50_ms"] <= st["p90_ms"] <= st["p99_ms"] <= st["max_ms"], stage
+        assert c["stages"]["total"]["n"] == 2
+        assert c["stages"]["total"]["p50_ms"] >= c["stages"]["masked"]["p50_ms"] > 0
+        assert 0 < c["fraction_of_ceiling"] < 5 and c["gflops_per_s"] > 0
+        assert c["max_abs_diff_vs_first"] <= 1e-5  # batch size changes no value
+    assert "| onnxruntime | cpu | unioncam | 2 |" in (tmp_path / "b.md").read_text()
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--warmup", "-1"], "--warmup"), (["--duration", "0"], "--duration"), (["--backend", "openvino"], "openvino"),
+    (["--images", "/nonexistent.png"], "not a file"),
+])
+def test_bad_bench_flags_exit_2_with_one_line(tiny_art, capsys, flags, match):
+    rc = main(["bench", "--artifacts", str(tiny_art[1]), "--no-progress", "--no-ceiling", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and match in err[0]
+
+
+def test_bench_list_names_what_runs_here(capsys):
+    assert main(["bench", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime" in out and "CPUExecutionProvider" in out and "GPU:" in out

@@ -1,0 +1,120 @@
+"""One bench cell, run in its own process so that its peak memory and thread pools are its own:
+``python -m unioncam.bench.cell '<json spec>'`` prints one JSON line."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+
+from .stats import summarize
+
+#: Stage names of the report -> key in ``Explanation.timings_ms``. "masked" is the region map's
+#: masked passes (with its small algebra); "fusion" holds the 3 AMU/AMS passes.
+STAGES = {"total": "total", "gradient": "gradient", "masked": "region", "fusion": "fusion"}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM: its own, unlike ru_maxrss, which survives exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _inputs(paths: list[str], size) -> list[np.ndarray]:
+    from ..image_io import read_rgb, to_model_input
+
+    return [to_model_input(read_rgb(p), size)[None] for p in paths]
+
+
+def _explainer(spec: dict):
+    """(explain(x) -> Explanation, forward GFLOP or None, load ms)."""
+    t = time.perf_counter()
+    if spec["backend"] == "torch":
+        import torch
+
+        from ..methods import METHOD_CLASSES
+        from ..models import load
+
+        torch.set_num_threads(spec["threads"] or torch.get_num_threads())
+        model, layer = load(spec["model"])
+        kwargs = {"batch_size": spec["batch_size"] or 64}
+        method = METHOD_CLASSES[spec["method"]](model, spec.get("layer") or layer, **kwargs)
+        fn = lambda x: method(torch.from_numpy(x))  # noqa: E731
+        gflop = None
+    else:
+        from ..runtime import Explainer
+
+        ex = Explainer(spec["artifacts"], backend=spec["backend"], device=spec["device"],
+                       batch_size=spec["batch_size"], threads=spec["threads"], method=spec["method"])
+        fn = ex
+        flops = ex.manifest.extra.get("forward_flops")
+        gflop = flops / 1e9 if flops else None
+    return fn, gflop, (time.perf_counter() - t) * 1e3
+
+
+def run_cell(spec: dict) -> dict:
+    """Warm up, time, summarise. ``spec``: artifacts, model, backend, device, method, batch_size,
+    threads, images, warmup, iterations, duration, dump (where the first map is saved)."""
+    from ..artifacts import Manifest
+
+    size = Manifest.load(spec["artifacts"]).input_size if spec.get("artifacts") else (224, 224)
+    inputs = _inputs(spec["images"], size)
+    explain, gflop, load_ms = _explainer(spec)
+    for i in range(spec["warmup"]):
+        explain(inputs[i % len(inputs)])
+    records, first = [], None
+    deadline = time.perf_counter() + spec["duration"] if spec.get("duration") else None
+    i = 0
+    while (i < spec["iterations"]) if deadline is None else (time.perf_counter() < deadline or i == 0):
+        exp = explain(inputs[i % len(inputs)])
+        if first is None:
+            first = exp.cam[0]
+        records.append((dict(exp.timings_ms), dict(exp.stats)))
+        i += 1
+    np.save(spec["dump"], first)
+    stages = {}
+    for name, key in STAGES.items():
+        values = [t[key] for t, _ in records if key in t]
+        if values:
+            stages[name] = summarize(values)
+    stages["load"] = summarize([load_ms])
+    region_passes = [s.get("masked_passes", 0) - (3 if spec["method"] == "unioncam" else 0) for _, s in records]
+    region_ms = [t.get("region", 0.0) for t, _ in records]
+    passes_per_s = sum(region_passes) / (sum(region_ms) / 1e3) if sum(region_ms) > 0 else None
+    last = records[-1][1]
+    return {
+        "status": "ok",
+        "iterations": len(records),
+        "stages": stages,
+        "explanations_per_s": 1e3 / stages["total"]["mean_ms"],
+        "masked_passes_per_s": passes_per_s,
+        "masked_passes": int(last.get("masked_passes", 0)),
+        "skipped_channels": int(last.get("constant_channels", 0)),
+        "gflops_per_s": passes_per_s * gflop if (passes_per_s and gflop) else None,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_device_mb": None,
+    }
+
+
+def main() -> None:
+    from ..errors import UnionCAMError
+
+    spec = json.loads(sys.argv[1])
+    try:
+        result = run_cell(spec)
+    except UnionCAMError as e:
+        result = {"status": f"unavailable: {e}" if type(e).__name__ == "BackendUnavailableError" else f"error: {e}"}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

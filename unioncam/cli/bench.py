@@ -1,0 +1,148 @@
+"""``unioncam bench``: explanation latency per backend, device, method, batch size and thread count,
+each cell in its own process; trtexec-style percentiles, the machine's measured GEMM ceiling, JSON
+and Markdown reports."""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import UsageError
+from ..validation import METHODS
+from .common import positive_int
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="time explanations (percentiles per stage, fraction of the measured GEMM ceiling)",
+        description="Time UnionCAM and its baselines. A flag with several values makes a sweep: one cell per "
+                    "combination, each in its own process. Reports per-stage min/mean/std/p50/p90/p99/max.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", default="efficientnet_lite0", help="registered model (exported into the cache)")
+    src.add_argument("--artifacts", type=Path, help="an exported folder (no torch needed)")
+    p.add_argument("--layer", help="target layer (with --model)")
+    p.add_argument("--backend", nargs="+", default=["onnxruntime"], help="onnxruntime, tensorrt, torch (eager)")
+    p.add_argument("--device", nargs="+", default=["cpu"], help="cpu, cuda, tensorrt")
+    p.add_argument("--method", nargs="+", default=["unioncam"], choices=METHODS)
+    p.add_argument("--batch-size", nargs="+", type=positive_int, default=[None], help="masked passes per call")
+    p.add_argument("--threads", nargs="+", type=positive_int, default=[None], help="intra-op threads (default: all)")
+    p.add_argument("--images", nargs="+", type=Path, help="images (default: the bundled photos)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed explanations per cell (default 1)")
+    p.add_argument("--iterations", type=positive_int, default=5, help="timed explanations per cell (default 5)")
+    p.add_argument("--duration", type=float, help="time each cell for this many seconds instead of --iterations")
+    p.add_argument("--compare", choices=["eager"], help="also time the eager PyTorch reference (needs torch)")
+    p.add_argument("--json", type=Path, help="write the report as JSON (schema in the README)")
+    p.add_argument("--md", type=Path, help="write the report as a Markdown table")
+    p.add_argument("--no-ceiling", action="store_true", help="skip the GEMM ceiling measurement")
+    p.add_argument("--list", action="store_true", help="print what this machine can run, and how to enable the rest")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _child(args: list[str], threads: int | None) -> dict:
+    env = dict(os.environ)
+    if threads:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(threads)
+    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env)
+    lines = proc.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"status": f"error: the cell's process failed ({tail})"}
+
+
+def ceiling(threads: int | None) -> float:
+    """sgemm GFLOP/s measured in its own process."""
+    out = _child(["unioncam.bench.ceiling"], threads)
+    return float(out["gflops_per_s"])
+
+
+def _validate(args) -> None:
+    if args.warmup < 0:
+        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.duration is not None and not args.duration > 0:
+        raise UsageError(f"--duration must be a positive number of seconds, got {args.duration}")
+    known_b, known_d = ("onnxruntime", "tensorrt", "torch"), ("cpu", "cuda", "tensorrt")
+    for b in args.backend:
+        if b not in known_b:
+            raise UsageError(f"unknown --backend {b!r}; choose from {', '.join(known_b)}")
+    for d in args.device:
+        if d not in known_d:
+            raise UsageError(f"unknown --device {d!r}; choose from {', '.join(known_d)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..image_io import sample_image_path
+    from .bench_report import print_list, render_markdown, render_table
+
+    if args.list:
+        print_list()
+        return 0
+    _validate(args)
+    images = [str(p) for p in (args.images or [sample_image_path("chelsea"), sample_image_path("coffee")])]
+    for p in images:
+        if not Path(p).is_file():
+            raise UsageError(f"--images: {p} is not a file")
+    artifacts = args.artifacts
+    if artifacts is None:
+        from ..model_specs import spec
+        from .common import ensure_exported
+
+        args.weights = None
+        artifacts, _ = ensure_exported(args, spec(args.model))
+    from ..artifacts import Manifest
+    from ..bench.machine import machine_facts
+
+    manifest = Manifest.load(artifacts)
+    backends = list(args.backend) + (["torch"] if args.compare == "eager" and "torch" not in args.backend else [])
+    combos = list(itertools.product(backends, args.device, args.method, args.batch_size, args.threads))
+    report = {"machine": machine_facts(), "model": manifest.model, "layer": manifest.layer,
+              "ceiling_gflops_per_s": None, "cells": []}
+    if not args.no_ceiling:
+        report["ceiling_gflops_per_s"] = ceiling(max((t for t in args.threads if t), default=None))
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(combos), desc="bench cells", unit="cell", file=sys.stderr)
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        first_map = None
+        for i, (backend, device, method, batch, threads) in enumerate(combos):
+            cell = {"backend": backend, "device": device, "method": method, "batch_size": batch, "threads": threads}
+            if backend == "torch" and device != "cpu":
+                result = {"status": "unavailable: the eager comparison runs on the CPU here"}
+            else:
+                spec = {**cell, "artifacts": str(artifacts), "model": manifest.model, "layer": manifest.layer,
+                        "images": images, "warmup": args.warmup, "iterations": args.iterations,
+                        "duration": args.duration, "dump": str(Path(tmp) / f"cell{i}.npy")}
+                result = _child(["unioncam.bench.cell", json.dumps(spec)], threads)
+            cell.update(result)
+            if cell["status"] == "ok":
+                cam = np.load(Path(tmp) / f"cell{i}.npy")
+                if first_map is None:
+                    first_map = cam
+                cell["max_abs_diff_vs_first"] = float(np.abs(cam - first_map).max())
+                gf, ceil = cell.get("gflops_per_s"), report["ceiling_gflops_per_s"]
+                cell["fraction_of_ceiling"] = gf / ceil if (gf and ceil) else None
+            report["cells"].append(cell)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    print(render_table(report))
+    from .. import atomic
+
+    if args.json:
+        atomic.write_text(args.json, json.dumps(report, indent=2))
+    if args.md:
+        atomic.write_text(args.md, render_markdown(report))
+    return 0 if any(c["status"] == "ok" for c in report["cells"]) else 1

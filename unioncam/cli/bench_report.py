@@ -1,0 +1,86 @@
+"""How ``unioncam bench`` shows its results: a terminal table, Markdown, and ``--list``."""
+from __future__ import annotations
+
+
+def _f(v, fmt="{:.1f}"):
+    return "-" if v is None else fmt.format(v)
+
+
+def _rows(report: dict) -> list[list[str]]:
+    rows = []
+    for c in report["cells"]:
+        head = [c["backend"], c["device"], c["method"], _f(c["batch_size"], "{}"), _f(c["threads"], "{}")]
+        if c["status"] != "ok":
+            rows.append(head + [c["status"]] + [""] * 8)
+            continue
+        t = c["stages"]["total"]
+        m = c["stages"].get("masked")
+        rows.append(head + ["ok", _f(t["p50_ms"]), _f(t["p90_ms"]), _f(t["p99_ms"]), _f(m["p50_ms"] if m else None),
+                            _f(c["explanations_per_s"], "{:.2f}"), _f(c["gflops_per_s"]),
+                            _f(c["fraction_of_ceiling"] * 100 if c.get("fraction_of_ceiling") else None, "{:.0f}%"),
+                            _f(c["peak_rss_mb"], "{:.0f}")])
+    return rows
+
+
+HEADER = ["backend", "device", "method", "batch", "threads", "status", "total p50 ms", "p90 ms", "p99 ms",
+          "masked p50 ms", "expl/s", "GFLOP/s", "of ceiling", "peak RSS MB"]
+
+
+def render_table(report: dict) -> str:
+    rows = [HEADER] + _rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    lines = [f"unioncam bench: {report['model']} ({report['layer']}) on {report['machine']['cpu']}, "
+             f"{report['machine']['cores']} cores; sgemm ceiling {_f(report['ceiling_gflops_per_s'])} GFLOP/s"]
+    for r in rows:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"# unioncam bench: {report['model']} ({report['layer']})", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; versions: "
+             + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + ".",
+             f"Measured sgemm ceiling: {_f(report['ceiling_gflops_per_s'])} GFLOP/s (own process).", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(r) + " |" for r in _rows(report)]
+    return "\n".join(lines) + "\n"
+
+
+def print_list() -> None:
+    """What this machine can run, and the command that enables each missing piece."""
+    import os
+    import platform
+
+    from ..engine_file import current_gpu
+
+    print(f"CPU: {platform.machine()}, {os.cpu_count()} cores")
+    try:
+        import onnxruntime as ort
+
+        print(f"onnxruntime {ort.__version__}: providers {', '.join(ort.get_available_providers())}")
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            print("  for CUDA: pip uninstall -y onnxruntime && pip install onnxruntime-gpu  (exactly one of them)")
+    except ImportError:
+        print("onnxruntime: not installed (pip install onnxruntime)")
+    try:
+        from ..engine_file import import_tensorrt
+
+        trt, flavour = import_tensorrt()
+        print(f"TensorRT: {flavour} {trt.__version__}" if trt else "TensorRT: not installed "
+              "(pip install tensorrt on a CUDA machine; tensorrt-rtx-cu13 builds engines ahead of time)")
+    except Exception as e:
+        print(f"TensorRT: broken install ({e})")
+    gpu = current_gpu()
+    print(f"GPU: {gpu['name']} (compute capability {gpu['compute_capability']})" if gpu else
+          "GPU: none found (or cuda-python missing: pip install cuda-python)")
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise ImportError
+        import torch
+
+        print(f"torch {torch.__version__}: CUDA {'available' if torch.cuda.is_available() else 'not available'}")
+    except ImportError:
+        print("torch: not installed (needed for --model and --compare eager: pip install 'unioncam[torch]')")
