@@ -19,6 +19,7 @@ from .errors import (
     ModelNotFoundError,
     RunnerStateError,
     UnionCAMError,
+    UsageError,
     WeightsError,
 )
 from .explanation import Explanation
@@ -57,6 +58,7 @@ __all__ = [
     "RunnerStateError",
     "UnionCAM",
     "UnionCAMError",
+    "UsageError",
     "WeightsError",
     "__version__",
 ]
