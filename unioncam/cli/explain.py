@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import UnionCAMError
 from ..validation import METHODS
-from .common import add_model_options, check_model_options, ensure_out, open_runtime, output_stems, resolve_model_spec
+from .common import require_layer, add_model_options, check_model_options, ensure_out, open_runtime, output_stems, resolve_model_spec
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 DEVICES = ("cpu", "cuda")
@@ -60,7 +60,7 @@ def _explainer(args, model_spec):
         model, default_layer = load(args.model, args.weights)
         device = torch.device(args.device)
         model.to(device)
-        layer = args.layer or default_layer
+        layer = require_layer(args.layer or default_layer, args.model)
         if args.method == "unioncam":
             explainer = UnionCAM(model, layer, theta=args.theta, batch_size=args.batch_size or 64,
                                  progress=not args.no_progress)

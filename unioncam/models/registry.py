@@ -82,13 +82,20 @@ def load(name: str, weights: str | Path | None = None) -> tuple[nn.Module, str]:
     Warns:
         UntrainedWeightsWarning: vgg16/resnet50 without weights run with random weights.
     """
+    from .factory import is_factory, load_factory
+
+    if is_factory(name):
+        model, layer = load_factory(name)
+        if weights is not None:
+            load_strict(model, read_state_dict(weights), str(weights), name)
+        return model, layer
     s = spec(name)
-    if name == "efficientnet_lite0":
-        from .efficientnet import efficientnet_lite0
+    if name.startswith("efficientnet_lite"):
+        from .efficientnet import efficientnet_lite
 
         source = str(weights) if weights is not None else bundled_weights_path(name)
         sd = read_state_dict(source)
-        return efficientnet_lite0(sd, source).eval(), s.default_layer
+        return efficientnet_lite(name, sd, source).eval(), s.default_layer
 
     from .normalize import Normalized
 
