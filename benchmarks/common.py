@@ -4,48 +4,24 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
-import resource
-import socket
-import statistics
 import time
-from importlib import metadata
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> dict:
-    def version(pkg):
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return None
+    """The same machine facts as ``unioncam bench`` reports."""
+    from unioncam.bench.machine import machine_facts
 
-    return {
-        "host": socket.gethostname(),
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "gpu": None,
-        "versions": {p: version(p) for p in ("torch", "onnxruntime", "onnx", "numpy", "unioncam")},
-    }
+    return machine_facts()
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, MB.
+    """Peak RSS of this process, MB (VmHWM), as ``unioncam bench`` measures it."""
+    from unioncam.bench.cell import peak_rss_mb as peak
 
-    Linux's VmHWM belongs to the current address space, so a child started by a benchmark reports
-    its own peak; ``ru_maxrss`` survives fork and exec, so a child would report at least its parent's.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return peak()
 
 
 def timed(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float], object]:
@@ -58,7 +34,9 @@ def timed(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float], object
         t = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times), times, out
+    from unioncam.bench import summarize
+
+    return summarize(times)["p50_ms"], times, out  # the same percentile code as unioncam bench
 
 
 def write_results(stem: str, payload: dict, markdown: str) -> tuple[Path, Path]:
