@@ -26,7 +26,7 @@ def test_bench_json_schema_on_a_tiny_export(tiny_art, tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(["bench", "--artifacts", str(art), "--batch-size", "2", "4", "--iterations", "2", "--warmup", "0",
                "--backend", "onnxruntime", "tensorrt", "--json", str(out), "--md", str(tmp_path / "b.md"),
-               "--no-progress"])
+               "--plot", str(tmp_path / "b.png"), "--no-progress"])
     table = capsys.readouterr().out
     assert rc == 0 and "p90 ms" in table
     report = json.loads(out.read_text())
@@ -49,6 +49,11 @@ def test_bench_json_schema_on_a_tiny_export(tiny_art, tmp_path, capsys):
         assert 0 < c["fraction_of_ceiling"] < 5 and c["gflops_per_s"] > 0
         assert c["max_abs_diff_vs_first"] <= 1e-5  # batch size changes no value
     assert "| onnxruntime | cpu | unioncam | 2 |" in (tmp_path / "b.md").read_text()
+    import cv2
+
+    png = cv2.imread(str(tmp_path / "b.png"))
+    assert png is not None and png.shape[0] > 200  # a real picture was drawn
+    assert all(len(c["times_ms"]) == 2 for c in ok)
 
 
 @pytest.mark.parametrize("flags, match", [

@@ -94,6 +94,7 @@ def run_cell(spec: dict) -> dict:
     return {
         "status": "ok",
         "iterations": len(records),
+        "times_ms": [t["total"] for t, _ in records],
         "stages": stages,
         "explanations_per_s": 1e3 / stages["total"]["mean_ms"],
         "masked_passes_per_s": passes_per_s,

@@ -38,6 +38,7 @@ def add_parser(sub) -> None:
     p.add_argument("--compare", choices=["eager"], help="also time the eager PyTorch reference (needs torch)")
     p.add_argument("--json", type=Path, help="write the report as JSON (schema in the README)")
     p.add_argument("--md", type=Path, help="write the report as a Markdown table")
+    p.add_argument("--plot", type=Path, help="write a PNG: the latency distribution of each cell (needs matplotlib)")
     p.add_argument("--no-ceiling", action="store_true", help="skip the GEMM ceiling measurement")
     p.add_argument("--list", action="store_true", help="print what this machine can run, and how to enable the rest")
     p.add_argument("--no-progress", action="store_true")
@@ -86,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
         print_list()
         return 0
     _validate(args)
+    if args.plot:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UsageError("--plot needs matplotlib: pip install 'unioncam[plot]'")
     images = [str(p) for p in (args.images or [sample_image_path("chelsea"), sample_image_path("coffee")])]
     for p in images:
         if not Path(p).is_file():
@@ -138,11 +144,24 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(1)
     if bar is not None:
         bar.close()
+    eager = [c for c in report["cells"] if c["backend"] == "torch" and c["status"] == "ok"]
+    if eager:
+        e = eager[0]["stages"]["total"]["p50_ms"]
+        report["compare_eager"] = {"eager_p50_ms": e, "speedup_p50": {
+            f"{c['backend']}/{c['device']}/{c['method']}/b{c['batch_size']}/t{c['threads']}":
+                e / c["stages"]["total"]["p50_ms"]
+            for c in report["cells"] if c["status"] == "ok" and c["backend"] != "torch"}}
     print(render_table(report))
+    for label, ratio in report.get("compare_eager", {}).get("speedup_p50", {}).items():
+        print(f"  {label}: {ratio:.1f}x faster than the eager PyTorch reference (p50)")
     from .. import atomic
 
     if args.json:
         atomic.write_text(args.json, json.dumps(report, indent=2))
     if args.md:
         atomic.write_text(args.md, render_markdown(report))
+    if args.plot:
+        from .bench_report import render_plot
+
+        render_plot(report, args.plot)
     return 0 if any(c["status"] == "ok" for c in report["cells"]) else 1

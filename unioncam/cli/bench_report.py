@@ -84,3 +84,35 @@ def print_list() -> None:
         print(f"torch {torch.__version__}: CUDA {'available' if torch.cuda.is_available() else 'not available'}")
     except ImportError:
         print("torch: not installed (needed for --model and --compare eager: pip install 'unioncam[torch]')")
+
+
+def render_plot(report: dict, path) -> None:
+    """PNG: each cell's total latency per iteration as a box (median, quartiles, whiskers, points)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .. import atomic
+
+    cells = [c for c in report["cells"] if c["status"] == "ok"]
+    labels = [f"{c['backend']}/{c['device']}\n{c['method']} b{c['batch_size'] or '-'} t{c['threads'] or '-'}"
+              for c in cells]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(cells)), 4.0))
+    ax.boxplot([c["times_ms"] for c in cells], showfliers=True)
+    ax.set_xticks(range(1, len(cells) + 1), labels, fontsize=8)
+    ax.set_ylabel("explanation latency (ms)")
+    ceiling = report["ceiling_gflops_per_s"]
+    ax.set_title(f"unioncam bench: {report['model']} ({report['layer']}), {report['machine']['cpu']}"
+                 + (f"; sgemm ceiling {ceiling:.0f} GFLOP/s" if ceiling else ""), fontsize=9)
+    for i, c in enumerate(cells, start=1):
+        if c.get("fraction_of_ceiling"):
+            ax.annotate(f"{c['fraction_of_ceiling'] * 100:.0f}% of ceiling", (i, c["stages"]["total"]["max_ms"]),
+                        textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic.write_bytes(path, buf.getvalue())
