@@ -111,8 +111,13 @@ def run(args: argparse.Namespace) -> int:
     combos = list(itertools.product(backends, args.device, args.method, args.batch_size, args.threads))
     report = {"machine": machine_facts(), "model": manifest.model, "layer": manifest.layer,
               "ceiling_gflops_per_s": None, "cells": []}
+    ceilings = {}
     if not args.no_ceiling:
-        report["ceiling_gflops_per_s"] = ceiling(max((t for t in args.threads if t), default=None))
+        # One ceiling per thread count of the sweep: a 1-thread cell is judged against 1-thread sgemm.
+        for t in sorted(set(args.threads), key=lambda v: v or 1 << 30):
+            ceilings[t] = ceiling(t)
+        report["ceiling_gflops_per_s"] = ceilings[max(ceilings, key=lambda v: v or 1 << 30)]
+        report["ceilings_by_threads"] = {str(t) if t else "all": v for t, v in ceilings.items()}
     bar = None
     if not args.no_progress:
         from tqdm.auto import tqdm
@@ -137,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
                 if first_map is None:
                     first_map = cam
                 cell["max_abs_diff_vs_first"] = float(np.abs(cam - first_map).max())
-                gf, ceil = cell.get("gflops_per_s"), report["ceiling_gflops_per_s"]
+                gf, ceil = cell.get("gflops_per_s"), ceilings.get(threads)
                 cell["fraction_of_ceiling"] = gf / ceil if (gf and ceil) else None
             report["cells"].append(cell)
             if bar is not None:
