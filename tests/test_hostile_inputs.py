@@ -12,10 +12,10 @@ import textwrap
 import zlib
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
+from test_end_to_end import run_graph
 from tiny import TinyCNN, tiny_images
 from unioncam import ArtifactError, ImageReadError, InvalidInputError, UnionCAM
 from unioncam.cli import main
@@ -136,14 +136,6 @@ def test_exports_respect_the_umask(tiny_art, tmp_path):
         os.umask(old)
     assert (tmp_path / "x.engine").stat().st_mode & 0o777 == 0o644  # mkstemp alone would give 0600
     assert read_engine(tmp_path / "x.engine")[1] == b"abc"
-
-
-def run_graph(path, image, cls=None):
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    feeds = {"image": image} if cls is None else {"image": image, "class_idx": np.array([cls], np.int64)}
-    return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
 
 
 @pytest.mark.parametrize("case, status", [("nan", 1), ("0..255", 2), ("class 99", 3), ("class -7", 3), ("ok", 0)])
