@@ -121,7 +121,7 @@ def test_c_example_bad_files(c_binary, tiny_e2e, tiny_art, tmp_path):
         ([str(tiny_e2e[1]), str(ppm)], "usage", 2),
         ([str(tiny_e2e[1]), str(ppm), str(tmp_path / "o.pgm"), "-4"], "class must be", 2),
         # The tiny model has 5 classes: the graph's status output says so, and nothing is written.
-        ([str(tiny_e2e[1]), str(ppm), str(tmp_path / "bad_class.pgm"), "7"], "class is out of range (status 3)", 1),
+        ([str(tiny_e2e[1]), str(ppm), str(tmp_path / "bad_class.pgm"), "7"], "class is out of range for this model (status 3)", 1),
     ]
     for args, message, code in cases:
         proc = subprocess.run([str(c_binary), *args], capture_output=True, text=True, timeout=120)

@@ -18,7 +18,9 @@ def summarize(times_ms) -> dict[str, float]:
     """
     t = np.asarray(list(times_ms), dtype=np.float64)
     if t.size == 0:
-        raise ValueError("no timings to summarize")  # internal: a cell always times >= 1 iteration
+        from ..errors import InvalidInputError
+
+        raise InvalidInputError("no timings to summarize: time at least one iteration")
     p50, p90, p99 = np.percentile(t, [50, 90, 99])
     return {"min_ms": float(t.min()), "mean_ms": float(t.mean()), "std_ms": float(t.std()), "p50_ms": float(p50),
             "p90_ms": float(p90), "p99_ms": float(p99), "max_ms": float(t.max()), "n": int(t.size)}
