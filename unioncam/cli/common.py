@@ -126,10 +126,8 @@ def ensure_exported(args, model_spec, *, engines: bool = False, force: bool = Fa
     use or when ``force``."""
     from ..artifacts import MANIFEST
     from ..cache import artifact_dir, cache_lock
-    from ..errors import ArtifactError
+    from ..errors import ArtifactError, WeightsError
     from ..model_specs import bundled_weights_path
-
-    from ..errors import WeightsError
 
     if args.weights is not None and not Path(args.weights).is_file():
         raise WeightsError(f"weights file not found: {args.weights}")
