@@ -14,7 +14,8 @@ from unioncam import algebra
 from unioncam.artifacts import Manifest
 from unioncam.explanation import Explanation
 from unioncam.errors import ArtifactError, InvalidInputError, RunnerStateError
-from unioncam.validation import check_batch_size, check_classes, check_images, check_method, check_theta
+from unioncam.validation import (check_batch_size, check_classes, check_images, check_method, check_positive_int,
+                                 check_theta)
 
 from .backends import make_runners
 
@@ -55,8 +56,6 @@ class Explainer:
         if batch_size is not None:
             check_batch_size(batch_size)
         if threads is not None:
-            from unioncam.validation import check_positive_int
-
             check_positive_int(threads, "threads")
         self.manifest = Manifest.load(self.directory)
         self.manifest.verify(self.directory)
@@ -167,8 +166,8 @@ class Explainer:
         if self.progress:
             from tqdm.auto import tqdm
 
-            total = int((~algebra.constant_channels(A)).sum()) if self.skip_constant else A.shape[0] * A.shape[1]
-            bar = tqdm(total=total, desc="masked passes", unit="pass", delay=1.0, leave=False)
+            bar = tqdm(total=algebra.passes_needed(A, skip_constant=self.skip_constant), desc="masked passes",
+                       unit="pass", delay=1.0, leave=False)
         try:
             cs = algebra.channel_scores(A, base, self._scorer(devs, classes, bar), skip_constant=self.skip_constant,
                                         skip_duplicates=self.skip_duplicates)

@@ -11,7 +11,7 @@ and return arrays of the same library, on the same device:
 Torch-free: importing this package imports neither torch nor CuPy.
 """
 from .amd import denoised_map, percentile
-from .fusion import Fusion, channel_scores, union_select
+from .fusion import Fusion, channel_scores, passes_needed, union_select
 from .maps import (
     bilinear_matrix,
     constant_channels,
@@ -46,6 +46,7 @@ __all__ = [
     "minmax",
     "namespace",
     "normalized",
+    "passes_needed",
     "percentile",
     "region_map",
     "safe_divide",

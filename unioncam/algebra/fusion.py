@@ -32,6 +32,13 @@ class ChannelScores:
     duplicates: int = 0
 
 
+def passes_needed(activations, *, skip_constant: bool = True) -> int:
+    """How many masked passes :func:`channel_scores` runs without duplicate skipping (for progress bars)."""
+    if not skip_constant:
+        return int(activations.shape[0] * activations.shape[1])
+    return int((~to_numpy(constant_channels(activations))).sum())
+
+
 def channel_scores(activations, base, score: ScoreFn, *, skip_constant: bool = True,
                    skip_duplicates: bool = False) -> ChannelScores:
     """``s_k = p_c(minmax(up(A_k)) * I0)`` for every (image, channel), step 3 of the spec.

@@ -91,7 +91,7 @@ class CAMMethod:
     def _channel_scores(self, images, gp: GradientPass, base, *, skip_constant=True, skip_duplicates=False):
         """Score-CAM channel scores (B, K) through :func:`unioncam.algebra.channel_scores`."""
         A = gp.activations
-        total = int((~algebra.constant_channels(A)).sum()) if skip_constant else A.shape[0] * A.shape[1]
+        total = algebra.passes_needed(A, skip_constant=skip_constant)
         with torch.no_grad(), self._progress_bar(total, "masked passes") as bar:
             return algebra.channel_scores(A, base, self._scorer(images, gp.class_idx, bar),
                                           skip_constant=skip_constant, skip_duplicates=skip_duplicates)
