@@ -14,8 +14,8 @@ from unioncam import algebra
 from unioncam.artifacts import Manifest
 from unioncam.explanation import Explanation
 from unioncam.errors import ArtifactError, InvalidInputError, RunnerStateError
-from unioncam.validation import (check_batch_size, check_classes, check_images, check_method, check_positive_int,
-                                 check_theta)
+from unioncam.validation import (check_batch_size, check_classes, check_images, check_max_passes, check_method,
+                                 check_positive_int, check_theta)
 
 from .backends import make_runners
 
@@ -34,6 +34,9 @@ class Explainer:
         theta: AMD percentile in [0, 100].
         skip_constant: skip the passes of constant channels (exact: their score is ``p_c(Ib)``).
         skip_duplicates: one pass per distinct mask of an image (exact; off by default).
+        max_passes: at most this many masked passes per image for the region map, the rest of the
+            channels' scores estimated (:mod:`unioncam.algebra.budget`; the error bound and estimate
+            are in ``Explanation.stats``). None (default) is exact.
         threads: ONNX Runtime intra-op threads (None: all cores).
         progress: show a progress bar over masked passes.
         method: default method of calls (``"unioncam"``; baselines: see ``__call__``).
@@ -48,8 +51,8 @@ class Explainer:
 
     def __init__(self, artifact_dir: str | Path, *, backend: str = "onnxruntime", device: str = "cpu",
                  batch_size: int | None = None, theta: float = 10.0, skip_constant: bool = True,
-                 skip_duplicates: bool = False, threads: int | None = None, progress: bool = False,
-                 method: str = "unioncam", buffers: str = "auto"):
+                 skip_duplicates: bool = False, max_passes: int | None = None, threads: int | None = None,
+                 progress: bool = False, method: str = "unioncam", buffers: str = "auto"):
         self.directory = Path(artifact_dir)
         self.theta = check_theta(theta)
         self.method = check_method(method)
@@ -61,6 +64,7 @@ class Explainer:
         self.manifest.verify(self.directory)
         self.skip_constant = bool(skip_constant)
         self.skip_duplicates = bool(skip_duplicates)
+        self.max_passes = check_max_passes(max_passes, skip_constant=self.skip_constant)
         self.backend, self.device = backend, device
         self.progress = progress
         self._grad, self._masked = make_runners(backend, device, self.directory, self.manifest, threads=threads,
@@ -166,17 +170,18 @@ class Explainer:
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=algebra.passes_needed(A, skip_constant=self.skip_constant), desc="masked passes",
-                       unit="pass", delay=1.0, leave=False)
+            bar = tqdm(total=algebra.passes_needed(A, skip_constant=self.skip_constant, max_passes=self.max_passes),
+                       desc="masked passes", unit="pass", delay=1.0, leave=False)
         try:
             cs = algebra.channel_scores(A, base, self._scorer(devs, classes, bar), skip_constant=self.skip_constant,
-                                        skip_duplicates=self.skip_duplicates)
+                                        skip_duplicates=self.skip_duplicates, max_passes=self.max_passes)
         finally:
             if bar is not None:
                 bar.close()
         L_reg = algebra.region_map(A, cs.scores)
         timings["region"] = (time.perf_counter() - t) * 1e3
-        counts = {"constant_channels": int(cs.constant.sum()), "duplicate_channels": cs.duplicates}
+        counts = {"constant_channels": int(cs.constant.sum()), "duplicate_channels": cs.duplicates,
+                  **algebra.budget_stats(A, cs)}
         if method == "scorecam":
             return baseline(L_reg, {**counts, "masked_passes": cs.passes})
 

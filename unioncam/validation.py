@@ -36,6 +36,27 @@ def check_batch_size(batch_size) -> int:
     return check_positive_int(batch_size, "batch_size")
 
 
+def check_max_passes(max_passes, *, skip_constant: bool = True) -> int | None:
+    """The region map's pass budget: None (exact) or a positive int of masked passes per image."""
+    if max_passes is None:
+        return None
+    value = check_positive_int(max_passes, "max_passes")
+    if not skip_constant:
+        raise InvalidInputError("max_passes needs skip_constant=True (the budget counts the non-constant channels)")
+    return value
+
+
+#: Precisions an export can be made in (``unioncam export --precision``).
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def check_precision(precision: str) -> str:
+    """One of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise InvalidInputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
 def check_method(method: str) -> str:
     """One of :data:`METHODS`."""
     if method not in METHODS:

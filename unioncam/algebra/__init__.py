@@ -11,6 +11,7 @@ and return arrays of the same library, on the same device:
 Torch-free: importing this package imports neither torch nor CuPy.
 """
 from .amd import denoised_map, percentile
+from .budget import budget_stats
 from .fusion import Fusion, channel_scores, passes_needed, union_select
 from .maps import (
     bilinear_matrix,
@@ -37,6 +38,7 @@ __all__ = [
     "Fusion",
     "GRADIENT_WEIGHTS",
     "bilinear_matrix",
+    "budget_stats",
     "channel_scores",
     "constant_channels",
     "denoised_map",

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 from .maps import constant_channels, duplicate_masks, minmax, normalized
 from .namespace import namespace, to_numpy
 
@@ -23,24 +25,32 @@ class ChannelScores:
     """Score-CAM channel scores of a batch.
 
     scores: (B, K) ``s_k``; constant: (B, K) bool; passes: masked passes run; duplicates: passes
-    saved because a map's mask equals an earlier channel's.
+    saved because a map's mask equals an earlier channel's; estimated: (B, K) bool, scores estimated
+    under a pass budget (None without one); score_error: (B,) float64 leave-one-out RMS error of the
+    estimator (0 where nothing was estimated; None without a budget).
     """
 
     scores: Any
     constant: Any
     passes: int
     duplicates: int = 0
+    estimated: Any = None
+    score_error: Any = None
 
 
-def passes_needed(activations, *, skip_constant: bool = True) -> int:
-    """How many masked passes :func:`channel_scores` runs without duplicate skipping (for progress bars)."""
+def passes_needed(activations, *, skip_constant: bool = True, max_passes: int | None = None) -> int:
+    """An upper bound of the passes :func:`channel_scores` runs (exact without duplicate skipping),
+    for progress bars."""
     if not skip_constant:
         return int(activations.shape[0] * activations.shape[1])
-    return int((~to_numpy(constant_channels(activations))).sum())
+    per_image = (~to_numpy(constant_channels(activations))).sum(1)
+    if max_passes is not None:
+        per_image = np.minimum(per_image, max_passes)
+    return int(per_image.sum())
 
 
 def channel_scores(activations, base, score: ScoreFn, *, skip_constant: bool = True,
-                   skip_duplicates: bool = False) -> ChannelScores:
+                   skip_duplicates: bool = False, max_passes: int | None = None) -> ChannelScores:
     """``s_k = p_c(minmax(up(A_k)) * I0)`` for every (image, channel), step 3 of the spec.
 
     A constant channel's mask is exactly 0, so its score is ``p_c(Ib)`` = ``base``: it is set to
@@ -54,6 +64,8 @@ def channel_scores(activations, base, score: ScoreFn, *, skip_constant: bool = T
             graph passes False and runs every channel, replacing the constant ones by ``base``).
         skip_duplicates: also run one pass per distinct mask within an image (exact: an equal mask
             gives an equal score).
+        max_passes: at most this many passes per image; the other channels' scores are estimated
+            (:mod:`unioncam.algebra.budget`). None (default) is exact. Needs ``skip_constant``.
 
     Returns:
         :class:`ChannelScores`, arrays in the activations' library.
@@ -70,35 +82,58 @@ def channel_scores(activations, base, score: ScoreFn, *, skip_constant: bool = T
 
     # Gather the channels that need a pass, score them, scatter back. Integer-array indexing and
     # item assignment are not in the array API standard, but NumPy, torch and CuPy all have them.
-    import numpy as np
-
     run = ~to_numpy(constant)
     b_idx, k_idx = np.nonzero(run)
-    duplicates = 0
-    if skip_duplicates and b_idx.size:
-        keep = np.zeros(b_idx.size, bool)
-        source = np.arange(b_idx.size)
+    # source[i]: the run position whose score position i takes (itself unless its mask is a duplicate).
+    source = np.arange(b_idx.size)
+    if skip_duplicates:
         for b in np.unique(b_idx):
             pos = np.flatnonzero(b_idx == b)
-            first = duplicate_masks(activations[b, xp.asarray(k_idx[pos], device=dev)])
-            keep[pos[first == np.arange(pos.size)]] = True
-            source[pos] = pos[first]
-        duplicates = int(b_idx.size - keep.sum())
-    else:
-        keep = np.ones(b_idx.size, bool)
-        source = np.arange(b_idx.size)
-    kept = np.flatnonzero(keep)
+            source[pos] = pos[duplicate_masks(activations[b, xp.asarray(k_idx[pos], device=dev)])]
+    unique = source == np.arange(b_idx.size)
+    duplicates = int(b_idx.size - unique.sum())
+    scored = unique.copy()
+    budget = {}
+    if max_passes is not None:
+        from .budget import choose_channels, mask_features
+
+        A_host = to_numpy(activations)
+        for b in np.unique(b_idx):
+            pos = np.flatnonzero((b_idx == b) & unique)
+            if pos.size <= max_passes:
+                continue
+            maps = A_host[b, k_idx[pos]]
+            feats = mask_features(maps)
+            chosen = choose_channels(feats, np.abs(maps).sum(axis=(1, 2)), max_passes)
+            scored[pos] = False
+            scored[pos[chosen]] = True
+            budget[int(b)] = (pos, feats, chosen)
+    done = np.flatnonzero(scored)
     scores = xp.asarray(base_bk, copy=True)
-    if kept.size:
-        bi = xp.asarray(b_idx[kept], device=dev)
-        ki = xp.asarray(k_idx[kept], device=dev)
-        s_kept = xp.astype(score(bi, activations[bi, ki]), activations.dtype)
-        # Each run channel takes the score of the first channel with its mask (itself if unique).
-        slot = np.empty(b_idx.size, np.int64)
-        slot[kept] = np.arange(kept.size)
-        s_all = s_kept[xp.asarray(slot[source], device=dev)]
+    estimated = np.zeros((B, K), bool) if max_passes is not None else None
+    error = np.zeros(B) if max_passes is not None else None
+    if done.size:
+        bi = xp.asarray(b_idx[done], device=dev)
+        ki = xp.asarray(k_idx[done], device=dev)
+        s_done = xp.astype(score(bi, activations[bi, ki]), activations.dtype)
+        if budget:
+            from .budget import estimate_scores
+
+            # Estimates are host work on a few hundred floats, whatever the device.
+            s_run = np.zeros(b_idx.size)
+            s_run[done] = to_numpy(s_done)
+            est_run = np.zeros(b_idx.size, bool)
+            for b, (pos, feats, chosen) in budget.items():
+                s_run[pos], exact, error[b] = estimate_scores(feats, chosen, s_run[pos[chosen]])
+                est_run[pos] = ~exact
+            estimated[b_idx, k_idx] = est_run[source]  # a duplicate of an estimated mask is estimated too
+            s_all = xp.asarray(s_run[source], dtype=activations.dtype, device=dev)
+        else:
+            slot = np.empty(b_idx.size, np.int64)
+            slot[done] = np.arange(done.size)
+            s_all = s_done[xp.asarray(slot[source], device=dev)]
         scores[xp.asarray(b_idx, device=dev), xp.asarray(k_idx, device=dev)] = s_all
-    return ChannelScores(scores, constant, int(kept.size), duplicates)
+    return ChannelScores(scores, constant, int(done.size), duplicates, estimated, error)
 
 
 @dataclass

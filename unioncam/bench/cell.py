@@ -47,6 +47,8 @@ def _explainer(spec: dict):
         torch.set_num_threads(spec["threads"] or torch.get_num_threads())
         model, layer = load(spec["model"])
         kwargs = {"batch_size": spec["batch_size"] or 64}
+        if spec["method"] in ("unioncam", "scorecam"):
+            kwargs["max_passes"] = spec.get("max_passes")
         method = METHOD_CLASSES[spec["method"]](model, spec.get("layer") or layer, **kwargs)
         fn = lambda x: method(torch.from_numpy(x))  # noqa: E731
         gflop = None
@@ -54,7 +56,8 @@ def _explainer(spec: dict):
         from ..runtime import Explainer
 
         ex = Explainer(spec["artifacts"], backend=spec["backend"], device=spec["device"],
-                       batch_size=spec["batch_size"], threads=spec["threads"], method=spec["method"])
+                       batch_size=spec["batch_size"], threads=spec["threads"], method=spec["method"],
+                       max_passes=spec.get("max_passes"))
         fn = ex
         flops = ex.manifest.extra.get("forward_flops")
         gflop = flops / 1e9 if flops else None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..validation import METHODS
-from .common import positive_int
+from .common import add_budget_option, positive_int
 
 
 def add_parser(sub) -> None:
@@ -31,6 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--method", nargs="+", default=["unioncam"], choices=METHODS)
     p.add_argument("--batch-size", nargs="+", type=positive_int, default=[None], help="masked passes per call")
     p.add_argument("--threads", nargs="+", type=positive_int, default=[None], help="intra-op threads (default: all)")
+    add_budget_option(p, nargs="+")
     p.add_argument("--images", nargs="+", type=Path, help="images (default: the bundled photos)")
     p.add_argument("--warmup", type=int, default=1, help="untimed explanations per cell (default 1)")
     p.add_argument("--iterations", type=positive_int, default=5, help="timed explanations per cell (default 5)")
@@ -108,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
 
     manifest = Manifest.load(artifacts)
     backends = list(args.backend) + (["torch"] if args.compare == "eager" and "torch" not in args.backend else [])
-    combos = list(itertools.product(backends, args.device, args.method, args.batch_size, args.threads))
+    combos = list(itertools.product(backends, args.device, args.method, args.batch_size, args.threads,
+                                    args.max_passes or [None]))
     report = {"machine": machine_facts(), "model": manifest.model, "layer": manifest.layer,
               "ceiling_gflops_per_s": None, "cells": []}
     ceilings = {}
@@ -127,8 +129,9 @@ def run(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         first_map = None
-        for i, (backend, device, method, batch, threads) in enumerate(combos):
-            cell = {"backend": backend, "device": device, "method": method, "batch_size": batch, "threads": threads}
+        for i, (backend, device, method, batch, threads, budget) in enumerate(combos):
+            cell = {"backend": backend, "device": device, "method": method, "batch_size": batch, "threads": threads,
+                    "max_passes": budget}
             if backend == "torch" and device != "cpu":
                 result = {"status": "unavailable: the eager comparison runs on the CPU here"}
             else:
@@ -153,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     if eager:
         e = eager[0]["stages"]["total"]["p50_ms"]
         report["compare_eager"] = {"eager_p50_ms": e, "speedup_p50": {
-            f"{c['backend']}/{c['device']}/{c['method']}/b{c['batch_size']}/t{c['threads']}":
+            f"{c['backend']}/{c['device']}/{c['method']}/b{c['batch_size']}/t{c['threads']}"
+            + (f"/n{c['max_passes']}" if c.get("max_passes") else ""):
                 e / c["stages"]["total"]["p50_ms"]
             for c in report["cells"] if c["status"] == "ok" and c["backend"] != "torch"}}
     print(render_table(report))

@@ -34,11 +34,20 @@ def add_model_options(p, *, out_default: str) -> None:
     p.add_argument("--layer", help="target layer, dotted module name (default: the model's documented default)")
     p.add_argument("--theta", type=float, default=10.0, help="AMD percentile threshold in [0, 100] (default 10)")
     p.add_argument("--batch-size", type=positive_int, help="masked forward passes per call (default: per backend)")
+    add_budget_option(p)
     p.add_argument("--out", type=Path, default=Path(out_default), help=f"output folder (default ./{out_default})")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--artifacts", type=Path,
                    help="an exported folder (`unioncam export --out DIR`): used as is, with no export and no torch "
                         "needed; model, layer and input size come from its manifest")
+
+
+def add_budget_option(p, *, nargs=None) -> None:
+    """``--max-passes``: the region map's pass budget (README, "Latency budgets")."""
+    p.add_argument("--max-passes", type=positive_int, nargs=nargs, metavar="N",
+                   help="at most N masked passes per image for the region map, the other channels' scores "
+                        "estimated from their nearest scored masks (error bound and estimate in the JSON); "
+                        "default: exact" + (" (several values make a sweep)" if nargs else ""))
 
 
 def resolve_model_spec(args):

@@ -63,16 +63,18 @@ def _explainer(args, model_spec):
         layer = require_layer(args.layer or default_layer, args.model)
         if args.method == "unioncam":
             explainer = UnionCAM(model, layer, theta=args.theta, batch_size=args.batch_size or 64,
-                                 progress=not args.no_progress)
+                                 max_passes=args.max_passes, progress=not args.no_progress)
         else:
             from ..methods import METHOD_CLASSES
 
+            budget = {"max_passes": args.max_passes} if args.method == "scorecam" else {}
             explainer = METHOD_CLASSES[args.method](model, layer, batch_size=args.batch_size or 64,
-                                                    progress=not args.no_progress)
+                                                    progress=not args.no_progress, **budget)
         return (lambda x: explainer(torch.from_numpy(x).to(device), args.class_idx)), layer
 
     runtime, layer = open_runtime(args, model_spec, backend=args.backend, device=args.device,
                                   batch_size=args.batch_size, theta=args.theta, progress=not args.no_progress,
+                                  max_passes=args.max_passes,
                                   method=args.method)
     return (lambda x: runtime(x, args.class_idx)), layer
 
@@ -148,6 +150,7 @@ def _report(args, model_spec, layer, path, rgb, exp, load_ms, read_ms, class_nam
                     if args.weights else ("bundled ImageNet" if model_spec.bundled_weights else "random (untrained)")),
         "layer": layer,
         "theta": args.theta,
+        "max_passes": args.max_passes,
         "class_idx": e0["class_idx"],
         "class_name": class_name(e0["class_idx"], num_classes),
         "score": e0["score"],

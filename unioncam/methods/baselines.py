@@ -8,7 +8,7 @@ import torch
 
 from .. import algebra
 from ..explanation import Explanation
-from .cam_method import CAMMethod
+from .cam_method import CAMMethod, RegionMapMethod
 
 
 class _GradientWeighted(CAMMethod):
@@ -43,29 +43,21 @@ class XGradCAM(_GradientWeighted):
     method = "xgradcam"
 
 
-class ScoreCAM(CAMMethod):
+class ScoreCAM(RegionMapMethod):
     """Score-CAM (Wang et al., 2020) as UnionCAM's region map: ``R = N(relu(sum_k s_k A_k))`` with
-    ``s_k = p_c(minmax(up(A_k)) * I0)``; constant channels get ``p_c(Ib)`` without a pass."""
+    ``s_k = p_c(minmax(up(A_k)) * I0)``; constant channels get ``p_c(Ib)`` without a pass. Options:
+    :class:`RegionMapMethod`."""
 
     method = "scorecam"
-
-    def __init__(self, model, target_layer, *, batch_size: int = 64, skip_constant: bool = True,
-                 skip_duplicates: bool = False, progress: bool = False):
-        super().__init__(model, target_layer, batch_size=batch_size, progress=progress)
-        self.skip_constant = bool(skip_constant)
-        self.skip_duplicates = bool(skip_duplicates)
 
     def _explain(self, images, class_idx) -> Explanation:
         t = time.perf_counter()
         # Activations and logits in one pass; no gradient is needed, so the tap makes no leaf.
         gp = self._forward(images, class_idx, gradients=False)
         base = self._black_scores(images, gp.class_idx)
-        cs = self._channel_scores(images, gp, base, skip_constant=self.skip_constant,
-                                  skip_duplicates=self.skip_duplicates)
+        L_reg, _, stats = self._region(images, gp, base)
         with torch.no_grad():
-            cam = algebra.normalized(algebra.region_map(gp.activations, cs.scores), tuple(images.shape[-2:]))
+            cam = algebra.normalized(L_reg, tuple(images.shape[-2:]))
         timings = {"region": (time.perf_counter() - t) * 1e3}
-        stats = {"channels": int(gp.activations.shape[1]), "constant_channels": int(cs.constant.sum()),
-                 "duplicate_channels": cs.duplicates, "masked_passes": cs.passes}
         return Explanation.from_map(self.method, cam, logits=gp.logits, class_idx=gp.class_idx,
                                     timings_ms=timings, stats=stats)

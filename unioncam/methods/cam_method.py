@@ -12,7 +12,7 @@ from torch import nn
 
 from .. import algebra
 from ..errors import InvalidInputError
-from ..validation import check_batch_size, check_images
+from ..validation import check_batch_size, check_images, check_max_passes
 from .hooks import ActivationTap, check_model, eval_mode, resolve_layer
 from .passes import check_logits, masked_scores, resolve_classes
 
@@ -88,14 +88,6 @@ class CAMMethod:
         return lambda index, maps: masked_scores(self.model, images, index, maps, classes,
                                                  batch_size=self.batch_size, progress=bar)
 
-    def _channel_scores(self, images, gp: GradientPass, base, *, skip_constant=True, skip_duplicates=False):
-        """Score-CAM channel scores (B, K) through :func:`unioncam.algebra.channel_scores`."""
-        A = gp.activations
-        total = algebra.passes_needed(A, skip_constant=skip_constant)
-        with torch.no_grad(), self._progress_bar(total, "masked passes") as bar:
-            return algebra.channel_scores(A, base, self._scorer(images, gp.class_idx, bar),
-                                          skip_constant=skip_constant, skip_duplicates=skip_duplicates)
-
     def _progress_bar(self, total: int, desc: str):
         if not self.progress or total == 0:
             return contextlib.nullcontext(None)
@@ -120,3 +112,36 @@ class CAMMethod:
 
     def _explain(self, images: torch.Tensor, class_idx):  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class RegionMapMethod(CAMMethod):
+    """A method with Score-CAM's region map (UnionCAM, Score-CAM): owns the masked-pass options.
+
+    Args (beyond :class:`CAMMethod`'s):
+        skip_constant: skip the forward pass of channels whose map is constant (their score is
+            ``p_c(Ib)`` exactly); turning it off changes no value, only the time.
+        skip_duplicates: run one pass per distinct mask of an image (exact; off by default).
+        max_passes: at most this many masked passes per image for the region map, the other
+            channels' scores estimated (:mod:`unioncam.algebra.budget`); None (default) is exact.
+    """
+
+    def __init__(self, model: nn.Module, target_layer: str | nn.Module, *, batch_size: int = 64,
+                 skip_constant: bool = True, skip_duplicates: bool = False, max_passes: int | None = None,
+                 progress: bool = False):
+        super().__init__(model, target_layer, batch_size=batch_size, progress=progress)
+        self.skip_constant = bool(skip_constant)
+        self.skip_duplicates = bool(skip_duplicates)
+        self.max_passes = check_max_passes(max_passes, skip_constant=self.skip_constant)
+
+    def _region(self, images, gp: GradientPass, base):
+        """(``L_reg`` (B, h, w), :class:`unioncam.algebra.fusion.ChannelScores`, stats dict)."""
+        A = gp.activations
+        total = algebra.passes_needed(A, skip_constant=self.skip_constant, max_passes=self.max_passes)
+        with torch.no_grad(), self._progress_bar(total, "masked passes") as bar:
+            cs = algebra.channel_scores(A, base, self._scorer(images, gp.class_idx, bar),
+                                        skip_constant=self.skip_constant, skip_duplicates=self.skip_duplicates,
+                                        max_passes=self.max_passes)
+            L_reg = algebra.region_map(A, cs.scores)
+        stats = {"channels": int(A.shape[1]), "constant_channels": int(cs.constant.sum()),
+                 "duplicate_channels": cs.duplicates, "masked_passes": cs.passes, **algebra.budget_stats(A, cs)}
+        return L_reg, cs, stats

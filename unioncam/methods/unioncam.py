@@ -9,10 +9,10 @@ from torch import nn
 from .. import algebra
 from ..explanation import Explanation
 from ..validation import check_theta
-from .cam_method import CAMMethod
+from .cam_method import RegionMapMethod
 
 
-class UnionCAM(CAMMethod):
+class UnionCAM(RegionMapMethod):
     """UnionCAM (Hu et al., 2024): AMD + Score-CAM region map, fused by AMU, selected by AMS.
 
     ``UnionCAM(model, target_layer)(images, class_idx)`` follows the definitions in the README
@@ -23,9 +23,8 @@ class UnionCAM(CAMMethod):
         target_layer: dotted module name or module; its output (B, K, h, w) is ``A``.
         theta: AMD's percentile threshold in [0, 100].
         batch_size: forward passes per chunk of masked passes.
-        skip_constant: skip the forward pass of channels whose map is constant (their score is
-            ``p_c(Ib)`` exactly); turning it off changes no value, only the time.
-        skip_duplicates: run one pass per distinct mask of an image (exact; off by default).
+        skip_constant, skip_duplicates, max_passes: the region map's passes, see
+            :class:`RegionMapMethod` (``max_passes`` trades exactness for fewer passes).
         progress: show a progress bar over masked passes.
     """
 
@@ -33,11 +32,10 @@ class UnionCAM(CAMMethod):
 
     def __init__(self, model: nn.Module, target_layer: str | nn.Module, *, theta: float = 10.0,
                  batch_size: int = 64, skip_constant: bool = True, skip_duplicates: bool = False,
-                 progress: bool = False):
-        super().__init__(model, target_layer, batch_size=batch_size, progress=progress)
+                 max_passes: int | None = None, progress: bool = False):
+        super().__init__(model, target_layer, batch_size=batch_size, skip_constant=skip_constant,
+                         skip_duplicates=skip_duplicates, max_passes=max_passes, progress=progress)
         self.theta = check_theta(theta)
-        self.skip_constant = bool(skip_constant)
-        self.skip_duplicates = bool(skip_duplicates)
 
     def _explain(self, images: torch.Tensor, class_idx) -> Explanation:
         timings: dict[str, float] = {}
@@ -48,10 +46,7 @@ class UnionCAM(CAMMethod):
 
         t = time.perf_counter()
         base = self._black_scores(images, gp.class_idx)
-        cs = self._channel_scores(images, gp, base, skip_constant=self.skip_constant,
-                                  skip_duplicates=self.skip_duplicates)
-        with torch.no_grad():
-            L_reg = algebra.region_map(gp.activations, cs.scores)
+        L_reg, cs, stats = self._region(images, gp, base)
         timings["region"] = (time.perf_counter() - t) * 1e3
 
         t = time.perf_counter()
@@ -61,6 +56,5 @@ class UnionCAM(CAMMethod):
         timings["fusion"] = (time.perf_counter() - t) * 1e3
         return Explanation.from_fusion(
             fusion, logits=gp.logits, class_idx=gp.class_idx, timings_ms=timings,
-            stats={"channels": int(gp.activations.shape[1]), "constant_channels": int(cs.constant.sum()),
-                   "duplicate_channels": cs.duplicates, "masked_passes": cs.passes + 3 * B},
+            stats={**stats, "masked_passes": cs.passes + 3 * B},
         )
