@@ -19,7 +19,7 @@ from test_end_to_end import run_graph
 from tiny import TinyCNN, tiny_images
 from unioncam import ArtifactError, ImageReadError, InvalidInputError, UnionCAM
 from unioncam.cli import main
-from unioncam.cli.common import output_stems
+from unioncam.outputs import output_stems
 from unioncam.image_io import read_rgb, sample_image_path
 from unioncam.runtime import Explainer
 

@@ -178,34 +178,3 @@ def ensure_exported(args, model_spec, *, engines: bool = False, force: bool = Fa
                 if not (directory / f"{name}.engine").is_file():
                     build_engine(directory / f"{name}.onnx", max_batch=64)
     return directory, layer
-
-
-
-
-def output_stems(paths: list[Path], out: Path) -> list[str]:
-    """One distinct output stem per input, such that no output replaces an input.
-
-    The stem is the file's stem (``photo``); where two inputs share it, or an output
-    (``<stem>.png``, ``<stem>_cam.npy``, ``<stem>.json``) would be an input file, the whole name is
-    used (``photo.tif`` -> ``photo.tif.png``), then a counter (``x-2``) for same-named files in
-    different folders.
-    """
-    inputs = {os.path.realpath(p) for p in paths}
-
-    def clashes_with_input(stem: str) -> bool:
-        return any(os.path.realpath(out / f"{stem}{suffix}") in inputs for suffix in (".png", "_cam.npy", ".json"))
-
-    stems = [Path(p).stem for p in paths]
-    counts: dict[str, int] = {}
-    for s in stems:
-        counts[s] = counts.get(s, 0) + 1
-    chosen, taken = [], set()
-    for p, s in zip(paths, stems):
-        stem = s if counts[s] == 1 and not clashes_with_input(s) else Path(p).name
-        base, n = stem, 1
-        while stem in taken or clashes_with_input(stem):
-            n += 1
-            stem = f"{base}-{n}"
-        taken.add(stem)
-        chosen.append(stem)
-    return chosen

@@ -11,10 +11,8 @@ import numpy as np
 
 from ..errors import InvalidInputError, UnionCAMError
 from ..validation import METHODS
+from ..outputs import collect_images
 from .common import add_model_options
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -28,17 +26,6 @@ def add_parser(sub) -> None:
     add_model_options(p, out_default="unioncam_eval")
     p.add_argument("--steps", type=int, default=32, help="insertion/deletion steps (default 32)")
     p.set_defaults(func=run, backend="onnxruntime", device="cpu", class_idx=None)
-
-
-def collect_images(paths: list[Path]) -> list[Path]:
-    """Files as given; folders expanded to their image files (sorted)."""
-    out = []
-    for p in paths:
-        if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-        else:
-            out.append(p)
-    return out
 
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:

@@ -9,12 +9,22 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UnionCAMError
+from ..errors import UnionCAMError, UsageError
 from ..validation import METHODS
-from .common import require_layer, add_model_options, check_model_options, ensure_out, open_runtime, output_stems, resolve_model_spec
+from ..outputs import collect_images, output_stems, report, write_outputs
+from .common import (add_model_options, check_model_options, ensure_out, open_runtime, positive_int, require_layer,
+                     resolve_model_spec)
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 DEVICES = ("cpu", "cuda")
+#: From this many images on, ``explain`` runs on Ray when Ray is installed (README, "Whole data sets").
+RAY_THRESHOLD = 256
+
+
+def ray_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
 
 
 def add_parser(sub) -> None:
@@ -24,7 +34,8 @@ def add_parser(sub) -> None:
         description="Explain why the model predicts a class: writes OUT/<stem>.png (heatmap over the image), "
         "OUT/<stem>_cam.npy (float32 (H, W) map at the model's input resolution) and OUT/<stem>.json.",
     )
-    p.add_argument("images", nargs="*", type=Path, help="image files (any format OpenCV reads); default: bundled chelsea.png")
+    p.add_argument("images", nargs="*", type=Path,
+                   help="image files (any format OpenCV reads), folders, or quoted globs; default: bundled chelsea.png")
     add_model_options(p, out_default="unioncam_out")
     p.add_argument("--class", dest="class_idx", type=int, help="class to explain (default: the predicted class)")
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
@@ -33,15 +44,14 @@ def add_parser(sub) -> None:
     p.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default) or cuda")
     p.add_argument("--method", choices=METHODS, default="unioncam",
                    help="unioncam (default) or a baseline: gradcam, gradcampp, xgradcam, scorecam")
+    ray = p.add_argument_group("whole data sets on Ray (pip install \"unioncam[ray]\"); used from "
+                               f"{RAY_THRESHOLD} images on when Ray is installed, or with these options")
+    ray.add_argument("--workers", type=positive_int, help="explainer actors (default: one per 2 cores, at least 1)")
+    ray.add_argument("--ray-address", help="join a cluster: auto, ray://HOST:10001 or HOST:6379 (default: start a "
+                                           "local Ray on this machine)")
+    ray.add_argument("--gpus-per-worker", type=float, default=None,
+                     help="GPUs each actor reserves with --device cuda (default 1)")
     p.set_defaults(func=run)
-
-
-def _top5(logits: np.ndarray, names) -> list[dict]:
-    z = logits.astype(np.float64)
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    order = np.argsort(-p)[:5]
-    return [{"index": int(i), "name": names(int(i)), "probability": float(p[i])} for i in order]
 
 
 def _explainer(args, model_spec):
@@ -79,13 +89,27 @@ def _explainer(args, model_spec):
     return (lambda x: runtime(x, args.class_idx)), layer
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..image_io import overlay, read_rgb, sample_image_path, to_model_input, write_image
-    from ..classes import class_name
+def settings(args, model_spec, layer: str) -> dict:
+    """The run's options as its reports record them (and a resumed run compares them)."""
+    weights = (f"exported folder {args.artifacts}" if getattr(args, "artifacts", None) else str(args.weights)
+               if args.weights else ("bundled ImageNet" if model_spec.bundled_weights else "random (untrained)"))
+    return {"model": args.model, "weights": weights, "layer": layer, "theta": args.theta, "method": args.method,
+            "max_passes": args.max_passes, "class_requested": args.class_idx,
+            "input_size": list(model_spec.input_size), "backend": args.backend, "device": args.device}
 
-    images = args.images or [sample_image_path("chelsea")]
+
+def run(args: argparse.Namespace) -> int:
+    from ..image_io import read_rgb, sample_image_path, to_model_input
+
     model_spec = resolve_model_spec(args)
     check_model_options(args)  # before any image is read or model exported
+    images = collect_images(args.images) if args.images else [sample_image_path("chelsea")]
+    if not images:
+        raise UsageError("no image files found in the given folders")
+    if args.workers or args.ray_address or len(images) >= RAY_THRESHOLD and ray_available():
+        from .explain_ray import run_distributed
+
+        return run_distributed(args, model_spec, images)
     ensure_out(args.out)
     # Read every image first: a bad file is reported without loading (or exporting) the model,
     # and the good ones are still explained.
@@ -112,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
     for path, stem, rgb, x, read_ms in inputs:
         try:
             exp = explain(x)
-            report = _report(args, model_spec, layer, path, rgb, exp, load_ms, read_ms, class_name)
-            _write_outputs(args.out, stem, rgb, exp.cam[0], report, overlay, write_image)
+            rep = report(settings(args, model_spec, layer), path, rgb, exp, {"load": load_ms, "read": read_ms})
+            write_outputs(args.out, stem, rgb, exp.cam[0], rep)
         except UnionCAMError as e:
             print(f"unioncam: error: {path}: {e}", file=sys.stderr)
             failures += 1
@@ -130,54 +154,8 @@ def run(args: argparse.Namespace) -> int:
             failures += 1
             continue
         print(
-            f"{path}: {report['class_name']} (class {report['class_idx']}, p={report['score']:.3f}), "
+            f"{path}: {rep['class_name']} (class {rep['class_idx']}, p={rep['score']:.3f}), "
             f"selected {report['selected']}, {exp.timings_ms['total'] / 1e3:.1f} s -> {args.out / (stem + '.png')}"
         )
         load_ms = 0.0
     return 1 if failures else 0
-
-
-def _report(args, model_spec, layer, path, rgb, exp, load_ms, read_ms, class_name) -> dict:
-    e0 = exp[0]
-    num_classes = exp.logits.shape[1]
-    return {
-        "image": str(path),
-        "image_size": [int(rgb.shape[0]), int(rgb.shape[1])],
-        "input_size": list(model_spec.input_size),
-        "model": args.model,
-        "method": args.method,
-        "weights": (f"exported folder {args.artifacts}" if getattr(args, "artifacts", None) else str(args.weights)
-                    if args.weights else ("bundled ImageNet" if model_spec.bundled_weights else "random (untrained)")),
-        "layer": layer,
-        "theta": args.theta,
-        "max_passes": args.max_passes,
-        "class_idx": e0["class_idx"],
-        "class_name": class_name(e0["class_idx"], num_classes),
-        "score": e0["score"],
-        "top5": _top5(exp.logits[0], lambda i: class_name(i, num_classes)),
-        "selected": e0["selected"],
-        "beta_denoising": e0["beta_denoising"],
-        "beta_region": e0["beta_region"],
-        "beta_de_region": e0["beta_de_region"],
-        "backend": args.backend,
-        "device": args.device,
-        "stats": exp.stats,
-        "timings_ms": {"load": load_ms, "read": read_ms, **exp.timings_ms},
-    }
-
-
-def _write_outputs(out: Path, stem: str, rgb, cam, report: dict, overlay, write_image) -> None:
-    """The three outputs of one image, each written atomically; the JSON last, so a report on disk
-    means its map and heatmap are complete."""
-    import io
-
-    from .. import atomic
-
-    cam = np.asarray(cam, dtype=np.float32)
-    if not (np.isfinite(cam).all() and cam.min() >= 0.0 and cam.max() <= 1.0):
-        raise UnionCAMError(f"the map is not finite in [0, 1] (range {cam.min()}..{cam.max()}); nothing written")
-    buf = io.BytesIO()
-    np.save(buf, cam)
-    atomic.write_bytes(out / f"{stem}_cam.npy", buf.getvalue())
-    write_image(out / f"{stem}.png", overlay(rgb, cam))
-    atomic.write_text(out / f"{stem}.json", json.dumps(report, indent=2))

@@ -1,0 +1,175 @@
+"""``explain_dataset``: the driver. It lists the images, skips those a previous run finished, starts
+(or joins) Ray, streams the rest through an actor pool of explainers, and writes the index."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from ..errors import BackendUnavailableError, InvalidInputError
+
+INDEX = "index.parquet"
+
+
+def import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise BackendUnavailableError('explaining on Ray needs the ray extra: pip install "unioncam[ray]"') from None
+    return ray
+
+
+def default_settings(artifact_dir: Path, **options) -> dict:
+    """The report settings of an explanation of ``artifact_dir`` with ``options`` (theta, method,
+    max_passes, class_requested, backend, device, batch_size), as ``unioncam explain --artifacts``
+    records them."""
+    from ..artifacts import Manifest
+
+    m = Manifest.load(artifact_dir)
+    return {"model": m.model, "weights": f"exported folder {artifact_dir}", "layer": m.layer,
+            "input_size": list(m.input_size), "theta": 10.0, "method": "unioncam", "max_passes": None,
+            "class_requested": None, "backend": "onnxruntime", "device": "cpu", "batch_size": None, **options}
+
+
+def _pack(artifact_dir: Path) -> dict:
+    return {f.name: f.read_bytes() for f in sorted(artifact_dir.iterdir()) if f.is_file()}
+
+
+def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray_address: str | None = None,
+                    settings: dict | None = None, gpus_per_worker: float | None = None, progress: bool = True,
+                    log=None, **options) -> dict:
+    """Explain every image of ``paths`` on Ray Data; per-image outputs as ``unioncam explain`` writes
+    them, plus ``out/index.parquet``.
+
+    Resumable: an image whose outputs a previous run completed with the same settings is not
+    explained again (its index row is rebuilt from its report); temporary files a killed run left
+    are removed. A bad image is a row with status ``error`` and a one-line reason.
+
+    Args:
+        paths: image files, folders or globs. artifact_dir: an exported folder (``unioncam export``);
+            the driver never exports, workers never re-export. out: the output folder.
+        workers: explainer actors (default: one per 2 CPUs of the cluster, at least 1).
+        ray_address: None starts a local Ray; ``"auto"``, ``"ray://host:10001"`` or ``"host:6379"``
+            joins a cluster (the artifacts then travel through the object store).
+        settings: the run's report settings (the CLI passes its own); default from the manifest.
+        gpus_per_worker: GPUs per actor with device ``cuda``/``tensorrt`` (default 1).
+        options: theta, method, max_passes, class_requested, backend, device, batch_size.
+
+    Returns:
+        {"images", "ok", "error", "skipped", "elapsed_s", "images_per_s", "index", "workers"}.
+    """
+    from ..atomic import write_bytes
+    from ..outputs import collect_images, finished_report, output_paths, output_stems, remove_stale_temporaries
+    from ..validation import check_max_passes, check_method, check_positive_int, check_theta
+    from .worker import COLUMNS, row_from_report
+
+    say = log or (lambda line: print(line, file=sys.stderr))
+    ray = import_ray()
+    artifact_dir, out = Path(artifact_dir), Path(out)
+    from ..artifacts import Manifest
+
+    Manifest.load(artifact_dir).verify(artifact_dir)  # refused here, not once per actor
+    settings = dict(settings or default_settings(artifact_dir, **options))
+    check_theta(settings["theta"])
+    check_method(settings["method"])
+    check_max_passes(settings.get("max_passes"))
+    if workers is not None:
+        check_positive_int(workers, "workers")
+    files = collect_images(paths)
+    if not files:
+        raise InvalidInputError("no image files found in the given paths")
+    out.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temporaries(out)
+    if stale:
+        say(f"unioncam: removed {stale} temporary files an interrupted run left in {out}")
+    stems = output_stems(files, out)
+    rows: dict[str, dict] = {}
+    todo = []
+    for f, stem in zip(files, stems):
+        rep = finished_report(out, stem, f, settings)
+        if rep is not None:
+            rows[stem] = row_from_report(rep, stem, output_paths(out, stem), "ok")
+        else:
+            todo.append({"image": str(f), "path": str(Path(f).resolve()), "stem": stem})
+    skipped = len(rows)
+    if skipped:
+        say(f"unioncam: {skipped} of {len(files)} images already explained in {out} (same settings); "
+            f"explaining the other {len(todo)}")
+
+    t0 = time.perf_counter()
+    n_workers = 0
+    if todo:
+        started = False
+        if not ray.is_initialized():
+            import logging
+
+            quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
+            if ray_address:
+                ray.init(address=ray_address, **quiet)
+            else:
+                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
+            started = True
+        try:
+            n_workers = _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpus_per_worker,
+                             progress)
+        finally:
+            if started:
+                ray.shutdown()
+    elapsed = time.perf_counter() - t0
+
+    import io
+
+    import pandas as pd
+
+    table = pd.DataFrame([rows[s] for s in stems if s in rows], columns=list(COLUMNS))
+    buf = io.BytesIO()
+    table.to_parquet(buf, index=False)
+    write_bytes(out / INDEX, buf.getvalue())
+    n_ok = int((table["status"] == "ok").sum())
+    return {"images": len(files), "ok": n_ok, "error": int((table["status"] == "error").sum()), "skipped": skipped,
+            "elapsed_s": elapsed, "images_per_s": (len(todo) / elapsed) if todo and elapsed > 0 else None,
+            "index": str(out / INDEX), "workers": n_workers}
+
+
+def _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpus_per_worker, progress) -> int:
+    from .worker import ExplainWorker
+
+    cluster_cpus = float(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+    n = workers or max(1, int(cluster_cpus // 2))
+    n = min(n, len(todo))
+    gpu = settings["device"] in ("cuda", "tensorrt")
+    num_gpus = (gpus_per_worker if gpus_per_worker is not None else 1.0) if gpu else 0
+    # Fractional CPUs: whole-CPU actors on a small machine leave none for Ray Data's own tasks and
+    # the pipeline stalls. The actors' ONNX Runtime threads share the cores instead.
+    num_cpus = max(0.25, min(1.0, (cluster_cpus - 0.5) / n))
+    threads = None if ray_address else max(1, int((os.cpu_count() or 1) // n))
+    packed = ray.put(_pack(artifact_dir)) if ray_address else None
+    import logging
+
+    # Our progress bar counts images; Ray Data's own bars and execution logs would interleave with it.
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), 4 * n * 8))
+    results = ds.map_batches(
+        ExplainWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), num_cpus=num_cpus,
+        num_gpus=num_gpus or None,
+        fn_constructor_kwargs={"artifacts": str(artifact_dir.resolve()), "packed": packed, "out": str(out.resolve()),
+                               "settings": settings, "threads": threads})
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"explain ({n} workers)", unit="image", file=sys.stderr)
+    try:
+        for row in results.iter_rows():
+            rows[row["stem"]] = dict(row)
+            if bar is not None:
+                bar.update(1)
+                if row["status"] == "error":
+                    bar.write(f"unioncam: error: {row['image']}: {row['error']}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return n

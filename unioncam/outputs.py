@@ -1,0 +1,161 @@
+"""What ``unioncam explain`` writes for one image, the same on one machine and on a Ray cluster:
+``<stem>.png`` (heatmap over the photo), ``<stem>_cam.npy`` (float32 (H, W) map in [0, 1]) and
+``<stem>.json`` (the report), each written atomically and the JSON last, so a report on disk means
+its map and heatmap are complete. Also: which images a folder or glob holds, distinct output stems,
+and whether an image's outputs are already complete (for resuming a killed run)."""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InvalidInputError, UnionCAMError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+#: The report keys that must match for a finished output to be reused by a resumed run.
+SETTINGS = ("model", "weights", "layer", "theta", "method", "max_passes", "class_requested", "input_size")
+
+
+def collect_images(paths) -> list[Path]:
+    """Files as given; folders expanded to their image files and globs (``"photos/*.jpg"``, quoted
+    so the shell leaves them) to their matches, each sorted. A pattern matching nothing is an error."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        elif not p.exists() and glob.has_magic(str(p)):
+            matches = sorted(Path(m) for m in glob.glob(str(p), recursive=True) if Path(m).is_file())
+            if not matches:
+                raise InvalidInputError(f"no files match {p}")
+            out += matches
+        else:
+            out.append(p)
+    return out
+
+
+def output_stems(paths: list[Path], out: Path) -> list[str]:
+    """One distinct output stem per input, such that no output replaces an input.
+
+    The stem is the file's stem (``photo``); where two inputs share it, or an output
+    (``<stem>.png``, ``<stem>_cam.npy``, ``<stem>.json``) would be an input file, the whole name is
+    used (``photo.tif`` -> ``photo.tif.png``), then a counter (``x-2``) for same-named files in
+    different folders. Deterministic in the order of ``paths``, so a resumed run names alike.
+    """
+    inputs = {os.path.realpath(p) for p in paths}
+
+    def clashes_with_input(stem: str) -> bool:
+        return any(os.path.realpath(out / f"{stem}{suffix}") in inputs for suffix in (".png", "_cam.npy", ".json"))
+
+    stems = [Path(p).stem for p in paths]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    chosen, taken = [], set()
+    for p, s in zip(paths, stems):
+        stem = s if counts[s] == 1 and not clashes_with_input(s) else Path(p).name
+        base, n = stem, 1
+        while stem in taken or clashes_with_input(stem):
+            n += 1
+            stem = f"{base}-{n}"
+        taken.add(stem)
+        chosen.append(stem)
+    return chosen
+
+
+def top5(logits: np.ndarray, names) -> list[dict]:
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    order = np.argsort(-p)[:5]
+    return [{"index": int(i), "name": names(int(i)), "probability": float(p[i])} for i in order]
+
+
+def report(settings: dict, path, rgb: np.ndarray, exp, timings_ms: dict) -> dict:
+    """The JSON report of one explained image.
+
+    Args:
+        settings: model, weights, layer, theta, method, max_passes, class_requested, input_size,
+            backend, device (the run's options).
+        path: the image file; rgb: its (h, w, 3) uint8 pixels; exp: its 1-image Explanation;
+        timings_ms: extra stage times (load, read) put before the explanation's own.
+    """
+    from .classes import class_name
+
+    e0 = exp[0]
+    num_classes = exp.logits.shape[1]
+    return {
+        "image": str(path),
+        "image_size": [int(rgb.shape[0]), int(rgb.shape[1])],
+        **{k: settings.get(k) for k in ("input_size", "model", "method", "weights", "layer", "theta",
+                                         "max_passes", "class_requested")},
+        "class_idx": e0["class_idx"],
+        "class_name": class_name(e0["class_idx"], num_classes),
+        "score": e0["score"],
+        "top5": top5(exp.logits[0], lambda i: class_name(i, num_classes)),
+        "selected": e0["selected"],
+        "beta_denoising": e0["beta_denoising"],
+        "beta_region": e0["beta_region"],
+        "beta_de_region": e0["beta_de_region"],
+        "backend": settings.get("backend"),
+        "device": settings.get("device"),
+        "stats": exp.stats,
+        "timings_ms": {**timings_ms, **exp.timings_ms},
+    }
+
+
+def write_outputs(out: Path, stem: str, rgb: np.ndarray, cam: np.ndarray, report: dict) -> dict:
+    """The three outputs of one image, each written atomically, the JSON last. Returns their paths."""
+    from . import atomic
+    from .image_io import overlay, write_image
+
+    cam = np.asarray(cam, dtype=np.float32)
+    if not (np.isfinite(cam).all() and cam.min() >= 0.0 and cam.max() <= 1.0):
+        raise UnionCAMError(f"the map is not finite in [0, 1] (range {cam.min()}..{cam.max()}); nothing written")
+    paths = output_paths(out, stem)
+    buf = io.BytesIO()
+    np.save(buf, cam)
+    atomic.write_bytes(paths["npy"], buf.getvalue())
+    write_image(paths["png"], overlay(rgb, cam))
+    atomic.write_text(paths["json"], json.dumps(report, indent=2))
+    return {k: str(v) for k, v in paths.items()}
+
+
+def output_paths(out: Path, stem: str) -> dict:
+    return {"png": out / f"{stem}.png", "npy": out / f"{stem}_cam.npy", "json": out / f"{stem}.json"}
+
+
+def finished_report(out: Path, stem: str, image, settings: dict) -> dict | None:
+    """The report of a previous run's complete, valid outputs for ``image`` with the same settings,
+    else None (the image is explained again). Valid: the JSON parses and names this image and these
+    settings, the map loads as a finite float32 array in [0, 1] of the input size, the PNG exists."""
+    paths = output_paths(out, stem)
+    try:
+        rep = json.loads(paths["json"].read_text())
+        if rep.get("image") != str(image) or any(rep.get(k) != settings.get(k) for k in SETTINGS):
+            return None
+        cam = np.load(paths["npy"], allow_pickle=False)
+        if (cam.dtype != np.float32 or list(cam.shape) != list(settings.get("input_size") or cam.shape)
+                or not np.isfinite(cam).all() or cam.min() < 0 or cam.max() > 1):
+            return None
+        if not paths["png"].is_file() or paths["png"].stat().st_size == 0:
+            return None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    return rep
+
+
+def remove_stale_temporaries(out: Path) -> int:
+    """Delete the temporary files (``.<name>.*.tmp``) a killed run left in ``out``; returns how many."""
+    n = 0
+    for f in out.glob(".*.tmp"):
+        try:
+            f.unlink()
+            n += 1
+        except OSError:
+            pass
+    return n
