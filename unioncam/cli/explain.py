@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         print(
             f"{path}: {rep['class_name']} (class {rep['class_idx']}, p={rep['score']:.3f}), "
-            f"selected {report['selected']}, {exp.timings_ms['total'] / 1e3:.1f} s -> {args.out / (stem + '.png')}"
+            f"selected {rep['selected']}, {exp.timings_ms['total'] / 1e3:.1f} s -> {args.out / (stem + '.png')}"
         )
         load_ms = 0.0
     return 1 if failures else 0
