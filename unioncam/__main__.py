@@ -1,5 +1,6 @@
+"""``python -m unioncam ...``: the same as the ``unioncam`` command."""
 import sys
 
-from .cli import main
+from unioncam.cli import main
 
 sys.exit(main())
