@@ -8,6 +8,7 @@ _LAZY = {
     "export": "unioncam.export.exporter",
     "graph_stats": "unioncam.export.exporter",
     "build_engine": "unioncam.export.tensorrt_engine",
+    "add_precision": "unioncam.export.precision",
 }
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from unioncam import algebra
-from unioncam.artifacts import Manifest
+from unioncam.artifacts import MASKED_ONNX, Manifest
 from unioncam.explanation import Explanation
 from unioncam.errors import ArtifactError, InvalidInputError, RunnerStateError
 from unioncam.validation import (check_batch_size, check_classes, check_images, check_max_passes, check_method,
-                                 check_positive_int, check_theta)
+                                 check_positive_int, check_precision, check_theta)
 
 from .backends import make_runners
 
@@ -40,6 +40,8 @@ class Explainer:
         threads: ONNX Runtime intra-op threads (None: all cores).
         progress: show a progress bar over masked passes.
         method: default method of calls (``"unioncam"``; baselines: see ``__call__``).
+        precision: the masked passes' graph: ``"fp32"`` (default, the export), or ``"fp16"`` /
+            ``"int8"`` where ``unioncam export --precision`` added that variant (README, "Latency budgets").
         buffers: TensorRT device buffers, ``"auto"`` (cuda-python; torch only if the process has
             already imported it), ``"cuda-python"`` or ``"torch"``.
 
@@ -52,7 +54,7 @@ class Explainer:
     def __init__(self, artifact_dir: str | Path, *, backend: str = "onnxruntime", device: str = "cpu",
                  batch_size: int | None = None, theta: float = 10.0, skip_constant: bool = True,
                  skip_duplicates: bool = False, max_passes: int | None = None, threads: int | None = None,
-                 progress: bool = False, method: str = "unioncam", buffers: str = "auto"):
+                 progress: bool = False, method: str = "unioncam", buffers: str = "auto", precision: str = "fp32"):
         self.directory = Path(artifact_dir)
         self.theta = check_theta(theta)
         self.method = check_method(method)
@@ -67,13 +69,30 @@ class Explainer:
         self.max_passes = check_max_passes(max_passes, skip_constant=self.skip_constant)
         self.backend, self.device = backend, device
         self.progress = progress
+        self.precision = check_precision(precision)
+        masked = MASKED_ONNX
+        if self.precision != "fp32":
+            masked = self.manifest.extra.get("precisions", {}).get(self.precision)
+            if masked is None:
+                raise ArtifactError(f"{self.directory} has no {self.precision} masked-forward graph; add it with "
+                                    f"`unioncam export --artifacts {self.directory} --precision {self.precision}`")
         self._grad, self._masked = make_runners(backend, device, self.directory, self.manifest, threads=threads,
-                                                buffers=buffers)
-        self._grad.activate()
+                                                buffers=buffers, masked=masked)
+        # The 3 fusion passes decide the betas and AMS's selection: they stay on the FP32 graph,
+        # whatever the precision of the channel passes (measured: INT8 fusion passes flip selections).
+        self._fusion = self._masked
+        if masked != MASKED_ONNX:
+            _, self._fusion = make_runners(backend, device, self.directory, self.manifest, threads=threads,
+                                           buffers=buffers)
+        self._runners = list(dict.fromkeys([self._grad, self._masked, self._fusion]))
+        active = []
         try:
-            self._masked.activate()
+            for runner in self._runners:
+                runner.activate()
+                active.append(runner)
         except BaseException:
-            self._grad.deactivate()
+            for runner in active:
+                runner.deactivate()
             raise
         limit = self._masked.max_batch or 1 << 30
         self.batch_size = min(batch_size or DEFAULT_BATCH.get(device, 16), limit)
@@ -95,7 +114,7 @@ class Explainer:
         """The graphs' static input sizes are the manifest's: a manifest edited apart from its graphs
         is refused here, not by an obscure error at the first call."""
         H, W = self.manifest.input_size
-        for runner in (self._grad, self._masked):
+        for runner in self._runners:
             _, shape = runner.inputs.get("image", ("float32", (None, 3, H, W)))
             if len(shape) != 4 or any(s is not None and s != v for s, v in zip(shape[1:], (3, H, W))):
                 raise ArtifactError(f"{runner.name} takes images of shape {shape}, the manifest says (B, 3, {H}, {W}); "
@@ -110,25 +129,27 @@ class Explainer:
             raise InvalidInputError("the model produced NaN or Inf for this input; check the model and its weights")
         return logits, A, G
 
-    def _scores(self, image_dev, maps: np.ndarray, cls: int, bar=None) -> np.ndarray:
-        """p_c(N(map) * image) for (M, h, w) maps of one image, in calls of ``batch_size`` maps."""
+    def _scores(self, image_dev, maps: np.ndarray, cls: int, bar=None, runner=None) -> np.ndarray:
+        """p_c(N(map) * image) for (M, h, w) maps of one image, in calls of ``batch_size`` maps, on
+        ``runner`` (default: the channel passes' graph)."""
+        runner = runner or self._masked
         out = np.empty(maps.shape[0], np.float32)
         c = np.array([cls], np.int64)
         for s in range(0, maps.shape[0], self.batch_size):
             chunk = np.ascontiguousarray(maps[None, s:s + self.batch_size], dtype=np.float32)
-            out[s:s + chunk.shape[1]] = self._masked.infer({"image": image_dev, "maps": chunk, "class_idx": c})["scores"][0]
+            out[s:s + chunk.shape[1]] = runner.infer({"image": image_dev, "maps": chunk, "class_idx": c})["scores"][0]
             if bar is not None:
                 bar.update(chunk.shape[1])
         return out
 
-    def _scorer(self, devs, classes, bar=None):
+    def _scorer(self, devs, classes, bar=None, runner=None):
         """The algebra's scoring callable: the graph takes one image per call, so pairs are grouped
         by image (each image stays resident on the device across its calls)."""
         def score(image_index: np.ndarray, maps: np.ndarray) -> np.ndarray:
             out = np.empty(image_index.shape[0], np.float32)
             for b in np.unique(image_index):
                 pos = np.flatnonzero(image_index == b)
-                out[pos] = self._scores(devs[b], maps[pos], int(classes[b]), bar)
+                out[pos] = self._scores(devs[b], maps[pos], int(classes[b]), bar, runner)
             return out
 
         return score
@@ -153,7 +174,8 @@ class Explainer:
         logits, A, G = self._gradient(images, requested)
         classes = np.where(requested < 0, logits.argmax(axis=1), requested).astype(np.int64)
         timings["gradient"] = (time.perf_counter() - t) * 1e3
-        stats = {"channels": int(A.shape[1]), "backend": self.backend, "device": self.device}
+        stats = {"channels": int(A.shape[1]), "backend": self.backend, "device": self.device,
+                 "precision": self.precision}
 
         def baseline(L, extra):
             timings["total"] = (time.perf_counter() - t_all) * 1e3
@@ -187,7 +209,9 @@ class Explainer:
 
         t = time.perf_counter()
         L_den = algebra.denoised_map(A, G, self.theta)
-        fusion = algebra.union_select(L_den, L_reg, (H, W), base, self._scorer(devs, classes))
+        if self._fusion is not self._masked:
+            devs = [self._fusion.to_device(images[b:b + 1]) for b in range(B)]
+        fusion = algebra.union_select(L_den, L_reg, (H, W), base, self._scorer(devs, classes, runner=self._fusion))
         timings["fusion"] = (time.perf_counter() - t) * 1e3
         timings["total"] = (time.perf_counter() - t_all) * 1e3
         return Explanation.from_fusion(
@@ -222,17 +246,18 @@ class Explainer:
         classes = check_classes(class_idx, images.shape[0], self.manifest.num_classes)
         if classes is None:
             raise InvalidInputError("class_scores needs the classes to score: pass class_idx")
-        return np.stack([self._scores(self._masked.to_device(images[b:b + 1]), maps[b], int(classes[b]))
+        return np.stack([self._scores(self._fusion.to_device(images[b:b + 1]), maps[b], int(classes[b]),
+                                      runner=self._fusion)
                          for b in range(images.shape[0])])
 
     def _check_open(self) -> None:
-        if not (self._grad.is_active and self._masked.is_active):
+        if not all(r.is_active for r in self._runners):
             raise RunnerStateError(f"this Explainer on {self.directory} was closed; create a new one to explain more images")
 
     def close(self) -> None:
         """Release the sessions or engines and their device memory. Idempotent."""
-        self._grad.deactivate()
-        self._masked.deactivate()
+        for runner in getattr(self, "_runners", [self._grad, self._masked]):
+            runner.deactivate()
 
     def __enter__(self):
         return self

@@ -17,7 +17,7 @@ from .errors import InvalidInputError, UnionCAMError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 #: The report keys that must match for a finished output to be reused by a resumed run.
-SETTINGS = ("model", "weights", "layer", "theta", "method", "max_passes", "class_requested", "input_size")
+SETTINGS = ("model", "weights", "layer", "theta", "method", "max_passes", "precision", "class_requested", "input_size")
 
 
 def collect_images(paths) -> list[Path]:
@@ -92,7 +92,7 @@ def report(settings: dict, path, rgb: np.ndarray, exp, timings_ms: dict) -> dict
         "image": str(path),
         "image_size": [int(rgb.shape[0]), int(rgb.shape[1])],
         **{k: settings.get(k) for k in ("input_size", "model", "method", "weights", "layer", "theta",
-                                         "max_passes", "class_requested")},
+                                         "max_passes", "precision", "class_requested")},
         "class_idx": e0["class_idx"],
         "class_name": class_name(e0["class_idx"], num_classes),
         "score": e0["score"],

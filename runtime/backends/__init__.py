@@ -12,15 +12,17 @@ BACKENDS = ("onnxruntime", "tensorrt")
 
 
 def make_runners(backend: str, device: str, directory: Path, manifest: Manifest, *, threads: int | None = None,
-                 buffers: str = "auto") -> tuple[Runner, Runner]:
-    """(gradient runner, masked-forward runner), not yet activated. Fails here, never at the first call."""
+                 buffers: str = "auto", masked: str = MASKED_ONNX) -> tuple[Runner, Runner]:
+    """(gradient runner, masked-forward runner), not yet activated. Fails here, never at the first call.
+
+    ``masked``: the masked-forward graph's file (a precision variant, see ``unioncam.export.precision``)."""
     from ..loaders import EngineFromFile, SessionFromOnnx
 
     if backend == "onnxruntime":
         from .onnxruntime_runner import OnnxRuntimeRunner
 
         return tuple(OnnxRuntimeRunner(SessionFromOnnx(directory / name, device=device, threads=threads))
-                     for name in (GRADIENT_ONNX, MASKED_ONNX))
+                     for name in (GRADIENT_ONNX, masked))
     if backend == "tensorrt":
         if device != "cuda":
             raise BackendUnavailableError("backend 'tensorrt' runs on device 'cuda' only; use backend 'onnxruntime' on the CPU")
@@ -28,7 +30,7 @@ def make_runners(backend: str, device: str, directory: Path, manifest: Manifest,
 
         return tuple(TensorRTRunner(EngineFromFile(directory / name.replace(".onnx", ".engine"),
                                                    onnx_sha256=manifest.files.get(name, "")), buffers=buffers)
-                     for name in (GRADIENT_ONNX, MASKED_ONNX))
+                     for name in (GRADIENT_ONNX, masked))
     raise BackendUnavailableError(f"unknown backend {backend!r}; available: {', '.join(available_backends())}")
 
 

@@ -100,17 +100,19 @@ def run(args: argparse.Namespace) -> int:
     artifacts = args.artifacts
     if artifacts is None:
         from ..model_specs import spec
-        from .common import ensure_exported
+        from .common import ensure_exported, ensure_precision
 
         args.weights = None
         artifacts, _ = ensure_exported(args, spec(args.model))
+        for precision in args.precision or []:
+            ensure_precision(artifacts, precision)
     from ..artifacts import Manifest
     from ..bench.machine import machine_facts
 
     manifest = Manifest.load(artifacts)
     backends = list(args.backend) + (["torch"] if args.compare == "eager" and "torch" not in args.backend else [])
     combos = list(itertools.product(backends, args.device, args.method, args.batch_size, args.threads,
-                                    args.max_passes or [None]))
+                                    args.max_passes or [None], args.precision or ["fp32"]))
     report = {"machine": machine_facts(), "model": manifest.model, "layer": manifest.layer,
               "ceiling_gflops_per_s": None, "cells": []}
     ceilings = {}
@@ -129,11 +131,13 @@ def run(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         first_map = None
-        for i, (backend, device, method, batch, threads, budget) in enumerate(combos):
+        for i, (backend, device, method, batch, threads, budget, precision) in enumerate(combos):
             cell = {"backend": backend, "device": device, "method": method, "batch_size": batch, "threads": threads,
-                    "max_passes": budget}
+                    "max_passes": budget, "precision": precision}
             if backend == "torch" and device != "cpu":
                 result = {"status": "unavailable: the eager comparison runs on the CPU here"}
+            elif backend == "torch" and precision != "fp32":
+                result = {"status": "unavailable: the eager reference runs in the model's dtype (fp32)"}
             else:
                 spec = {**cell, "artifacts": str(artifacts), "model": manifest.model, "layer": manifest.layer,
                         "images": images, "warmup": args.warmup, "iterations": args.iterations,
@@ -157,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
         e = eager[0]["stages"]["total"]["p50_ms"]
         report["compare_eager"] = {"eager_p50_ms": e, "speedup_p50": {
             f"{c['backend']}/{c['device']}/{c['method']}/b{c['batch_size']}/t{c['threads']}"
-            + (f"/n{c['max_passes']}" if c.get("max_passes") else ""):
+            + (f"/n{c['max_passes']}" if c.get("max_passes") else "")
+            + (f"/{c['precision']}" if c.get("precision") not in (None, "fp32") else ""):
                 e / c["stages"]["total"]["p50_ms"]
             for c in report["cells"] if c["status"] == "ok" and c["backend"] != "torch"}}
     print(render_table(report))

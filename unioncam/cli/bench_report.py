@@ -10,7 +10,7 @@ def _rows(report: dict) -> list[list[str]]:
     rows = []
     for c in report["cells"]:
         head = [c["backend"], c["device"], c["method"], _f(c["batch_size"], "{}"), _f(c["threads"], "{}"),
-                _f(c.get("max_passes"), "{}") if c.get("max_passes") else "exact"]
+                _f(c.get("max_passes"), "{}") if c.get("max_passes") else "exact", c.get("precision") or "fp32"]
         if c["status"] != "ok":
             rows.append(head + [c["status"]] + [""] * 8)
             continue
@@ -23,7 +23,7 @@ def _rows(report: dict) -> list[list[str]]:
     return rows
 
 
-HEADER = ["backend", "device", "method", "batch", "threads", "passes", "status", "total p50 ms", "p90 ms", "p99 ms",
+HEADER = ["backend", "device", "method", "batch", "threads", "passes", "precision", "status", "total p50 ms", "p90 ms", "p99 ms",
           "masked p50 ms", "expl/s", "GFLOP/s", "of ceiling", "peak RSS MB"]
 
 
@@ -101,6 +101,7 @@ def render_plot(report: dict, path) -> None:
     cells = [c for c in report["cells"] if c["status"] == "ok"]
     labels = [f"{c['backend']}/{c['device']}\n{c['method']} b{c['batch_size'] or '-'} t{c['threads'] or '-'}"
               + (f" n{c['max_passes']}" if c.get("max_passes") else "")
+              + (f" {c['precision']}" if c.get("precision") not in (None, "fp32") else "")
               for c in cells]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(cells)), 4.0))
     ax.boxplot([c["times_ms"] for c in cells], showfliers=True)

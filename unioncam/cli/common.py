@@ -48,6 +48,9 @@ def add_budget_option(p, *, nargs=None) -> None:
                    help="at most N masked passes per image for the region map, the other channels' scores "
                         "estimated from their nearest scored masks (error bound and estimate in the JSON); "
                         "default: exact" + (" (several values make a sweep)" if nargs else ""))
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], nargs=nargs, metavar="P",
+                   help="the channel passes' graph: fp32 (default), fp16 or int8 (added to the cached export on "
+                        "first use; the 3 fusion passes stay fp32)" + (" (several values make a sweep)" if nargs else ""))
 
 
 def resolve_model_spec(args):
@@ -122,12 +125,29 @@ def open_runtime(args, model_spec, **kwargs):
                 "--backend tensorrt runs TensorRT engines on an NVIDIA GPU, and none was found here (or cuda-python "
                 "is missing); use --backend onnxruntime (the default) or --backend torch on this machine")
     directory, layer = ensure_exported(args, model_spec, engines=engines)
+    ensure_precision(directory, kwargs.get("precision") or "fp32")
     try:
         return Explainer(directory, **kwargs), layer
     except ArtifactError as e:
         print(f"unioncam: cached export is unusable ({e}); exporting again", file=sys.stderr)
         ensure_exported(args, model_spec, engines=engines, force=True)
+        ensure_precision(directory, kwargs.get("precision") or "fp32")
         return Explainer(directory, **kwargs), layer
+
+
+def ensure_precision(directory: Path, precision: str) -> None:
+    """Add a precision's masked-forward graph to a cached export that lacks it (under the cache lock)."""
+    if precision == "fp32":
+        return
+    from ..artifacts import Manifest
+    from ..cache import cache_lock
+
+    with cache_lock(directory):
+        if precision not in Manifest.load(directory).extra.get("precisions", {}):
+            from ..export.precision import add_precision
+
+            print(f"unioncam: adding {precision} masked passes to {directory} (first use)", file=sys.stderr)
+            add_precision(directory, precision)
 
 
 def ensure_exported(args, model_spec, *, engines: bool = False, force: bool = False) -> tuple[Path, str]:

@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         images.append((f, rgb, to_model_input(rgb, model_spec.input_size)[None]))
     if not images:
         return 1
-    ex, layer = open_runtime(args, model_spec, batch_size=args.batch_size, theta=args.theta, max_passes=args.max_passes)
+    ex, layer = open_runtime(args, model_spec, batch_size=args.batch_size, theta=args.theta, max_passes=args.max_passes,
+                             precision=args.precision or "fp32")
     progress = None
     if not args.no_progress:
         from tqdm.auto import tqdm

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from ..errors import UnionCAMError, UsageError
 from ..validation import METHODS
@@ -57,6 +55,9 @@ def add_parser(sub) -> None:
 def _explainer(args, model_spec):
     """(explain(x (1,3,H,W) float32) -> Explanation, layer name), for the chosen backend."""
     if args.backend == "torch":
+        if args.precision not in (None, "fp32"):
+            raise UsageError("--precision picks an exported graph; the eager reference (--backend torch) runs in the "
+                             "model's own dtype")
         import torch
 
         from .. import UnionCAM
@@ -84,7 +85,7 @@ def _explainer(args, model_spec):
 
     runtime, layer = open_runtime(args, model_spec, backend=args.backend, device=args.device,
                                   batch_size=args.batch_size, theta=args.theta, progress=not args.no_progress,
-                                  max_passes=args.max_passes,
+                                  max_passes=args.max_passes, precision=args.precision or "fp32",
                                   method=args.method)
     return (lambda x: runtime(x, args.class_idx)), layer
 
@@ -94,7 +95,7 @@ def settings(args, model_spec, layer: str) -> dict:
     weights = (f"exported folder {args.artifacts}" if getattr(args, "artifacts", None) else str(args.weights)
                if args.weights else ("bundled ImageNet" if model_spec.bundled_weights else "random (untrained)"))
     return {"model": args.model, "weights": weights, "layer": layer, "theta": args.theta, "method": args.method,
-            "max_passes": args.max_passes, "class_requested": args.class_idx,
+            "max_passes": args.max_passes, "precision": args.precision or "fp32", "class_requested": args.class_idx,
             "input_size": list(model_spec.input_size), "backend": args.backend, "device": args.device}
 
 

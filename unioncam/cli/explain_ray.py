@@ -10,7 +10,7 @@ from ..errors import InvalidInputError
 def run_distributed(args, model_spec, images) -> int:
     from ..distributed import explain_dataset
     from ..distributed.dataset import import_ray
-    from .common import ensure_exported, ensure_out
+    from .common import ensure_exported, ensure_out, ensure_precision
     from .explain import settings
 
     import_ray()  # the one-line error naming the extra comes before any export
@@ -24,12 +24,14 @@ def run_distributed(args, model_spec, images) -> int:
         directory, layer = args.artifacts, model_spec.default_layer
     else:
         directory, layer = ensure_exported(args, model_spec, engines=args.backend == "tensorrt")
+        ensure_precision(directory, args.precision or "fp32")
     run_settings = {**settings(args, model_spec, layer), "batch_size": args.batch_size}
     summary = explain_dataset(images, directory, args.out, workers=args.workers, ray_address=args.ray_address,
                               settings=run_settings, gpus_per_worker=args.gpus_per_worker,
                               progress=not args.no_progress)
     rate = f", {summary['images_per_s']:.2f} images/s" if summary["images_per_s"] else ""
     print(f"{summary['ok']} of {summary['images']} images explained ({summary['skipped']} from a previous run, "
-          f"{summary['error']} errors) with {summary['workers']} workers in {summary['elapsed_s']:.1f} s{rate}; "
+          f"{summary['error']} errors) with {summary['workers']} workers in {summary['elapsed_s']:.1f} s "
+          f"(Ray start {summary['ray_start_s']:.1f} s){rate}; "
           f"index: {summary['index']}", file=sys.stderr)
     return 1 if summary["error"] else 0

@@ -23,6 +23,9 @@ def add_parser(sub) -> None:
     p.add_argument("--fp16", action="store_true", help="allow FP16 kernels in the engines (standard TensorRT)")
     p.add_argument("--max-batch", type=int, default=64, help="engine profile: max batch / maps per call (default 64)")
     p.add_argument("--compute-capability", help="TensorRT-RTX: build ahead of time for SM80/SM86/SM89 (no GPU needed)")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"],
+                   help="also write masked_forward.fp16.onnx / masked_forward.int8.onnx, the cheaper masked passes "
+                        "(README, \"Latency budgets\"); fp32 is always written")
     p.add_argument("--end-to-end", action="store_true",
                    help="write unioncam.onnx instead: the whole method in one graph (image in, explanation out)")
     p.add_argument("--theta", type=float, default=10.0, help="--end-to-end: AMD percentile baked into the graph")
@@ -71,6 +74,16 @@ def run(args: argparse.Namespace) -> int:
                       model_name=args.model, mean=s.mean, std=s.std)
     print(f"exported {args.model} layer {manifest.layer} (K={manifest.channels}, {manifest.feature_size[0]}x"
           f"{manifest.feature_size[1]}) to {args.out} in {time.perf_counter() - t:.1f} s")
+    for precision in dict.fromkeys(args.precision):
+        if precision != "fp32":
+            from ..export.precision import add_precision
+
+            t = time.perf_counter()
+            path = add_precision(args.out, precision)
+            print(f"  {precision} masked passes: {path.name} in {time.perf_counter() - t:.1f} s")
+    from ..artifacts import Manifest
+
+    manifest = Manifest.load(args.out)
     for name in manifest.files:
         st = graph_stats(args.out / name)
         print(f"  {name}: {st['bytes'] / 1e6:.1f} MB, {st['nodes']} nodes")

@@ -29,7 +29,7 @@ def default_settings(artifact_dir: Path, **options) -> dict:
 
     m = Manifest.load(artifact_dir)
     return {"model": m.model, "weights": f"exported folder {artifact_dir}", "layer": m.layer,
-            "input_size": list(m.input_size), "theta": 10.0, "method": "unioncam", "max_passes": None,
+            "input_size": list(m.input_size), "theta": 10.0, "method": "unioncam", "max_passes": None, "precision": "fp32",
             "class_requested": None, "backend": "onnxruntime", "device": "cpu", "batch_size": None, **options}
 
 
@@ -58,7 +58,8 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
         options: theta, method, max_passes, class_requested, backend, device, batch_size.
 
     Returns:
-        {"images", "ok", "error", "skipped", "elapsed_s", "images_per_s", "index", "workers"}.
+        {"images", "ok", "error", "skipped", "elapsed_s" (including Ray's start), "ray_start_s",
+        "images_per_s", "index", "workers"}.
     """
     from ..atomic import write_bytes
     from ..outputs import collect_images, finished_report, output_paths, output_stems, remove_stale_temporaries
@@ -70,8 +71,15 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
     artifact_dir, out = Path(artifact_dir), Path(out)
     from ..artifacts import Manifest
 
-    Manifest.load(artifact_dir).verify(artifact_dir)  # refused here, not once per actor
+    manifest = Manifest.load(artifact_dir)
+    manifest.verify(artifact_dir)  # refused here, not once per actor
     settings = dict(settings or default_settings(artifact_dir, **options))
+    precision = settings.get("precision") or "fp32"
+    if precision != "fp32" and precision not in manifest.extra.get("precisions", {}):
+        from ..errors import ArtifactError
+
+        raise ArtifactError(f"{artifact_dir} has no {precision} masked-forward graph; add it with "
+                            f"`unioncam export ... --precision {precision}`")
     check_theta(settings["theta"])
     check_method(settings["method"])
     check_max_passes(settings.get("max_passes"))
@@ -99,7 +107,7 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
             f"explaining the other {len(todo)}")
 
     t0 = time.perf_counter()
-    n_workers = 0
+    n_workers, start_s = 0, 0.0
     if todo:
         started = False
         if not ray.is_initialized():
@@ -111,6 +119,7 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
             else:
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
             started = True
+        start_s = time.perf_counter() - t0
         try:
             n_workers = _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpus_per_worker,
                              progress)
@@ -129,7 +138,8 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
     write_bytes(out / INDEX, buf.getvalue())
     n_ok = int((table["status"] == "ok").sum())
     return {"images": len(files), "ok": n_ok, "error": int((table["status"] == "error").sum()), "skipped": skipped,
-            "elapsed_s": elapsed, "images_per_s": (len(todo) / elapsed) if todo and elapsed > 0 else None,
+            "elapsed_s": elapsed, "ray_start_s": start_s,
+            "images_per_s": (len(todo) / elapsed) if todo and elapsed > 0 else None,
             "index": str(out / INDEX), "workers": n_workers}
 
 

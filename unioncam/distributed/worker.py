@@ -66,7 +66,8 @@ class ExplainWorker:
         self.settings = settings
         self.explainer = Explainer(folder, backend=settings["backend"], device=settings["device"],
                                    batch_size=settings.get("batch_size"), theta=settings["theta"],
-                                   max_passes=settings.get("max_passes"), method=settings["method"], threads=threads)
+                                   max_passes=settings.get("max_passes"), method=settings["method"], threads=threads,
+                                   precision=settings.get("precision") or "fp32")
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict) -> dict:
