@@ -161,3 +161,79 @@ def test_torch_arrays_take_the_same_budget():
                                lambda i, m: torch.from_numpy(score(i, m.numpy())), max_passes=3)
     np.testing.assert_allclose(t.scores.numpy(), a.scores, atol=1e-12)
     np.testing.assert_array_equal(t.estimated, a.estimated)
+
+
+# -- cheaper passes: precision variants of the masked-forward graph ----------------------------
+
+@pytest.fixture(scope="module")
+def tiny_precisions(tiny_art, tmp_path_factory):
+    """A copy of the tiny export with its fp16 and int8 masked-forward graphs added."""
+    import shutil
+
+    from unioncam.export import add_precision
+
+    model, art = tiny_art
+    d = tmp_path_factory.mktemp("prec") / "art"
+    shutil.copytree(art, d)
+    add_precision(d, "fp16")
+    add_precision(d, "int8", calibration_images=tiny_images(4, seed=8).numpy())
+    return model, d
+
+
+def test_precision_variants_load_and_agree(tiny_precisions):
+    import onnx
+
+    _, d = tiny_precisions
+    images = tiny_images(4, seed=30).numpy()
+    exact = Explainer(d)(images)
+    half = Explainer(d, precision="fp16")(images)
+    int8 = Explainer(d, precision="int8")(images)
+    assert half.stats["precision"] == "fp16" and int8.stats["precision"] == "int8"
+    # Documented tolerances (README, "Latency budgets"): fp16 region map within 1e-2 of fp32;
+    # int8 correlated above 0.9 with it on this tiny random network.
+    assert np.abs(half.region - exact.region).max() <= 1e-2
+    for i in range(4):
+        assert np.corrcoef(int8.region[i].ravel(), exact.region[i].ravel())[0, 1] >= 0.9
+    # The mask algebra and the softmax stay float32 inside the fp16 graph.
+    g = onnx.load(str(d / "masked_forward.fp16.onnx")).graph
+    kinds = {init.data_type for init in g.initializer}
+    assert onnx.TensorProto.FLOAT16 in kinds and onnx.TensorProto.FLOAT in kinds
+    softmax = [n for n in g.node if n.op_type == "Softmax"]
+    assert softmax and all(n.name in {m.name for m in g.node} for n in softmax)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in g.value_info}
+    assert all(types.get(n.output[0], onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT for n in softmax)
+    assert {o.type.tensor_type.elem_type for o in g.output} == {onnx.TensorProto.FLOAT}
+
+
+def test_fusion_passes_stay_fp32(tiny_precisions):
+    """The fusion passes and ``class_scores`` (what the metrics use) run on the fp32 graph whatever
+    the channel passes' precision: bit-identical to an fp32 Explainer's."""
+    _, d = tiny_precisions
+    images = tiny_images(2, seed=31).numpy()
+    maps = np.random.default_rng(0).random((2, 3, 8, 8)).astype(np.float32)
+    a = Explainer(d).class_scores(images, maps, [0, 1])
+    b = Explainer(d, precision="int8").class_scores(images, maps, [0, 1])
+    np.testing.assert_array_equal(a, b)
+
+
+def test_precision_errors(tiny_art, tiny_precisions, tmp_path):
+    import shutil
+
+    from unioncam import ArtifactError
+    from unioncam.export import add_precision
+
+    _, art = tiny_art
+    with pytest.raises(InvalidInputError, match="unknown precision 'int4'"):
+        Explainer(art, precision="int4")
+    with pytest.raises(ArtifactError, match="has no fp16 masked-forward graph.*--precision fp16"):
+        Explainer(art, precision="fp16")
+    with pytest.raises(InvalidInputError, match="unknown precision"):
+        add_precision(art, "bf16")
+    _, d = tiny_precisions
+    bad = tmp_path / "bad"
+    shutil.copytree(d, bad)
+    data = bytearray((bad / "masked_forward.int8.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "masked_forward.int8.onnx").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="does not match its manifest"):
+        Explainer(bad, precision="int8")
