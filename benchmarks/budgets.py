@@ -1,7 +1,7 @@
 """Fidelity and speed of latency budgets (``max_passes``) against exact UnionCAM, on real photos.
 
     python benchmarks/budgets.py [--models efficientnet_lite0 efficientnet_lite1 efficientnet_lite2]
-                                 [--budgets 16 32 64 128] [--photos 36] [--steps 16]
+                                 [--budgets 16 32 64 128] [--precisions fp16 int8] [--photos 36] [--steps 16]
 
 Photos: scikit-image's and matplotlib's (benchmarks/faithfulness.py), each as is, mirrored and
 centre-cropped (3/4 of each side). For every photo and model the exact explanation and each budget
@@ -72,7 +72,13 @@ def faithfulness(ex, x, exp, steps: int) -> dict:
     return {"drop_pct": max(0.0, y - o) / y * 100.0, "insertion_auc": ins, "deletion_auc": dele}
 
 
-def run_model(model_name: str, budgets: list[int], limit: int, steps: int, threads: int) -> dict:
+def label(mode) -> str:
+    n, precision = mode
+    return f"{n} passes" if n else ("exact" if precision == "fp32" else precision)
+
+
+def run_model(model_name: str, budgets: list[int], precisions: list[str], limit: int, steps: int,
+              threads: int) -> dict:
     from tqdm.auto import tqdm
 
     from unioncam.export import export
@@ -86,27 +92,34 @@ def run_model(model_name: str, budgets: list[int], limit: int, steps: int, threa
     model, layer = load(model_name)
     export(model, layer, art, input_size=size, model_name=model_name)
     del model
-    modes = [None] + budgets
-    exs = {n: Explainer(art, threads=threads, max_passes=n) for n in modes}
-    exs[None](X[:1])  # warm-up: first-call allocations are not a budget's cost
+    from unioncam.export import add_precision
+
+    for precision in precisions:  # int8 calibrates on the two bundled photos (also among the 36 here)
+        add_precision(art, precision)
+    modes = [(None, "fp32")] + [(n, "fp32") for n in budgets] + [(None, p) for p in precisions]
+    exs = {m: Explainer(art, threads=threads, max_passes=m[0], precision=m[1]) for m in modes}
+    for ex in exs.values():
+        ex(X[:1])  # warm-up: first-call allocations are no mode's cost
+    exact_mode = modes[0]
     rows = []
     for i in tqdm(range(len(X)), desc=model_name, unit="photo"):
         x = X[i:i + 1]
         ref, t_ref = None, None
-        for n in modes:
+        for mode in modes:
             t = time.perf_counter()
-            exp = exs[n](x)
+            exp = exs[mode](x)
             elapsed = time.perf_counter() - t
-            row = {"photo": names[i], "max_passes": n, "time_s": elapsed,
-                   "region_passes": exp.stats["masked_passes"] - 3, **faithfulness(exs[None], x, exp, steps)}
-            if n is None:
+            row = {"photo": names[i], "max_passes": mode[0], "precision": mode[1], "mode": label(mode), "time_s": elapsed,
+                   "region_passes": exp.stats["masked_passes"] - 3, **faithfulness(exs[exact_mode], x, exp, steps)}
+            if mode == exact_mode:
                 ref, t_ref = exp, elapsed
                 row.update(pearson_cam=1.0, spearman_cam=1.0, pearson_region=1.0, iou20_cam=1.0, max_abs_dbeta=0.0,
                            same_selection=True, speedup=1.0, error_bound=0.0, error_estimate=0.0, region_max_abs=0.0)
             else:
                 row.update(compare(exp, ref))
-                row.update(speedup=t_ref / elapsed, error_bound=exp.stats["region_error_bound"][0],
-                           error_estimate=exp.stats["region_error_estimate"][0],
+                row.update(speedup=t_ref / elapsed,
+                           error_bound=exp.stats["region_error_bound"][0] if mode[0] else 0.0,
+                           error_estimate=exp.stats["region_error_estimate"][0] if mode[0] else 0.0,
                            region_max_abs=float(np.abs(exp.region - ref.region).max()))
             rows.append(row)
     shutil.rmtree(art.parent, ignore_errors=True)
@@ -115,16 +128,16 @@ def run_model(model_name: str, budgets: list[int], limit: int, steps: int, threa
 
 def summarise(result: dict) -> list[dict]:
     rows = result["rows"]
-    exact = {r["photo"]: r for r in rows if r["max_passes"] is None}
+    exact = {r["photo"]: r for r in rows if r["mode"] == "exact"}
     out = []
-    for n in sorted({r["max_passes"] for r in rows}, key=lambda v: -1 if v is None else v):
-        rs = [r for r in rows if r["max_passes"] == n]
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        rs = [r for r in rows if r["mode"] == mode]
         col = lambda k: np.array([r[k] for r in rs], dtype=np.float64)  # noqa: E731
         exact_passes = np.array([exact[r["photo"]]["region_passes"] for r in rs], np.float64)
         d = lambda k: float(np.mean(col(k)) - np.mean([exact[r["photo"]][k] for r in rs]))  # noqa: E731
         bound_ok = [r["region_max_abs"] <= r["error_bound"] + 1e-6 for r in rs if r["error_bound"] is not None]
         out.append({
-            "max_passes": n, "photos": len(rs),
+            "mode": mode, "max_passes": rs[0]["max_passes"], "precision": rs[0]["precision"], "photos": len(rs),
             "median_region_passes": float(np.median(col("region_passes"))),
             "median_pass_reduction": float(np.median(exact_passes / np.maximum(col("region_passes"), 1))),
             "median_pearson_cam": float(np.median(col("pearson_cam"))), "min_pearson_cam": float(col("pearson_cam").min()),
@@ -151,13 +164,13 @@ def markdown(payload: dict) -> str:
              f"Insertion/deletion with {payload['steps']} steps. r, IoU: final map vs the exact final map.\n"]
     for res in payload["results"]:
         lines += [f"\n## {res['model']} ({res['layer']}), {len(res['photos'])} photos\n",
-                  "| max passes | region passes (median) | fewer passes | Pearson r median / worst | Spearman r | "
+                  "| mode | region passes (median) | fewer passes | Pearson r median / worst | Spearman r | "
                   "region r | top-20% IoU median / worst | |dbeta| | same selection | d AD % | d ins AUC | d del AUC | "
                   "s / photo | speed-up | error estimate / bound (median) |",
                   "|" + "---|" * 15]
         for s in res["summary"]:
             lines.append(
-                f"| {s['max_passes'] or 'exact'} | {s['median_region_passes']:.0f} | {s['median_pass_reduction']:.1f}x | "
+                f"| {s['mode']} | {s['median_region_passes']:.0f} | {s['median_pass_reduction']:.1f}x | "
                 f"{s['median_pearson_cam']:.4f} / {s['min_pearson_cam']:.4f} | {s['median_spearman_cam']:.4f} | "
                 f"{s['median_pearson_region']:.4f} | {s['median_iou20_cam']:.3f} / {s['min_iou20_cam']:.3f} | "
                 f"{s['median_abs_dbeta']:.4f} | {s['same_selection_pct']:.0f}% | {s['d_average_drop_pct']:+.2f} | "
@@ -174,19 +187,20 @@ def plot(payload: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for res in payload["results"]:
-        s = [r for r in res["summary"] if r["max_passes"] is not None]
-        x = [r["median_speedup"] for r in s]
-        axes[0].plot(x, [r["median_pearson_cam"] for r in s], "o-", label=res["model"])
-        axes[1].plot(x, [r["median_iou20_cam"] for r in s], "o-", label=res["model"])
-        for r, xv in zip(s, x):
-            axes[0].annotate(str(r["max_passes"]), (xv, r["median_pearson_cam"]), fontsize=7)
+        sb = [r for r in res["summary"] if r["max_passes"]]
+        sp = [r for r in res["summary"] if not r["max_passes"] and r["mode"] != "exact"]
+        for ax, key in ((axes[0], "median_pearson_cam"), (axes[1], "median_iou20_cam")):
+            line, = ax.plot([r["median_speedup"] for r in sb], [r[key] for r in sb], "o-", label=res["model"])
+            ax.plot([r["median_speedup"] for r in sp], [r[key] for r in sp], "s", color=line.get_color())
+            for r in sb + sp:
+                ax.annotate(str(r["max_passes"] or r["precision"]), (r["median_speedup"], r[key]), fontsize=7)
     axes[0].set_ylabel("median Pearson r vs exact map")
     axes[1].set_ylabel("median top-20% IoU vs exact map")
     for ax in axes:
         ax.set_xlabel("median speed-up over exact (same photo, same run)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("UnionCAM latency budgets (labels: max passes)")
+    fig.suptitle("UnionCAM latency budgets (labels: max passes, or the channel passes' precision)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -195,16 +209,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
     p.add_argument("--budgets", nargs="+", type=int, default=[16, 32, 64, 128])
+    p.add_argument("--precisions", nargs="*", default=["fp16", "int8"])
     p.add_argument("--photos", type=int, default=36)
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     results = []
     for name in args.models:
-        res = run_model(name, args.budgets, args.photos, args.steps, args.threads)
+        res = run_model(name, args.budgets, args.precisions, args.photos, args.steps, args.threads)
         res["summary"] = summarise(res)
         results.append(res)
-    payload = {"benchmark": "budgets", "budgets": args.budgets, "steps": args.steps, "threads": args.threads,
+    payload = {"benchmark": "budgets", "budgets": args.budgets, "precisions": args.precisions, "steps": args.steps, "threads": args.threads,
                "machine": machine(), "results": results}
     md = markdown(payload)
     j, m = write_results("budgets", payload, md)
