@@ -210,13 +210,15 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
     p.add_argument("--budgets", nargs="+", type=int, default=[16, 32, 64, 128])
     p.add_argument("--precisions", nargs="*", default=["fp16", "int8"])
+    p.add_argument("--precisions-on", nargs="*", help="models that get the precision sweep (default: all)")
     p.add_argument("--photos", type=int, default=36)
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     results = []
     for name in args.models:
-        res = run_model(name, args.budgets, args.precisions, args.photos, args.steps, args.threads)
+        precisions = args.precisions if args.precisions_on is None or name in args.precisions_on else []
+        res = run_model(name, args.budgets, precisions, args.photos, args.steps, args.threads)
         res["summary"] = summarise(res)
         results.append(res)
     payload = {"benchmark": "budgets", "budgets": args.budgets, "precisions": args.precisions, "steps": args.steps, "threads": args.threads,

@@ -33,11 +33,84 @@ def assert_agree(rt, ref):
 def test_tiny_runtime_matches_eager(tiny_art):
     model, art = tiny_art
     images = tiny_images(5, seed=21)
-    for classes in (None, [0, 1, 2, 3, 4], 2):
+    with torch.no_grad():
+        argmax = model(images).argmax(1).numpy()
+    for classes, expected in ((None, argmax), ([0, 1, 2, 3, 4], np.arange(5)), (2, np.full(5, 2))):
         ref = UnionCAM(model, "features.3")(images, classes)
         rt = Explainer(art, batch_size=4)(images.numpy(), classes)
         assert_agree(rt, ref)
-    assert len(set(ref.class_idx.tolist())) == 1
+        np.testing.assert_array_equal(rt.class_idx, expected)  # each call explains the class it was asked for
+
+
+def test_both_selections_occur_and_follow_the_rule(tiny_art):
+    """AMS really selects: on these inputs some maps are DR and some R (a path that always returned
+    the region map would fail), each by the strict rule, the same in eager and runtime."""
+    model, art = tiny_art
+    images = tiny_images(6, seed=3)
+    ref = UnionCAM(model, "features.3")(images)
+    rt = Explainer(art)(images.numpy())
+    assert_agree(rt, ref)
+    assert set(rt.selected) == {"region", "de_region"}
+    for i, sel in enumerate(rt.selected):
+        assert (sel == "de_region") == (rt.beta_de_region[i] > rt.beta_region[i])
+        chosen = rt.de_region[i] if sel == "de_region" else rt.region[i]
+        np.testing.assert_array_equal(rt.cam[i], chosen)
+
+
+@pytest.fixture(scope="module")
+def positive_gradients(tmp_path_factory):
+    """TinyCNN with average pooling and positive head weights: its gradients at ``features.3`` are
+    positive and vary over the map, so every theta thresholds something. (With max pooling most
+    gradients are 0 and with a global-average-pooling head they are constant per channel: there a
+    percentile up to the share of non-positive entries changes nothing, and a wrong theta would
+    pass unnoticed.)"""
+    from torch import nn
+
+    from tiny import TinyCNN
+    from unioncam.export import export
+
+    model = TinyCNN()
+    model.head[0] = nn.AvgPool2d(2)
+    with torch.no_grad():
+        for m in (model.head[2], model.head[6]):
+            m.weight.abs_()
+            m.bias.abs_()
+        model.head[1].weight.abs_()
+    out = tmp_path_factory.mktemp("pos") / "art"
+    export(model, "features.3", out, input_size=(32, 32))
+    return model, out
+
+
+def test_runtime_matches_eager_at_any_theta(positive_gradients):
+    model, art = positive_gradients
+    images = tiny_images(3, seed=9)
+    seen = []
+    for theta in (0.0, 37.5, 100.0):
+        ref = UnionCAM(model, "features.3", theta=theta)(images)
+        rt = Explainer(art, theta=theta)(images.numpy())
+        assert_agree(rt, ref)
+        seen.append(rt.denoising)
+    # Each theta gives its own denoising map, so a path that ignored theta would fail above.
+    assert min(np.abs(a - b).max() for i, a in enumerate(seen) for b in seen[i + 1:]) > 0.1
+
+
+def test_class_scores_and_probabilities_match_eager(tiny_art):
+    model, art = tiny_art
+    images = tiny_images(3, seed=13)
+    ex = Explainer(art)
+    with torch.no_grad():
+        probs = torch.softmax(model(images), 1).numpy()
+    np.testing.assert_allclose(ex.probabilities(images.numpy()), probs, atol=1e-6)
+    maps = np.random.default_rng(1).random((3, 2, 32, 32)).astype(np.float32)
+    maps[:, 1] = 0.25  # a constant map is the spec's zero mask
+    got = ex.class_scores(images.numpy(), maps, [0, 3, 4])
+    for b, c in enumerate([0, 3, 4]):
+        for m in range(2):
+            mask = maps[b, m] if m == 0 else np.zeros((32, 32), np.float32)
+            mask = (mask - mask.min()) / (mask.max() - mask.min()) if mask.max() > mask.min() else mask
+            with torch.no_grad():
+                want = torch.softmax(model(images[b:b + 1] * torch.from_numpy(mask)), 1)[0, c].item()
+            assert abs(got[b, m] - want) <= 1e-6
 
 
 def test_batch_size_and_skipping_change_nothing(tiny_art):
