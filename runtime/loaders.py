@@ -75,8 +75,14 @@ class EngineFromFile:
                 "backend 'tensorrt' needs NVIDIA's tensorrt Python package on a CUDA machine; available here: onnxruntime"
             )
         self.header, _ = read_engine(self.path, header_only=True)
-        check_header(self.path, self.header, onnx_sha256=onnx_sha256, trt_version=str(self.trt.__version__),
-                     gpu=current_gpu())
+        gpu = current_gpu()
+        if gpu is None:
+            # Without the GPU's identity the compute-capability check cannot run; an engine has no
+            # use without a GPU anyway, so say so here instead of skipping the check.
+            raise BackendUnavailableError(
+                "a TensorRT engine runs on an NVIDIA GPU, and none was found (or cuda-python is missing: "
+                "pip install cuda-python); use backend 'onnxruntime' on this machine")
+        check_header(self.path, self.header, onnx_sha256=onnx_sha256, trt_version=str(self.trt.__version__), gpu=gpu)
         self.logger = self.runtime = None
 
     def __call__(self):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tiny import TinyCNN, tiny_images
-from unioncam import ExportError, InvalidInputError, LayerNotFoundError
+from unioncam import ArtifactError, ExportError, InvalidInputError, LayerNotFoundError
 from unioncam.export import export
 from unioncam.export.decompositions import (
     adaptive_avg_pool2d_backward,
@@ -164,7 +164,7 @@ def test_bad_exports_raise_and_leave_nothing(tmp_path):
         export(FractionalHead().eval(), "features.1", out, input_size=(16, 16))
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(Exception, match="cannot write into"):
+    with pytest.raises(ArtifactError, match="cannot write into"):
         export(TinyCNN(), "features.3", blocker / "art", input_size=(32, 32))
     assert not out.exists()
     assert sorted(os.listdir(tmp_path)) == ["file"]

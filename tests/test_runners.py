@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tiny import tiny_images
-from unioncam import RunnerStateError
+from unioncam import BackendUnavailableError, RunnerStateError
 from unioncam.runtime import Explainer
 from unioncam.runtime.backends.device_memory import BufferPool, DeviceBuffer, cuda_memory
 from unioncam.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
@@ -140,7 +140,7 @@ def test_buffer_pool_frees_replaced_and_remaining_buffers():
     assert len(allocs) == 3 and sorted(f[1] for f in frees) == sorted(x[1] for x in allocs)  # each freed once
     b.free()
     assert len([e for e in HostBuffer.log if e[0] == "free"]) == 3  # free() is idempotent
-    with pytest.raises(Exception, match="after free"):
+    with pytest.raises(BackendUnavailableError, match="after free"):
         b.upload(np.zeros(4, np.uint8))
 
 

@@ -71,3 +71,24 @@ def test_fp16_request_is_clear_on_tensorrt_rtx(engines):
     art, _ = engines
     with pytest.raises(ExportError, match="FP16"):
         build_engine(art / "gradient.onnx", art / "x.engine", fp16=True, compute_capability="SM86")
+
+
+def test_engine_loader_checks_the_gpu_it_finds(engines, monkeypatch):
+    """The loader asks which GPU this is and refuses an engine built for another compute capability;
+    with no GPU to ask (no cuda-python, no device) it refuses, rather than skipping the check."""
+    from unioncam import BackendUnavailableError
+    from unioncam.runtime import loaders
+
+    art, headers = engines
+    engine = art / "gradient.engine"
+    sha = headers["gradient.onnx"]["onnx_sha256"]
+    built_for = headers["gradient.onnx"]["compute_capability"]
+    monkeypatch.setattr(loaders, "current_gpu", lambda: {"name": "Jetson AGX Orin", "compute_capability": "8.7"})
+    with pytest.raises(ArtifactError, match=r"built for compute capability 8\.6 .*Jetson AGX Orin \(8\.7\)"):
+        loaders.EngineFromFile(engine, onnx_sha256=sha)
+    monkeypatch.setattr(loaders, "current_gpu", lambda: {"name": "RTX A6000", "compute_capability": built_for})
+    loader = loaders.EngineFromFile(engine, onnx_sha256=sha)  # the header fits this GPU
+    assert loader.header["onnx_sha256"] == sha
+    monkeypatch.setattr(loaders, "current_gpu", lambda: None)
+    with pytest.raises(BackendUnavailableError, match="none was found"):
+        loaders.EngineFromFile(engine, onnx_sha256=sha)
