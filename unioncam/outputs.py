@@ -22,12 +22,15 @@ SETTINGS = ("model", "weights", "layer", "theta", "method", "max_passes", "preci
 
 def collect_images(paths) -> list[Path]:
     """Files as given; folders expanded to their image files and globs (``"photos/*.jpg"``, quoted
-    so the shell leaves them) to their matches, each sorted. A pattern matching nothing is an error."""
+    so the shell leaves them) to their matches, each sorted. A pattern matching nothing is an error;
+    a folder with no image files is kept as is, and reading it is that input's error."""
     out = []
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            # A folder without images stays in the list, so the reader reports it as that input's error.
+            out += found or [p]
         elif not p.exists() and glob.has_magic(str(p)):
             matches = sorted(Path(m) for m in glob.glob(str(p), recursive=True) if Path(m).is_file())
             if not matches:

@@ -15,7 +15,7 @@ def make_runners(backend: str, device: str, directory: Path, manifest: Manifest,
                  buffers: str = "auto", masked: str = MASKED_ONNX) -> tuple[Runner, Runner]:
     """(gradient runner, masked-forward runner), not yet activated. Fails here, never at the first call.
 
-    ``masked``: the masked-forward graph's file (a precision variant, see ``unioncam.export.precision``)."""
+    ``masked``: the masked-forward graph's file (a precision variant from ``unioncam export --precision``)."""
     from ..loaders import EngineFromFile, SessionFromOnnx
 
     if backend == "onnxruntime":
