@@ -130,20 +130,43 @@ def adaptive_avg_pool2d_backward(grad_output, self):
     return torch.matmul(torch.matmul(Ph.t(), grad_output), Pw)
 
 
+def _avg_pool_matrix(n_in: int, n_out: int, k: int, s: int, p: int, count_include_pad: bool, scale_by_count: bool,
+                     dtype, device) -> torch.Tensor:
+    """(n_out, n_in) matrix of average pooling along one axis, with PyTorch's divisor rule.
+
+    Window i covers [i*s - p, i*s - p + k) clipped to the padded input [-p, n_in + p) (ceil mode can
+    add a last window that starts inside and runs past it); with ``count_include_pad`` it divides by
+    that clipped length, padding included, else by the number of real inputs it covers. Both rules
+    are products of a per-axis length, so the 2-D pool is ``P_h @ x @ P_w^T``.
+    """
+    rows = []
+    for i in range(n_out):
+        start = i * s - p
+        end = min(start + k, n_in + p)
+        lo, hi = max(start, 0), min(end, n_in)
+        count = (end - start) if count_include_pad else (hi - lo)
+        w = 1.0 / count if scale_by_count and count > 0 else 1.0
+        rows.append([w if lo <= j < hi else 0.0 for j in range(n_in)])
+    return torch.tensor(rows, dtype=dtype, device=device)
+
+
 def avg_pool2d_backward(grad_output, self, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    """Average-pool gradient as a depthwise transposed convolution with a constant kernel."""
+    """Average-pool gradient for every setting (padding, ceil mode, count_include_pad,
+    divisor_override): pooling is linear and separable, ``out = P_h x P_w^T``, so the gradient is
+    ``P_h^T g P_w``: two MatMuls with constant matrices, which every ONNX consumer accepts. The output
+    size (and with it ceil mode's extra window) is read from ``grad_output``."""
     kh, kw = _pair(kernel_size)
     sh, sw = _pair(stride) if stride else (kh, kw)
     ph, pw = _pair(padding)
-    if ceil_mode or (not count_include_pad and (ph or pw)):
-        raise NotImplementedError("avg_pool2d_backward: ceil_mode or count_include_pad=False with padding")
-    C = self.shape[1]
-    div = divisor_override or kh * kw
-    weight = torch.full((C, 1, kh, kw), 1.0 / div, dtype=grad_output.dtype, device=grad_output.device)
-    fake_input = self
-    grad, _, _ = convolution_backward(grad_output, fake_input, weight, None, [sh, sw], [ph, pw], [1, 1], False,
-                                      [0, 0], C, [True, False, False])
-    return grad
+    H, W = int(self.shape[-2]), int(self.shape[-1])
+    oh, ow = int(grad_output.shape[-2]), int(grad_output.shape[-1])
+    dt, dev = grad_output.dtype, grad_output.device
+    # divisor_override replaces the whole count: 1/d on one axis, plain sums on the other.
+    Ph = _avg_pool_matrix(H, oh, kh, sh, ph, count_include_pad, not divisor_override, dt, dev)
+    Pw = _avg_pool_matrix(W, ow, kw, sw, pw, count_include_pad, not divisor_override, dt, dev)
+    if divisor_override:
+        Ph = Ph / float(divisor_override)
+    return torch.matmul(torch.matmul(Ph.t(), grad_output), Pw)
 
 
 def sort_stable(self, *, stable=None, dim=-1, descending=False):

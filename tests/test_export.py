@@ -15,6 +15,7 @@ from unioncam import ArtifactError, ExportError, InvalidInputError, LayerNotFoun
 from unioncam.export import export
 from unioncam.export.decompositions import (
     adaptive_avg_pool2d_backward,
+    avg_pool2d_backward,
     max_pool2d_with_indices_backward,
 )
 from unioncam.export.verify import gradient_agreement, masked_agreement
@@ -177,3 +178,54 @@ def test_failed_reexport_keeps_previous_artifacts(tmp_path):
     with pytest.raises(ExportError):
         export(TinyCNN(), "features.3", out, input_size=(2, 2))
     assert (out / "manifest.json").read_text() == before
+
+
+@pytest.mark.parametrize("kernel, stride, padding, ceil, include_pad, override", [
+    (2, 2, 0, False, True, None), (3, 2, 1, False, True, None), (3, 2, 1, True, True, None),
+    (3, 2, 1, False, False, None), (3, 2, 1, True, False, None), (3, 3, 1, True, False, None),
+    (2, 1, 1, True, True, None), (3, 2, 0, True, True, 5), ((3, 2), (2, 1), (1, 0), True, False, None),
+])
+@pytest.mark.parametrize("size", [(7, 7), (8, 9)])
+def test_avg_pool_backward_every_setting(kernel, stride, padding, ceil, include_pad, override, size):
+    """ResNet-D, Inception and NASNet pools included: ceil mode, count_include_pad=False with padding,
+    divisor_override, asymmetric kernels, odd sizes. Against autograd, float64."""
+    x = torch.rand(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    out = torch.nn.functional.avg_pool2d(x, kernel, stride, padding, ceil, include_pad, override)
+    go = torch.rand(out.shape, dtype=torch.float64)
+    (ref,) = torch.autograd.grad(out, x, go)
+    mine = avg_pool2d_backward(go, x.detach(), kernel, stride, padding, ceil, include_pad, override)
+    np.testing.assert_allclose(mine.numpy(), ref.numpy(), atol=1e-12)
+
+
+class ResNetDHead(nn.Module):
+    """A ResNet-D style downsampling shortcut after the target: AvgPool2d(2, ceil_mode=True,
+    count_include_pad=False) then a 1x1 conv, on an odd-sized map."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.ReLU())
+        self.down = nn.Sequential(nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False), nn.Conv2d(6, 8, 1),
+                                  nn.ReLU(), nn.AvgPool2d(2, ceil_mode=True), nn.Flatten(), nn.LazyLinear(4))
+
+    def forward(self, x):
+        return self.down(self.features(x))
+
+
+def test_resnet_d_pooling_after_the_target_exports_and_matches_autograd(tmp_path):
+    model = ResNetDHead()
+    model(torch.rand(1, 3, 30, 30))  # materialise the lazy layer
+    model.eval()
+    out = tmp_path / "art"
+    export(model, "features.1", out, input_size=(30, 30))
+    x = torch.rand(2, 3, 30, 30, generator=torch.Generator().manual_seed(3)).numpy()
+    agreement = gradient_agreement(model, "features.1", out, x, np.array([1, 3]))
+    assert agreement["gradients_rel"] <= 1e-4 and agreement["logits_rel"] <= 1e-5, agreement
+    from unioncam.engine_file import import_tensorrt
+
+    trt, flavour = import_tensorrt()
+    if trt is not None:  # the backward MatMuls parse and build in TensorRT's ONNX parser too
+        from unioncam.export import build_engine
+
+        header = build_engine(out / "gradient.onnx", max_batch=2,
+                              compute_capability="SM86" if flavour == "tensorrt_rtx" else None)
+        assert header["engine_bytes"] > 0
