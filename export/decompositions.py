@@ -22,13 +22,22 @@ def _pair(v) -> tuple[int, int]:
 
 def convolution_backward(grad_output, input, weight, bias_sizes, stride, padding, dilation, transposed,
                          output_padding, groups, output_mask):
-    """Gradient w.r.t. the input of a 2-D convolution: a transposed convolution with the same weights.
+    """Gradient w.r.t. the input of a 2-D convolution: a transposed convolution with the same weights
+    (and for a transposed convolution, a plain one).
 
     Only ``grad_input`` is produced: the weights are constants of the exported graph.
     """
-    if transposed or weight.dim() != 4:
-        raise NotImplementedError("convolution_backward: only non-transposed 2-D convolutions are supported")
+    if weight.dim() != 4:
+        raise NotImplementedError("convolution_backward: only 2-D convolutions are supported")
     grad_input = None
+    if output_mask[0] and transposed:
+        # The adjoint of a transposed convolution is the plain convolution with the same weights,
+        # stride, padding, dilation and groups; the transposed weight layout (C_in, C_out/groups, kh,
+        # kw) is exactly what that convolution takes. Output padding only added rows the forward
+        # computed from nothing, and the strided convolution skips them.
+        grad_input = aten.convolution(grad_output, weight, None, list(_pair(stride)), list(_pair(padding)),
+                                      list(_pair(dilation)), False, [0, 0], groups)
+        return grad_input, None, None
     if output_mask[0]:
         sh, sw = _pair(stride)
         ph, pw = _pair(padding)

@@ -229,3 +229,45 @@ def test_resnet_d_pooling_after_the_target_exports_and_matches_autograd(tmp_path
         header = build_engine(out / "gradient.onnx", max_batch=2,
                               compute_capability="SM86" if flavour == "tensorrt_rtx" else None)
         assert header["engine_bytes"] > 0
+
+
+@pytest.mark.parametrize("stride, padding, output_padding, dilation, groups", [
+    (1, 0, 0, 1, 1), (2, 1, 1, 1, 1), (2, 0, 0, 1, 2), (3, 1, 2, 1, 1), (2, 2, 1, 2, 3), ((2, 1), (1, 0), (1, 0), 1, 1),
+])
+def test_conv_transpose_backward(stride, padding, output_padding, dilation, groups):
+    from unioncam.export.decompositions import convolution_backward
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 6, 5, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(6, {1: 3, 2: 4, 3: 9}[groups], 3, 3, dtype=torch.float64, generator=g)  # (C_in, C_out/groups, k, k)
+    out = torch.nn.functional.conv_transpose2d(x, w, None, stride, padding, output_padding, groups, dilation)
+    go = torch.rand(out.shape, dtype=torch.float64, generator=g)
+    (ref,) = torch.autograd.grad(out, x, go)
+    mine, _, _ = convolution_backward(go, x.detach(), w, None, list(torch.nn.modules.utils._pair(stride)),
+                                      list(torch.nn.modules.utils._pair(padding)),
+                                      list(torch.nn.modules.utils._pair(dilation)), True,
+                                      list(torch.nn.modules.utils._pair(output_padding)), groups, [True, False, False])
+    np.testing.assert_allclose(mine.numpy(), ref.numpy(), atol=1e-10)
+
+
+class DecoderHead(nn.Module):
+    """A segmentation-style decoder after the target: ConvTranspose2d up, then a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU())
+        self.up = nn.Sequential(nn.ConvTranspose2d(8, 6, 4, stride=2, padding=1), nn.ReLU(),
+                                nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1, groups=2), nn.ReLU(),
+                                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    def forward(self, x):
+        return self.up(self.features(x))
+
+
+def test_transposed_convolutions_after_the_target_export_and_match_autograd(tmp_path):
+    model = DecoderHead().eval()
+    out = tmp_path / "art"
+    export(model, "features.1", out, input_size=(32, 32))
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4)).numpy()
+    agreement = gradient_agreement(model, "features.1", out, x, np.array([0, 2]))
+    assert agreement["gradients_rel"] <= 1e-4 and agreement["logits_rel"] <= 1e-5, agreement
