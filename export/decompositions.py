@@ -104,15 +104,52 @@ def max_pool2d_with_indices_backward(grad_output, self, kernel_size, stride, pad
 
 
 def adaptive_max_pool2d_backward(grad_output, self, indices):
-    """Adaptive max pooling whose windows tile the input evenly is plain max pooling."""
+    """Adaptive max-pool gradient without the indices.
+
+    Windows that tile the input evenly are plain max pooling. Otherwise the windows differ in size
+    (``[floor(i*H/oh), ceil((i+1)*H/oh))``): each is handled on its own, its gradient going to its
+    first maximum in row-major order (ArgMax returns the first, as PyTorch's kernel picks), then
+    padded back into place. The graph grows with oh*ow, which adaptive pooling keeps small.
+    """
     H, W = int(self.shape[-2]), int(self.shape[-1])
     oh, ow = int(grad_output.shape[-2]), int(grad_output.shape[-1])
-    if H % oh or W % ow:
-        raise NotImplementedError(
-            f"adaptive_max_pool2d_backward: output {oh}x{ow} does not tile the input {H}x{W} evenly"
-        )
-    k = [H // oh, W // ow]
-    return max_pool2d_with_indices_backward(grad_output, self, k, k, [0, 0], [1, 1], False, indices)
+    if not (H % oh or W % ow):
+        k = [H // oh, W // ow]
+        return max_pool2d_with_indices_backward(grad_output, self, k, k, [0, 0], [1, 1], False, indices)
+    rows, cols = _adaptive_windows(H, oh), _adaptive_windows(W, ow)
+    grad = torch.zeros_like(self)
+    for i, (h0, h1) in enumerate(rows):
+        for j, (w0, w1) in enumerate(cols):
+            window = self[:, :, h0:h1, w0:w1].flatten(2)
+            first = window.argmax(dim=-1, keepdim=True)
+            position = torch.arange((h1 - h0) * (w1 - w0), device=self.device)
+            onehot = (position == first).to(grad_output.dtype)
+            part = onehot * grad_output[:, :, i:i + 1, j:j + 1].flatten(2)
+            part = part.unflatten(2, (h1 - h0, w1 - w0))
+            grad = grad + F.pad(part, (w0, W - w1, h0, H - h1))
+    return grad
+
+
+def _adaptive_windows(n_in: int, n_out: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling windows along one axis: ``[floor(i*n/m), ceil((i+1)*n/m))``."""
+    return [((i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)) for i in range(n_out)]
+
+
+def adaptive_max_pool2d(self, output_size):
+    """Adaptive max pooling forward with its indices (flat in H*W, as PyTorch's). Even windows are
+    max pooling; uneven ones (which ONNX MaxPool cannot express) are reduced one window at a time."""
+    H, W = int(self.shape[-2]), int(self.shape[-1])
+    oh, ow = (int(v) if v is not None else d for v, d in zip(output_size, (H, W)))
+    if not (H % oh or W % ow):
+        k = [H // oh, W // ow]
+        return aten.max_pool2d_with_indices.default(self, k, k, [0, 0], [1, 1], False)
+    values, indices = [], []
+    for h0, h1 in _adaptive_windows(H, oh):
+        for w0, w1 in _adaptive_windows(W, ow):
+            v, a = self[:, :, h0:h1, w0:w1].flatten(2).max(dim=-1)
+            values.append(v)
+            indices.append((h0 + a // (w1 - w0)) * W + (w0 + a % (w1 - w0)))
+    return (torch.stack(values, -1).unflatten(-1, (oh, ow)), torch.stack(indices, -1).unflatten(-1, (oh, ow)))
 
 
 def _adaptive_matrix(n_in: int, n_out: int, dtype, device) -> torch.Tensor:
@@ -193,6 +230,7 @@ def decomposition_table() -> dict:
     table[aten.max_pool2d_with_indices_backward.default] = max_pool2d_with_indices_backward
     table[aten._adaptive_avg_pool2d_backward.default] = adaptive_avg_pool2d_backward
     table[aten.adaptive_max_pool2d_backward.default] = adaptive_max_pool2d_backward
+    table[aten.adaptive_max_pool2d.default] = adaptive_max_pool2d
     table[aten.avg_pool2d_backward.default] = avg_pool2d_backward
     table[aten.sort.stable] = sort_stable
     return table

@@ -271,3 +271,21 @@ def test_transposed_convolutions_after_the_target_export_and_match_autograd(tmp_
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4)).numpy()
     agreement = gradient_agreement(model, "features.1", out, x, np.array([0, 2]))
     assert agreement["gradients_rel"] <= 1e-4 and agreement["logits_rel"] <= 1e-5, agreement
+
+
+@pytest.mark.parametrize("in_size, out_size", [((7, 8), (2, 2)), ((9, 9), (4, 5)), ((5, 7), (3, 3)), ((8, 8), (2, 4))])
+def test_adaptive_max_pool_backward_any_output(in_size, out_size):
+    from unioncam.export.decompositions import adaptive_max_pool2d_backward
+
+    x = torch.rand(2, 3, *in_size, dtype=torch.float64)
+    x[0, 0, :2, :2] = 1.5  # ties inside a window: the first maximum takes the gradient, as in PyTorch
+    x.requires_grad_(True)
+    out, idx = torch.nn.functional.adaptive_max_pool2d(x, out_size, return_indices=True)
+    go = torch.rand(out.shape, dtype=torch.float64)
+    (ref,) = torch.autograd.grad(out, x, go)
+    np.testing.assert_allclose(adaptive_max_pool2d_backward(go, x.detach(), idx).numpy(), ref.numpy(), atol=1e-12)
+    from unioncam.export.decompositions import adaptive_max_pool2d
+
+    values, indices = adaptive_max_pool2d(x.detach(), out_size)  # the forward, indices included
+    np.testing.assert_array_equal(values.numpy(), out.detach().numpy())
+    np.testing.assert_array_equal(indices.numpy(), idx.numpy())
