@@ -70,12 +70,7 @@ class Explainer:
         self.backend, self.device = backend, device
         self.progress = progress
         self.precision = check_precision(precision)
-        masked = MASKED_ONNX
-        if self.precision != "fp32":
-            masked = self.manifest.extra.get("precisions", {}).get(self.precision)
-            if masked is None:
-                raise ArtifactError(f"{self.directory} has no {self.precision} masked-forward graph; add it with "
-                                    f"`unioncam export --artifacts {self.directory} --precision {self.precision}`")
+        masked = self.manifest.masked_graph(self.directory, self.precision)
         self._grad, self._masked = make_runners(backend, device, self.directory, self.manifest, threads=threads,
                                                 buffers=buffers, masked=masked)
         # The 3 fusion passes decide the betas and AMS's selection: they stay on the FP32 graph,

@@ -117,6 +117,16 @@ class Manifest:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
 
+    def masked_graph(self, directory: str | Path, precision: str = "fp32") -> str:
+        """File name of the masked-forward graph in ``precision``; ArtifactError if the folder lacks it."""
+        if precision == "fp32":
+            return MASKED_ONNX
+        name = self.extra.get("precisions", {}).get(precision)
+        if name is None:
+            raise ArtifactError(f"{directory} has no {precision} masked-forward graph; add it by exporting with "
+                                f"`unioncam export ... --out DIR --precision {precision}` (fp32 is always written)")
+        return name
+
     def verify(self, directory: str | Path, names: list[str] | None = None) -> None:
         """Check that each graph (by default both required ones and every other listed file) exists
         and its SHA-256 matches the manifest."""

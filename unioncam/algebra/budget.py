@@ -30,10 +30,9 @@ def mask_features(maps: np.ndarray) -> np.ndarray:
     Distances between these are distances between the full-size masks up to ``up``'s (linear,
     constant-preserving) stretch, so they are computed at the small size.
     """
-    flat = np.asarray(maps, np.float64).reshape(maps.shape[0], -1)
-    lo, hi = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
-    rng = hi - lo
-    return np.where(rng > 0, (flat - lo) / np.where(rng > 0, rng, 1.0), 0.0)
+    from .maps import minmax
+
+    return minmax(np.asarray(maps, np.float64)).reshape(maps.shape[0], -1)
 
 
 def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:

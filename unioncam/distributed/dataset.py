@@ -74,12 +74,7 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
     manifest = Manifest.load(artifact_dir)
     manifest.verify(artifact_dir)  # refused here, not once per actor
     settings = dict(settings or default_settings(artifact_dir, **options))
-    precision = settings.get("precision") or "fp32"
-    if precision != "fp32" and precision not in manifest.extra.get("precisions", {}):
-        from ..errors import ArtifactError
-
-        raise ArtifactError(f"{artifact_dir} has no {precision} masked-forward graph; add it with "
-                            f"`unioncam export ... --precision {precision}`")
+    manifest.masked_graph(artifact_dir, settings.get("precision") or "fp32")  # a missing variant: refused here
     check_theta(settings["theta"])
     check_method(settings["method"])
     check_max_passes(settings.get("max_passes"))
