@@ -1,17 +1,24 @@
 """The whole of UnionCAM as one ONNX graph: image in, explanation out (``unioncam.onnx``).
 
-Inputs: ``image`` (1, 3, H, W) float32 in [0, 1]; ``class_idx`` (1,) int64, optional (it has a
-default of -1 in the graph: absent or negative = arg-max). Outputs: ``cam``, ``denoising``,
-``region``, ``de_region`` (1, H, W); ``betas`` (3,) = (beta_den, beta_reg, beta_dr); ``selected``
-(1,) int64 (1 = de_region); ``class`` (1,) int64, the explained class (not ``class_idx``: ONNX
-names are unique and the input has that name); ``score`` (1,) float32.
+Inputs: ``image`` (1, 3, H, W) float32 in [0, 1]; ``class_idx`` (1,) int64, required: -1 means the
+arg-max, 0..C-1 a given class. (Required rather than optional with a default: a default is an
+initializer named like the input, which ONNX Runtime warns about on every session.)
 
-Every step of the spec is inside: the gradient pass (traced as in ``graphs.py``), the per-channel
-percentile (Sort + linear interpolation), AMD, the region map's K masked passes, AMU and AMS (Where).
-The K masked passes run in ``chunk``-sized batches, unrolled in the graph: ONNX Runtime frees each
-chunk's intermediates before the next, so peak memory is that of ``chunk`` forward passes. Constant
-channels are not skipped but masked: their mask is exactly zero and their score is replaced by
-``p_c(Ib)``, so the maps match the runtime's.
+Outputs: ``cam``, ``denoising``, ``region``, ``de_region`` (1, H, W); ``betas`` (3,) = (beta_den,
+beta_reg, beta_dr); ``selected`` (1,) int64 (1 = de_region); ``class`` (1,) int64, the explained
+class; ``score`` (1,) float32; ``status`` (1,) int64 (see ``STATUS``); ``passes`` (1,) int64, the
+masked passes the explanation needed (distinct non-constant masks + 3 fusion passes).
+
+The graph is three traced parts stitched together (``onnx_compose.py``):
+
+1. ``Front``: input checks, the gradient pass, AMD, and the pass plan: which channels are constant
+   (score ``p_c(Ib)``, no pass) and which masks duplicate an earlier channel's
+   (``algebra.duplicate_masks``, one pass for all of them); the channels left are compacted into
+   rows of ``chunk`` indices.
+2. A ``Loop`` over as many rows as there are distinct masks: one masked-forward graph (batch
+   ``chunk``) per iteration, its scores scattered into a (K + 1,) vector. Memory is one chunk's
+   forward passes, and the work is the passes the runtime runs (plus the last row's padding).
+3. ``Back``: scores to every channel, the region map, AMU and AMS, outputs zeroed on bad input.
 """
 from __future__ import annotations
 
@@ -27,35 +34,58 @@ from unioncam.errors import ExportError, InvalidInputError
 from unioncam.methods.hooks import eval_mode, resolve_layer
 from unioncam.validation import check_positive_int, check_theta
 
-from .graphs import logit_gradient
+from .graphs import MaskedForward, logit_gradient
 from .onnx_export import export_onnx
 
 E2E_ONNX = "unioncam.onnx"
-OUTPUTS = ["cam", "denoising", "region", "de_region", "betas", "selected", "class", "score", "status"]
+OUTPUTS = ["cam", "denoising", "region", "de_region", "betas", "selected", "class", "score", "status", "passes"]
+#: Masked passes per loop iteration. Chosen from the chunk/memory/speed table in the README
+#: (benchmarks/end_to_end.py): speed is flat from 8 up on a CPU, memory grows with the chunk.
+DEFAULT_CHUNK = 16
 
 #: Values of the ``status`` output: the graph refuses bad input itself, since a C caller has no
 #: Python checks in front of it. Every other output is zero (``class`` -1) when status is not 0.
 STATUS = {0: "ok", 1: "the image contains NaN or Inf", 2: "the image is outside [0, 1] (scale pixels by 1/255)",
           3: "class_idx is out of range (give -1 for the arg-max, or 0..C-1)"}
 
+# Names of the tensors between the parts (front outputs = back inputs, plus the loop's).
+_FRONT_OUT = ["x", "cls", "checked", "score_c", "A", "L_den", "base", "constant", "rep", "rows", "trips", "n_run"]
+_BACK_IN = ["x", "cls", "checked", "score_c", "A", "L_den", "base", "constant", "rep", "n_run", "channel_state"]
 
-class EndToEnd(nn.Module):
-    """UnionCAM for one image, every step in PyTorch ops that trace and export."""
 
-    def __init__(self, model: nn.Module, layer_name: str, layer: nn.Module, input_size, channels: int,
-                 theta: float, chunk: int, num_classes: int):
+def _probabilities(model, image, masks, cls):
+    """p_c(mask * image) for (m, H, W) masks of one (1, 3, H, W) image."""
+    probs = torch.softmax(model(image * masks[:, None]), dim=1)
+    # gather, not probs[:, cls]: indexing by a tensor would need its value at trace time.
+    return probs.gather(1, cls.reshape(1, 1).expand(probs.shape[0], 1))[:, 0]
+
+
+def pass_rows(run: torch.Tensor, chunk: int):
+    """Compact the channels to run into rows: ((R, chunk) int64 indices, padding = K; trips () int64).
+
+    Static shapes only (cumsum + scatter instead of nonzero), so it traces for both runtimes.
+    R = ceil(K / chunk) rows are allocated; the first ``trips`` hold every channel to run.
+    """
+    K = run.shape[0]
+    R = -(-K // chunk)
+    pos = torch.cumsum(run.to(torch.int64), 0) - 1
+    spare = R * chunk  # one slot past the rows, where the channels not run are scattered
+    target = torch.where(run, pos, torch.full_like(pos, spare))
+    idx = torch.full((spare + 1,), K, dtype=torch.int64).scatter(0, target, torch.arange(K, dtype=torch.int64))
+    n = run.to(torch.int64).sum()
+    return idx[:spare].reshape(R, chunk), (n + chunk - 1) // chunk, n
+
+
+class Front(nn.Module):
+    """(image, class_idx) -> the tensors of ``_FRONT_OUT``: checks, gradient pass, AMD, pass plan."""
+
+    def __init__(self, model, layer_name, layer, input_size, theta: float, chunk: int, num_classes: int,
+                 black_probs: torch.Tensor):
         super().__init__()
-        self.num_classes = num_classes
-        self.model = model
-        self.layer_name, self.layer = layer_name, layer
-        self.input_size = tuple(input_size)
-        self.channels, self.theta, self.chunk = channels, theta, chunk
-
-    def _p(self, image, masks, cls):
-        """p_c(mask * image) for (m, H, W) masks."""
-        probs = torch.softmax(self.model(image * masks[:, None]), dim=1)
-        # gather, not probs[:, cls]: indexing by a tensor would need its value at trace time.
-        return probs.gather(1, cls.reshape(1, 1).expand(probs.shape[0], 1))[:, 0]
+        self.model, self.layer_name, self.layer = model, layer_name, layer
+        self.input_size, self.theta, self.chunk, self.num_classes = tuple(input_size), theta, chunk, num_classes
+        # p_c(Ib) for every class: the black image's softmax does not depend on the input.
+        self.register_buffer("black_probs", black_probs)
 
     def _status(self, image: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
         """(1,) int64, see ``STATUS``; the first failing check wins."""
@@ -70,51 +100,109 @@ class EndToEnd(nn.Module):
         status = self._status(image, class_idx)
         ok = status == 0
         # Bad input runs on a black image and the arg-max, so nothing non-finite or out of range
-        # reaches the network or a Gather; the outputs are zeroed at the end.
-        image = torch.where(ok.reshape(1, 1, 1, 1), image, torch.zeros_like(image))
+        # reaches the network or a Gather; the outputs are zeroed in Back.
+        x = torch.where(ok.reshape(1, 1, 1, 1), image, torch.zeros_like(image))
         class_idx = torch.where(ok, class_idx, torch.full_like(class_idx, -1))
-        outs = self._explain(image, class_idx)
-        cam, D, R, DR, betas, selected, cls_t, score_c = outs
-        z = lambda t: torch.where(ok.reshape([1] * t.dim()), t, torch.zeros_like(t))  # noqa: E731
-        return (z(cam), z(D), z(R), z(DR), z(betas), z(selected), torch.where(ok, cls_t, torch.full_like(cls_t, -1)),
-                z(score_c), status)
-
-    def _explain(self, image: torch.Tensor, class_idx: torch.Tensor):
-        logits, A, G, cls_t = logit_gradient(self.model, self.layer_name, self.layer, image, class_idx)
-        A, cls = A.detach(), cls_t[0]
-        H, W = self.input_size
+        logits, A, G, cls = logit_gradient(self.model, self.layer_name, self.layer, x, class_idx)
+        A, G = A.detach(), G.detach()
         with torch.no_grad():
-            base = self._p(image, torch.zeros_like(image[:, 0]), cls)  # (1,)
-
-            def score(image_index, maps):
-                # Unrolled chunks: ONNX Runtime frees each chunk's intermediates before the next.
-                return torch.cat([self._p(image, algebra.saliency_masks(maps[s:s + self.chunk], (H, W)), cls)
-                                  for s in range(0, maps.shape[0], self.chunk)])
-
-            # No data-dependent skipping in a static graph: every channel runs, constant ones get p_c(Ib).
-            cs = algebra.channel_scores(A, base, score, skip_constant=False)
-            L_reg = algebra.region_map(A, cs.scores)
+            score_c = torch.softmax(logits, dim=1).gather(1, cls[:, None])[:, 0]
+            base = self.black_probs.gather(0, cls)
             L_den = algebra.denoised_map(A, G, self.theta)
-            f = algebra.union_select(L_den, L_reg, (H, W), base, score)
-            score_c = torch.softmax(logits, dim=1).gather(1, cls_t[:, None])[:, 0]
+            A = A[0]
+            K = A.shape[0]
+            constant = algebra.constant_channels(A)
+            rep = algebra.duplicate_masks(A)
+            run = ~constant & (rep == torch.arange(K))
+            rows, trips, n_run = pass_rows(run, self.chunk)
+        return x, cls, status, score_c, A, L_den, base, constant, rep, rows, trips, n_run.reshape(1)
+
+
+class Back(nn.Module):
+    """Channel scores -> region map, AMU, AMS, outputs (zeroed on bad input)."""
+
+    def __init__(self, model, input_size):
+        super().__init__()
+        self.model, self.input_size = model, tuple(input_size)
+
+    def forward(self, x, cls, checked, score_c, A, L_den, base, constant, rep, n_run, channel_state):
+        H, W = self.input_size
+        c = cls[0]
+        # A duplicate channel takes its first equal mask's score, a constant one p_c(Ib) (spec step 3).
+        scores = torch.where(constant, base, channel_state[:-1].gather(0, rep))
+        L_reg = algebra.region_map(A[None], scores[None])
+        f = algebra.union_select(L_den, L_reg, (H, W), base,
+                                 lambda _, maps: _probabilities(self.model, x, algebra.saliency_masks(maps, (H, W)), c))
         betas = torch.cat([f.beta_denoising, f.beta_region, f.beta_de_region])
-        return (f.cam, f.denoising, f.region, f.de_region, betas, f.selected.to(torch.int64), cls_t, score_c)
+        ok = checked == 0
+        z = lambda t: torch.where(ok.reshape([1] * t.dim()), t, torch.zeros_like(t))  # noqa: E731
+        # checked + 0: an output may not be an input of the same graph under another name.
+        return (z(f.cam), z(f.denoising), z(f.region), z(f.de_region), z(betas), z(f.selected.to(torch.int64)),
+                torch.where(ok, cls, torch.full_like(cls, -1)), z(score_c), checked + 0, z(n_run + 3))
 
 
-def _default_class_input(path: Path) -> None:
-    """Give ``class_idx`` a default of -1: an initializer with the input's name makes it optional."""
+class _Traced(nn.Module):
+    """A traced GraphModule as a module the ONNX exporter takes."""
+
+    def __init__(self, gm):
+        super().__init__()
+        self.gm = gm
+
+    def forward(self, *args):
+        return self.gm(*args)
+
+
+def _trace_and_export(fn: nn.Module, args: tuple, path: Path, input_names, output_names, *, opset, model, layer_name,
+                      what: str):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from .decompositions import decomposition_table
+
+    try:
+        gm = make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="fake",
+                     _allow_non_fake_inputs=True)(*args)
+    except (InvalidInputError, ExportError):
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"tracing the end-to-end graph ({what}) failed: {type(e).__name__}: {first}") from None
+    export_onnx(_Traced(gm).eval(), args, path, input_names=input_names, output_names=output_names,
+                dynamic_shapes=None, opset=opset, model=model, layer_name=layer_name)
     import onnx
-    from onnx import numpy_helper
 
-    m = onnx.load(str(path))
+    return onnx.load(str(path))
+
+
+def _stitch(front, body, back, out_path: Path, *, chunk: int) -> None:
+    """front + Loop(body) + back -> one checked ONNX file."""
     import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
 
-    m.graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "class_idx"))
-    onnx.save_model(m, str(path))
+    from .onnx_compose import check_no_functions, opset_imports, renamed_graph_parts, rows_loop, share_initializers
+    from .onnx_export import check
+
+    check_no_functions(front, body, back)
+    f_nodes, f_inits, f_infos = renamed_graph_parts(front, "front/", {n: n for n in ["image", "class_idx", *_FRONT_OUT]})
+    b_nodes, b_inits, b_infos = renamed_graph_parts(back, "back/", {n: n for n in [*_BACK_IN, *OUTPUTS]})
+    K = next(d.dim_value for v in front.graph.output if v.name == "A" for d in v.type.tensor_type.shape.dim[:1])
+    loop, loop_inits, _ = rows_loop(trips="trips", rows="rows", table="A", state="state0", out="channel_state",
+                                    row_model=body, row_inputs={"image": "x", "class_idx": "cls"}, map_input="maps",
+                                    score_output="scores")
+    nodes = f_nodes + [loop] + b_nodes
+    # The loop-carried scores start at 0; slot K collects the padding of the last row.
+    inits = share_initializers(nodes, f_inits + b_inits) + loop_inits + [
+        numpy_helper.from_array(np.zeros(K + 1, np.float32), "state0")]
+    graph = helper.make_graph(nodes, "unioncam", list(front.graph.input), list(back.graph.output),
+                              initializer=inits, value_info=f_infos + b_infos)
+    model = helper.make_model(graph, opset_imports=opset_imports(front, body, back), producer_name="unioncam")
+    model.ir_version = max(front.ir_version, back.ir_version, body.ir_version)
+    onnx.save_model(model, str(out_path))
+    check(out_path)
 
 
 def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, input_size=(224, 224),
-                      theta: float = 10.0, chunk: int = 64, opset: int = 18, log=None) -> dict:
+                      theta: float = 10.0, chunk: int = DEFAULT_CHUNK, opset: int = 18, log=None) -> dict:
     """Write ``unioncam.onnx`` into ``out_dir`` (atomically, replacing the folder).
 
     ``log``: called with one line per stage (tracing, ONNX conversion, checks) and its elapsed time,
@@ -123,12 +211,13 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
     Args:
         model: ``nn.Module`` taking RGB in [0, 1] and returning (B, C) logits.
         theta: AMD's percentile, baked into the graph.
-        chunk: masked passes per batch inside the graph (peak memory ~ ``chunk`` forward passes).
+        chunk: masked passes per loop iteration (peak memory ~ ``chunk`` forward passes; README,
+            "One ONNX file" has the measured table).
 
     Returns:
         {"path", "bytes", "nodes", "export_s", "channels", "chunk", "sha256"}.
     """
-    from .exporter import _Call, _probe
+    from .exporter import _probe
 
     theta = check_theta(theta)
     chunk = check_positive_int(chunk, "chunk")
@@ -142,37 +231,38 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
         raise ExportError(f"cannot write into {out_dir}: {e.strerror}; choose a writable --out folder") from None
     # Built in a temporary sibling folder; only the finished, checked file is moved into out_dir.
     with eval_mode(model), atomic_directory(out_dir / ".unioncam-e2e") as tmp:
-        _, C, K, _ = _probe(model, layer_name, layer, (H, W))
-        fn = EndToEnd(model, layer_name, layer, (H, W), K, theta, min(chunk, K), C)
+        _, C, K, (h, w) = _probe(model, layer_name, layer, (H, W))
+        chunk = min(chunk, K)
         say = log or (lambda line: None)
-        n_chunks = -(-K // min(chunk, K))
-        say(f"tracing UnionCAM with {K} masked passes in {n_chunks} chunks of {min(chunk, K)} "
-            f"(fewer chunks trace faster) ...")
         x = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0))
         c = torch.tensor([-1], dtype=torch.int64)
-        try:
-            from torch.fx.experimental.proxy_tensor import make_fx
-
-            from .decompositions import decomposition_table
-
-            gm = make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="fake",
-                         _allow_non_fake_inputs=True)(x, c)
-        except (InvalidInputError, ExportError):
-            raise
-        except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ExportError(f"tracing the end-to-end graph failed: {type(e).__name__}: {first}") from None
-        say(f"traced in {time.perf_counter() - t:.0f} s; converting to ONNX and checking it ...")
+        with torch.no_grad():
+            black = torch.softmax(model(torch.zeros(1, 3, H, W)), dim=1)[0].detach().float()
+        kw = {"opset": opset, "model": model, "layer_name": layer_name}
+        say("tracing the gradient pass and the pass plan ...")
+        front = _trace_and_export(Front(model, layer_name, layer, (H, W), theta, chunk, C, black), (x, c),
+                                  tmp / "front.onnx", ["image", "class_idx"], _FRONT_OUT, what="gradient pass", **kw)
+        say(f"tracing the masked passes (loop body, {chunk} per iteration) ...")
+        maps = torch.rand(1, chunk, h, w, generator=torch.Generator().manual_seed(1))
+        body = _trace_and_export(MaskedForward(model, (H, W)).eval(), (x, maps, torch.zeros(1, dtype=torch.int64)),
+                                 tmp / "body.onnx", ["image", "maps", "class_idx"], ["scores"], what="masked passes",
+                                 **kw)
+        say("tracing AMU and AMS ...")
+        example = [torch.zeros(1, 3, H, W), torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64),
+                   torch.zeros(1), torch.rand(K, h, w), torch.rand(1, h, w), torch.zeros(1),
+                   torch.zeros(K, dtype=torch.bool), torch.arange(K), torch.ones(1, dtype=torch.int64),
+                   torch.rand(K + 1)]
+        back = _trace_and_export(Back(model, (H, W)), tuple(example), tmp / "back.onnx", _BACK_IN, OUTPUTS,
+                                 what="fusion", **kw)
+        say(f"stitching the parts around a loop of up to {-(-K // chunk)} iterations ...")
         path = tmp / E2E_ONNX
-        export_onnx(_Call(gm).eval(), (x, c), path, input_names=["image", "class_idx"], output_names=OUTPUTS,
-                    dynamic_shapes=None, opset=opset, model=model, layer_name=layer_name)
-        _default_class_input(path)
+        _stitch(front, body, back, path, chunk=chunk)
         from .exporter import graph_stats
 
         stats = graph_stats(path)
         say(f"wrote {stats['nodes']} nodes in {time.perf_counter() - t:.0f} s")
         info = {"bytes": stats["bytes"], "nodes": stats["nodes"], "ops": stats["ops"], "channels": K,
-                "chunk": min(chunk, K), "theta": theta, "layer": layer_name, "input_size": [H, W],
+                "chunk": chunk, "theta": theta, "layer": layer_name, "input_size": [H, W],
                 "export_s": time.perf_counter() - t, "sha256": sha256_file(path)}
         import json
         import os

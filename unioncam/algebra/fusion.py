@@ -89,7 +89,7 @@ def channel_scores(activations, base, score: ScoreFn, *, skip_constant: bool = T
     if skip_duplicates:
         for b in np.unique(b_idx):
             pos = np.flatnonzero(b_idx == b)
-            source[pos] = pos[duplicate_masks(activations[b, xp.asarray(k_idx[pos], device=dev)])]
+            source[pos] = pos[to_numpy(duplicate_masks(activations[b, xp.asarray(k_idx[pos], device=dev)]))]
     unique = source == np.arange(b_idx.size)
     duplicates = int(b_idx.size - unique.sum())
     scored = unique.copy()

@@ -95,24 +95,35 @@ def duplicate_masks(maps):
     """Which maps give the same mask as an earlier one, for skipping their passes exactly.
 
     ``minmax(Z)`` equal at the layer's resolution means equal masks at any size: ``up`` is linear
-    and keeps constants, so ``minmax(up(Z)) = up(minmax(Z))``.
+    and keeps constants, so ``minmax(up(Z)) = up(minmax(Z))``. Constant maps (mask 0) all match each
+    other; callers skip them anyway.
+
+    Array-API ops with static shapes only (no row-wise unique, no data-dependent sizes), so the same
+    function runs on the host, on a GPU, and traced into ``unioncam.onnx`` for ONNX Runtime and
+    TensorRT. Each row gets two hashes, maxima of its values times fixed weights: a maximum is exact
+    whatever order a library reduces in, so equal rows always hash equally. A map is matched to the
+    first map with both hashes equal, and only if the two rows are then exactly equal: a hash
+    collision costs a pass, never a wrong score.
 
     Args:
-        maps: (N, h, w) float, any array library.
+        maps: (N, h, w) float, any array library. Memory: an (N, N) float matrix.
 
     Returns:
-        NumPy int64 (N,): for each map, the index of the first map with the same ``minmax``
-        (itself if it is the first).
+        (N,) int64 in the input's library: for each map, the index of an earlier map with the same
+        ``minmax`` (the first one, unless a hash collision hides it), else its own index.
     """
-    import numpy as np
-
-    # Row-wise unique is not in the array API; it runs on the host on a few hundred small maps.
-    keys = to_numpy(minmax(maps))
-    n = keys.shape[0]
-    if n == 0:
-        return np.zeros(0, np.int64)
-    flat = np.ascontiguousarray(keys.reshape(n, -1))
-    # +0.0 turns -0.0 into 0.0, so equal values have equal bytes.
-    rows = (flat + 0.0).view(np.dtype((np.void, flat.dtype.itemsize * flat.shape[1])))[:, 0]
-    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
-    return first[inverse.reshape(-1)].astype(np.int64)
+    xp = namespace(maps)
+    n = maps.shape[0]
+    dev = getattr(maps, "device", None)
+    if is_concrete(n) and n == 0:
+        return xp.zeros(0, dtype=xp.int64, device=dev)
+    keys = xp.reshape(minmax(maps), (n, -1))
+    j = xp.arange(keys.shape[1], dtype=keys.dtype, device=dev)
+    h1 = xp.max(keys / (j + 1.0), axis=1)
+    h2 = xp.max(keys * (xp.cos(j) + 2.0), axis=1)
+    match = (h1[:, None] == h1[None, :]) & (h2[:, None] == h2[None, :])
+    # argmax gives the first maximum (NumPy, torch, ONNX ArgMax, TensorRT alike); the diagonal
+    # is always True, so the first match is at or before the map itself.
+    first = xp.astype(xp.argmax(xp.astype(match, keys.dtype), axis=1), xp.int64)
+    same = xp.all(xp.take(keys, first, axis=0) == keys, axis=1)
+    return xp.where(same, first, xp.arange(n, dtype=xp.int64, device=dev))
