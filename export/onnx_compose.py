@@ -106,6 +106,11 @@ def rows_loop(*, trips: str, rows: str, table: str, state: str, out: str, row_mo
         row_model: ``onnx.ModelProto`` taking ``map_input`` (1, chunk, ...) plus ``row_inputs``
             (its input name -> outer-graph name) and giving ``score_output`` (1, chunk).
 
+    The body keeps its own copy of ``row_model``'s weights rather than reading the outer graph's
+    equal ones: ONNX Runtime optimises a subgraph's convolutions (NCHWc layout, pre-packing) only
+    for the subgraph's own constants. Measured on efficientnet_lite0: sharing saves 18.5 MB of
+    file and 75 MB of peak RSS but makes the masked passes 2.5x slower (9.3 s vs 3.7 s per photo).
+
     Returns:
         The ``Loop`` node (its body holds ``row_model``'s nodes and initializers).
     """

@@ -33,7 +33,8 @@ class Explainer:
         batch_size: masked passes per engine call (None: chosen from the device / engine profile).
         theta: AMD percentile in [0, 100].
         skip_constant: skip the passes of constant channels (exact: their score is ``p_c(Ib)``).
-        skip_duplicates: one pass per distinct mask of an image (exact; off by default).
+        skip_duplicates: one pass per distinct mask of an image (exact: an equal ``minmax(A_k)`` is an
+            equal mask, so an equal score; on by default, as inside ``unioncam.onnx``).
         max_passes: at most this many masked passes per image for the region map, the rest of the
             channels' scores estimated (:mod:`unioncam.algebra.budget`; the error bound and estimate
             are in ``Explanation.stats``). None (default) is exact.
@@ -53,7 +54,7 @@ class Explainer:
 
     def __init__(self, artifact_dir: str | Path, *, backend: str = "onnxruntime", device: str = "cpu",
                  batch_size: int | None = None, theta: float = 10.0, skip_constant: bool = True,
-                 skip_duplicates: bool = False, max_passes: int | None = None, threads: int | None = None,
+                 skip_duplicates: bool = True, max_passes: int | None = None, threads: int | None = None,
                  progress: bool = False, method: str = "unioncam", buffers: str = "auto", precision: str = "fp32"):
         self.directory = Path(artifact_dir)
         self.theta = check_theta(theta)

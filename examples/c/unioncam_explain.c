@@ -1,19 +1,28 @@
 /*
  * unioncam_explain: run the end-to-end UnionCAM graph (unioncam.onnx) from C11 with the ONNX Runtime C API.
  *
- *   unioncam_explain model.onnx image.ppm out.pgm [class]
+ *   unioncam_explain [--runs N] model.onnx image.ppm out.pgm [class]
  *
  * Reads a binary PPM (P6, 8 or 16 bits), resizes it to the model's input with bilinear
  * interpolation and half-pixel centres (OpenCV INTER_LINEAR / PyTorch align_corners=False on float
  * pixels, as unioncam's Python side does), runs the graph, writes the CAM (H x W) as a 16-bit PGM
- * and prints the class, score, betas and the selected map. Exit status: 0 ok, 1 error, 2 usage.
+ * and prints the class, score, betas, the selected map, the masked passes and the time of the run
+ * (--runs N: run N times and print the median and the first, for benchmarks). Exit status: 0 ok,
+ * 1 error, 2 usage.
+ *
+ * Session options: the defaults (CPU arena and memory patterns on) and ORT_ENABLE_ALL. The graph's
+ * masked passes run in a Loop of fixed-size chunks, so the arena stays at one chunk's activations:
+ * measured on efficientnet_lite0, turning the arena off saves little and costs time (README, "One
+ * ONNX file").
  */
+#define _POSIX_C_SOURCE 199309L /* clock_gettime under -std=c11 */
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <onnxruntime_c_api.h>
 
@@ -67,6 +76,28 @@ static int pnm_token(FILE *f, char *buf, size_t size) {
     }
     buf[n] = '\0';
     return n > 0; /* the single whitespace after the last token has been consumed */
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median of n > 0 values; sorts a copy, so times[0] stays the first run. */
+static double median(const double *v, size_t n) {
+    double *c = malloc(n * sizeof *c);
+    if (!c) return v[0];
+    memcpy(c, v, n * sizeof *c);
+    qsort(c, n, sizeof *c, cmp_double);
+    double m = n % 2 ? c[n / 2] : 0.5 * (c[n / 2 - 1] + c[n / 2]);
+    free(c);
+    return m;
 }
 
 static int parse_int(const char *s, long lo, long hi, long *out) {
@@ -171,8 +202,8 @@ static int write_pgm16(const char *path, const float *map, int H, int W) {
 }
 
 static const char *OUTPUT_NAMES[] = {"cam", "denoising", "region", "de_region", "betas", "selected", "class", "score",
-                                     "status"};
-#define N_OUTPUTS 9
+                                     "status", "passes"};
+#define N_OUTPUTS 10
 
 /* The graph's status output (0 ok): it checks its own input, since no Python stands in front of it. */
 static const char *STATUS_MESSAGES[] = {"ok", "the image contains NaN or Inf", "the image is outside [0, 1]",
@@ -207,15 +238,6 @@ static int check_model(OrtSession *sess, OrtAllocator *alloc, int64_t *H, int64_
         }
         free_name(alloc, name);
     }
-    /* An input with a default value is listed as an overridable initializer, not as an input. */
-    size_t n_init = 0;
-    if (!check(ort->SessionGetOverridableInitializerCount(sess, &n_init), "reading the model's inputs")) return 0;
-    for (size_t i = 0; i < n_init; i++) {
-        char *name = NULL;
-        if (!check(ort->SessionGetOverridableInitializerName(sess, i, alloc, &name), "reading an input name")) return 0;
-        if (strcmp(name, "class_idx") == 0) *has_class = 1;
-        free_name(alloc, name);
-    }
     for (size_t i = 0; i < n_out; i++) {
         char *name = NULL;
         if (!check(ort->SessionGetOutputName(sess, i, alloc, &name), "reading an output name")) return 0;
@@ -223,17 +245,27 @@ static int check_model(OrtSession *sess, OrtAllocator *alloc, int64_t *H, int64_
             if (strcmp(name, OUTPUT_NAMES[k]) == 0) found_out++;
         free_name(alloc, name);
     }
-    ok = found_image && found_out == N_OUTPUTS;
+    ok = found_image && *has_class && found_out == N_OUTPUTS;
     if (!ok)
-        fprintf(stderr, "unioncam_explain: error: this model is not a unioncam end-to-end graph (needs input image "
-                        "(1, 3, H, W) and outputs cam, betas, selected, class, score, status, ...): export one with "
-                        "`unioncam export --end-to-end`\n");
+        fprintf(stderr, "unioncam_explain: error: this model is not a unioncam end-to-end graph (needs inputs image "
+                        "(1, 3, H, W) and class_idx (1,), outputs cam, betas, selected, class, score, status, passes, "
+                        "...): export one with `unioncam export --end-to-end` (graphs from unioncam before 0.6 must "
+                        "be exported again)\n");
     return ok;
 }
 
 int main(int argc, char **argv) {
+    long runs = 1;
+    if (argc > 1 && strcmp(argv[1], "--runs") == 0) {
+        if (argc < 3 || !parse_int(argv[2], 1, 1000, &runs)) {
+            fprintf(stderr, "unioncam_explain: error: --runs needs a count from 1 to 1000\n");
+            return 2;
+        }
+        argv += 2;
+        argc -= 2;
+    }
     if (argc < 4 || argc > 5) {
-        fprintf(stderr, "usage: %s model.onnx image.ppm out.pgm [class]\n", argv[0]);
+        fprintf(stderr, "usage: %s [--runs N] model.onnx image.ppm out.pgm [class]\n", argv[0]);
         return 2;
     }
     long cls = -1;
@@ -260,6 +292,11 @@ int main(int argc, char **argv) {
     OrtValue *outputs[N_OUTPUTS] = {NULL};
     float *chw = NULL;
     int64_t class_value = cls;
+    double *times = calloc((size_t)runs, sizeof(double));
+    if (!times) {
+        free(img.rgb);
+        return fail("%s", "out of memory");
+    }
 
     if (!check(ort->CreateEnv(ORT_LOGGING_LEVEL_ERROR, "unioncam", &env), "creating the ONNX Runtime environment")) goto done;
     if (!check(ort->CreateSessionOptions(&opts), "creating session options")) goto done;
@@ -267,10 +304,6 @@ int main(int argc, char **argv) {
     if (!check(ort->CreateSession(env, argv[1], opts, &sess), "loading the model")) goto done;
     if (!check(ort->GetAllocatorWithDefaultOptions(&alloc), "getting an allocator")) goto done;
     if (!check_model(sess, alloc, &H, &W, &has_class)) goto done;
-    if (cls >= 0 && !has_class) {
-        fprintf(stderr, "unioncam_explain: error: this model has no class_idx input\n");
-        goto done;
-    }
 
     chw = malloc((size_t)3 * H * W * sizeof(float));
     if (!chw) {
@@ -290,14 +323,21 @@ int main(int argc, char **argv) {
                "creating the class tensor"))
         goto done;
     const char *in_names[2] = {"image", "class_idx"};
-    /* class_idx is optional in the graph (default -1 = arg-max): feed it only when given. */
-    size_t n_inputs = cls >= 0 ? 2 : 1;
-    if (!check(ort->Run(sess, NULL, in_names, (const OrtValue *const *)inputs, n_inputs, OUTPUT_NAMES, N_OUTPUTS, outputs),
-               "running the model"))
-        goto done;
+    /* class_idx -1 asks the graph for the arg-max class. */
+    for (long r = 0; r < runs; r++) {
+        for (int k = 0; k < N_OUTPUTS; k++) {
+            if (outputs[k]) ort->ReleaseValue(outputs[k]);
+            outputs[k] = NULL;
+        }
+        double t0 = now_s();
+        if (!check(ort->Run(sess, NULL, in_names, (const OrtValue *const *)inputs, 2, OUTPUT_NAMES, N_OUTPUTS, outputs),
+                   "running the model"))
+            goto done;
+        times[r] = now_s() - t0;
+    }
 
     float *cam = NULL, *betas = NULL, *score = NULL;
-    int64_t *selected = NULL, *out_class = NULL, *status = NULL;
+    int64_t *selected = NULL, *out_class = NULL, *status = NULL, *passes = NULL;
     if (!check(ort->GetTensorMutableData(outputs[8], (void **)&status), "reading status")) goto done;
     if (status[0] != 0) {
         fprintf(stderr, "unioncam_explain: error: %s (status %lld)\n",
@@ -308,7 +348,8 @@ int main(int argc, char **argv) {
         !check(ort->GetTensorMutableData(outputs[4], (void **)&betas), "reading betas") ||
         !check(ort->GetTensorMutableData(outputs[5], (void **)&selected), "reading selected") ||
         !check(ort->GetTensorMutableData(outputs[6], (void **)&out_class), "reading class") ||
-        !check(ort->GetTensorMutableData(outputs[7], (void **)&score), "reading score"))
+        !check(ort->GetTensorMutableData(outputs[7], (void **)&score), "reading score") ||
+        !check(ort->GetTensorMutableData(outputs[9], (void **)&passes), "reading passes"))
         goto done;
     for (size_t i = 0; i < (size_t)H * W; i++) {
         if (!isfinite(cam[i])) {
@@ -317,8 +358,10 @@ int main(int argc, char **argv) {
         }
     }
     if (write_pgm16(argv[3], cam, (int)H, (int)W) != 0) goto done;
-    printf("class %lld\nscore %.6f\nbeta_denoising %.6f\nbeta_region %.6f\nbeta_de_region %.6f\nselected %s\n",
-           (long long)out_class[0], score[0], betas[0], betas[1], betas[2], selected[0] ? "de_region" : "region");
+    printf("class %lld\nscore %.6f\nbeta_denoising %.6f\nbeta_region %.6f\nbeta_de_region %.6f\nselected %s\n"
+           "masked_passes %lld\nfirst_run_s %.4f\nmedian_run_s %.4f\n",
+           (long long)out_class[0], score[0], betas[0], betas[1], betas[2], selected[0] ? "de_region" : "region",
+           (long long)passes[0], times[0], median(times, (size_t)runs));
     rc = 0;
 
 done:
@@ -332,5 +375,6 @@ done:
     if (env) ort->ReleaseEnv(env);
     free(chw);
     free(img.rgb);
+    free(times);
     return rc;
 }
