@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from unioncam import algebra
-from unioncam.artifacts import atomic_directory, sha256_file
+from unioncam.artifacts import END_TO_END_CHUNK, atomic_directory, sha256_file
 from unioncam.errors import ExportError, InvalidInputError
 from unioncam.methods.hooks import eval_mode, resolve_layer
 from unioncam.validation import check_positive_int, check_theta
@@ -39,9 +39,7 @@ from .onnx_export import export_onnx
 
 E2E_ONNX = "unioncam.onnx"
 OUTPUTS = ["cam", "denoising", "region", "de_region", "betas", "selected", "class", "score", "status", "passes"]
-#: Masked passes per loop iteration. Chosen from the chunk/memory/speed table in the README
-#: (benchmarks/end_to_end.py): speed is flat from 8 up on a CPU, memory grows with the chunk.
-DEFAULT_CHUNK = 16
+DEFAULT_CHUNK = END_TO_END_CHUNK
 
 #: Values of the ``status`` output: the graph refuses bad input itself, since a C caller has no
 #: Python checks in front of it. Every other output is zero (``class`` -1) when status is not 0.

@@ -81,6 +81,23 @@ def test_constant_mask_is_exactly_zero_and_duplicates_are_found():
     assert algebra.duplicate_masks(torch.from_numpy(A[1])).tolist() == first.tolist()
 
 
+def test_duplicate_masks_match_an_exact_row_unique():
+    """Against np.unique on the rows' bytes (the exact answer), with many repeats, scaled and shifted
+    copies (same minmax), constants and -0.0, on NumPy and torch alike."""
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((12, 5, 5)).astype(np.float32)
+    maps = np.concatenate([base, base[[0, 3, 3]] * 4.0, base[[7]] + 0.5 - 0.5, np.zeros((2, 5, 5), np.float32),
+                           np.full((1, 5, 5), 2.0, np.float32), -np.zeros((1, 5, 5), np.float32), base[[11]]])
+    maps = maps[rng.permutation(len(maps))]
+    keys = algebra.minmax(maps).reshape(len(maps), -1) + 0.0
+    _, first_of_group, group = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    expected = first_of_group[group.reshape(-1)]
+    for lib in (np.asarray, torch.from_numpy):
+        got = algebra.to_numpy(algebra.duplicate_masks(lib(maps)))
+        assert got.tolist() == expected.tolist(), lib
+    assert len(np.unique(expected)) < len(maps) - 5  # the repeats were there to find
+
+
 def _score_np(images):
     """A deterministic stand-in for p_c(N(map) * I0): the mean of the masked image (the algebra
     around the scoring callable is what is tested; the real model passes are tested elsewhere)."""

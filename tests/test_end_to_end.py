@@ -19,10 +19,9 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "c"
 
 
 def run_graph(path, image, cls=None):
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    feeds = {"image": image} if cls is None else {"image": image, "class_idx": np.array([cls], np.int64)}
+    """Run unioncam.onnx; ``cls`` None feeds -1 (the arg-max), as the C example does."""
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"image": image, "class_idx": np.array([-1 if cls is None else cls], np.int64)}
     return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
 
 
@@ -42,9 +41,65 @@ def test_tiny_graph_matches_eager(tiny_e2e):
     for seed in range(3):
         x = tiny_images(1, seed=seed)
         ref = UnionCAM(model, "features.3")(x)
-        assert_matches(run_graph(path, x.numpy()), ref)
+        out = run_graph(path, x.numpy())
+        assert_matches(out, ref)
+        assert int(out["passes"][0]) == ref.stats["masked_passes"]
         other = (int(ref.class_idx[0]) + 1) % 5  # an explicit class that is not the arg-max
         assert_matches(run_graph(path, x.numpy(), other), UnionCAM(model, "features.3")(x, other))
+
+
+@pytest.fixture(scope="module")
+def planted_e2e(tmp_path_factory):
+    from tiny import PlantedCNN
+
+    from unioncam.export.end_to_end import export_end_to_end
+
+    model = PlantedCNN()
+    out = tmp_path_factory.mktemp("planted")
+    export_end_to_end(model, "plant", out, input_size=(32, 32), chunk=3)
+    return model, out / "unioncam.onnx"
+
+
+def test_skipped_constant_and_duplicate_channels_change_no_value(planted_e2e):
+    """Channels 4 and 6 repeat channel 0's mask (x2 and a copy), 5 and 7 are constant: the graph
+    runs one pass per distinct non-constant mask (counted here by np.unique), and its maps equal
+    the eager reference's that runs all 8 channels."""
+    import torch
+
+    from unioncam import algebra
+
+    model, path = planted_e2e
+    for seed in range(3):
+        x = tiny_images(1, seed=seed)
+        everything = UnionCAM(model, "plant", skip_constant=False)(x)
+        assert everything.stats["masked_passes"] == 8 + 3
+        out = run_graph(path, x.numpy())
+        assert_matches(out, everything)
+        with torch.no_grad():
+            A = model.plant(model.features(x))[0].numpy()
+        keys = algebra.minmax(A).reshape(8, -1)
+        distinct = len(np.unique(keys[keys.max(axis=1) > 0], axis=0))
+        assert distinct + 2 <= int((keys.max(axis=1) > 0).sum())  # 4 and 6 repeat 0, 5 and 7 are constant
+        assert int(out["passes"][0]) == distinct + 3
+        # The eager reference's own duplicate skip agrees on which passes it needs.
+        assert UnionCAM(model, "plant", skip_duplicates=True)(x).stats["masked_passes"] == distinct + 3
+
+
+def test_onnx_runtime_prints_nothing_on_load_or_run(tiny_e2e):
+    """No warning in a user's log: a session at ONNX Runtime's default log level, in its own process."""
+    code = ("import numpy as np, onnxruntime as ort, sys\n"
+            "s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n"
+            "s.run(None, {'image': np.full((1, 3, 32, 32), 0.5, np.float32), 'class_idx': np.array([-1])})\n"
+            "print('ran')")
+    proc = subprocess.run([sys.executable, "-c", code, str(tiny_e2e[1])], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ran"
+    assert proc.stderr == "", proc.stderr
+    # The graph takes class_idx as a real input (no initializer of the same name to warn about).
+    import onnx
+
+    m = onnx.load(str(tiny_e2e[1]), load_external_data=False)
+    assert [i.name for i in m.graph.input] == ["image", "class_idx"]
+    assert not {i.name for i in m.graph.input} & {t.name for t in m.graph.initializer}
 
 
 @pytest.mark.skipif(import_tensorrt()[0] is None, reason="no TensorRT module (pip install 'unioncam[tensorrt]')")
@@ -52,6 +107,13 @@ def test_graph_parses_and_builds_in_tensorrt(tiny_e2e):
     from unioncam.export.tensorrt_engine import parse_check
 
     assert "built" in parse_check(tiny_e2e[1], compute_capability="SM86")
+
+
+@pytest.mark.skipif(import_tensorrt()[0] is None, reason="no TensorRT module (pip install 'unioncam[tensorrt]')")
+def test_planted_graph_with_skips_builds_in_tensorrt(planted_e2e):
+    from unioncam.export.tensorrt_engine import parse_check
+
+    assert "built" in parse_check(planted_e2e[1], compute_capability="SM86")
 
 
 @pytest.mark.slow
@@ -99,6 +161,7 @@ def test_c_example_matches_python_runtime_on_a_real_photo(c_binary, lite0_e2e, l
     printed = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines())
     exp = Explainer(lite0_artifacts)(to_model_input(read_rgb(ppm), (224, 224))[None])
     assert int(printed["class"]) == int(exp.class_idx[0]) == 967
+    assert int(printed["masked_passes"]) == exp.stats["masked_passes"]  # same constant and duplicate skips
     assert abs(float(printed["score"]) - float(exp.score[0])) <= 1e-5
     assert abs(float(printed["beta_region"]) - float(exp.beta_region[0])) <= 1e-4
     assert printed["selected"] == exp.selected[0]

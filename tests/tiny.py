@@ -44,3 +44,32 @@ def tiny_images(n: int = 3, size: int = 32, seed: int = 1, dtype=torch.float32) 
     low = torch.rand(n, 3, size // 4, size // 4, generator=g, dtype=torch.float64)
     x = nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
     return x.clamp(0, 1).to(dtype)
+
+
+class Plant(nn.Module):
+    """(B, 6, h, w) -> (B, 8, h, w): channels 0-3 as they are, then 2 x channel 0 (the same mask:
+    doubling is exact in float), a constant, a copy of channel 0, a constant."""
+
+    def forward(self, z):
+        c0 = z[:, :1]
+        return torch.cat([z[:, :4], c0 * 2.0, torch.full_like(c0, 0.3), c0 + 0.0, torch.zeros_like(c0)], dim=1)
+
+
+class PlantedCNN(nn.Module):
+    """TinyCNN with planted duplicate and constant channels at the target layer ``plant`` (8 channels)."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        base = TinyCNN(seed=seed)
+        self.features = base.features
+        self.plant = Plant()
+        g = torch.Generator().manual_seed(seed + 1)
+        self.head = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(12, 5))
+        with torch.no_grad():
+            for p in self.head.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        self.eval()
+
+    def forward(self, x):
+        return self.head(self.plant(self.features(x)))

@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..artifacts import END_TO_END_CHUNK
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -29,8 +31,9 @@ def add_parser(sub) -> None:
     p.add_argument("--end-to-end", action="store_true",
                    help="write unioncam.onnx instead: the whole method in one graph (image in, explanation out)")
     p.add_argument("--theta", type=float, default=10.0, help="--end-to-end: AMD percentile baked into the graph")
-    p.add_argument("--chunk", type=int, default=64,
-                   help="--end-to-end: masked passes per batch inside the graph (peak memory ~ chunk forward passes)")
+    p.add_argument("--chunk", type=int, default=END_TO_END_CHUNK,
+                   help="--end-to-end: masked passes per loop iteration inside the graph (peak memory ~ chunk "
+                        "forward passes; README, \"One ONNX file\", has the measured table)")
     p.set_defaults(func=run)
 
 
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                                  chunk=args.chunk, opset=args.opset,
                                  log=lambda line: print(f"unioncam: {line}", file=sys.stderr, flush=True))
         print(f"exported {args.model} layer {info['layer']} end to end to {info['path']}: {info['bytes'] / 1e6:.1f} MB, "
-              f"{info['nodes']} nodes, {info['channels']} masked passes in chunks of {info['chunk']}, "
+              f"{info['nodes']} nodes, up to {info['channels']} masked passes in chunks of {info['chunk']}, "
               f"{info['export_s']:.0f} s")
         if args.engine:
             from ..export.tensorrt_engine import parse_check
