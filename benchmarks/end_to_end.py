@@ -1,16 +1,22 @@
-"""The end-to-end graph (``unioncam.onnx``) under ONNX Runtime vs the Python runtime, same photo.
+"""``unioncam.onnx`` (ONNX Runtime, Python and the C example) vs the Python runtime: time, peak RSS
+and agreement on the same photo, and peak RSS against the graph's ``--chunk``.
 
-    python benchmarks/end_to_end.py [--repeats 5] [--chunk 64]
+    python benchmarks/end_to_end.py [--models efficientnet_lite0 vgg16 resnet50] [--chunks 4 8 16 32 64]
+                                    [--repeats 5] [--large-repeats 2] [--photo coffee]
 
-Each path runs in its own child process (median seconds per image after one warm-up, peak RSS);
-the maps are compared. Also estimates, for each registered model at 224x224, the activation memory
-one masked pass needs (sum of every module's output, an upper bound on what is live at once), and
-so what one chunk of the graph needs. Writes benchmarks/results/<date>-<machine>-end_to_end.{json,md}.
+Every measurement runs in its own child process (peak RSS is the process's high-water mark): one
+warm-up run, then the median of ``--repeats`` runs (``--large-repeats`` for models other than
+efficientnet_lite0, whose passes take minutes). ``--chunks`` are swept on every model; the C
+example runs at the default chunk. vgg16 and resnet50 are architectures with seeded random weights
+(no ImageNet weights ship offline), so their constant-channel counts are not those of trained
+models; lite0 has its real weights. Writes benchmarks/results/<date>-<machine>-end_to_end.{json,md}.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -19,107 +25,174 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import child_result, machine, peak_rss_mb, timed, write_results  # noqa: E402
 
+ROOT = Path(__file__).resolve().parent.parent
+C_BINARY = ROOT / "examples" / "c" / "build" / "unioncam_explain"
 
-def child(path: str, args) -> None:
-    import numpy as np
 
+def photo(name: str, size):
     from unioncam.image_io import read_rgb, sample_image_path, to_model_input
 
-    x = to_model_input(read_rgb(sample_image_path("chelsea")), (224, 224))[None]
-    if path == "e2e":
+    return to_model_input(read_rgb(sample_image_path(name)), size)[None]
+
+
+def child(args) -> None:
+    import numpy as np
+
+    x = photo(args.photo, tuple(args.size))
+    if args.child == "graph":
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        so.log_severity_level = 3
         so.intra_op_num_threads = args.threads
+        so.enable_cpu_mem_arena = not args.no_arena
         s = ort.InferenceSession(args.graph, so, providers=["CPUExecutionProvider"])
         names = [o.name for o in s.get_outputs()]
-        med, times, out = timed(lambda: dict(zip(names, s.run(None, {"image": x}))), args.repeats)
-        cam, betas = out["cam"][0], out["betas"]
+        feeds = {"image": x, "class_idx": np.array([-1], np.int64)}
+        med, times, out = timed(lambda: dict(zip(names, s.run(None, feeds))), args.repeats)
+        cam, betas, passes = out["cam"][0], out["betas"], int(out["passes"][0])
     else:
         from unioncam.runtime import Explainer
 
         ex = Explainer(args.artifacts, threads=args.threads)
         med, times, exp = timed(lambda: ex(x), args.repeats)
         cam, betas = exp.cam[0], np.array([exp.beta_denoising[0], exp.beta_region[0], exp.beta_de_region[0]])
+        passes = exp.stats["masked_passes"]
     np.savez(args.dump, cam=cam, betas=betas)
-    print(json.dumps({"median_s": med, "times_s": times, "peak_rss_mb": peak_rss_mb()}))
+    print(json.dumps({"median_s": med, "times_s": times, "peak_rss_mb": peak_rss_mb(), "passes": passes}))
 
 
-def activation_mb(name: str) -> dict:
-    """Sum of module outputs of one forward pass at 224x224 (MB), and the target layer's K."""
-    import torch
+def run_c(graph: str, ppm: Path, out: Path, repeats: int) -> dict:
+    """The C example with --runs; peak RSS of that process from wait4."""
+    proc = subprocess.Popen([str(C_BINARY), "--runs", str(repeats + 1), graph, str(ppm), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"C example failed: {stderr}")
+    printed = dict(line.split(" ", 1) for line in stdout.strip().splitlines())
+    # communicate() reaped the child; its rusage is in RUSAGE_CHILDREN only as a maximum over all
+    # children, so the C example is run first (before any other child of this process).
+    import resource
 
-    from unioncam.models import load
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"median_s": float(printed["median_run_s"]), "first_s": float(printed["first_run_s"]),
+            "peak_rss_mb": rss, "passes": int(printed["masked_passes"]), "printed": printed}
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model, layer = load(name)
-    total = [0]
-    leaves = [m for m in model.modules() if not list(m.children())]
-    hooks = [m.register_forward_hook(lambda m, i, o: total.__setitem__(0, total[0] + o.numel() * 4)) for m in leaves]
-    store = {}
-    from unioncam.methods.hooks import resolve_layer
 
-    def keep_k(_m, _i, out):
-        store["k"] = out.shape[1]  # returns None: a hook's return value would replace the output
+def read_pgm16(path):
+    import numpy as np
 
-    hooks.append(resolve_layer(model, layer)[1].register_forward_hook(keep_k))
-    with torch.no_grad():
-        model(torch.rand(1, 3, 224, 224))
-    for hk in hooks:
-        hk.remove()
-    return {"per_pass_mb": total[0] / 1e6, "K": int(store["k"])}
+    parts = Path(path).read_bytes().split(b"\n", 3)
+    w, h = map(int, parts[1].split())
+    return np.frombuffer(parts[3], dtype=">u2").reshape(h, w).astype(np.float32) / 65535.0
+
+
+def c_child(args) -> None:
+    """Runs in its own process so that RUSAGE_CHILDREN holds the C example alone."""
+    r = run_c(args.graph, Path(args.ppm), Path(args.dump), args.repeats)
+    print(json.dumps(r))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["efficientnet_lite0", "vgg16", "resnet50"])
+    p.add_argument("--chunks", nargs="+", type=int, default=[4, 8, 16, 32, 64])
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--chunk", type=int, default=64)
+    p.add_argument("--large-repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--photo", default="coffee")
     p.add_argument("--child")
     p.add_argument("--graph")
     p.add_argument("--artifacts")
     p.add_argument("--dump")
+    p.add_argument("--ppm")
+    p.add_argument("--size", nargs=2, type=int, default=[224, 224])
+    p.add_argument("--no-arena", action="store_true")
     args = p.parse_args()
+    if args.child == "c":
+        return c_child(args)
     if args.child:
-        return child(args.child, args)
+        return child(args)
 
+    import cv2
     import numpy as np
 
-    from unioncam.export import export, graph_stats
+    from unioncam.artifacts import END_TO_END_CHUNK
+    from unioncam.export import export
     from unioncam.export.end_to_end import export_end_to_end
+    from unioncam.image_io import sample_image_path
     from unioncam.models import load
 
+    if not C_BINARY.exists():
+        env = dict(os.environ, PYTHON=sys.executable)
+        subprocess.run(["bash", str(C_BINARY.parent.parent / "setup.sh")], check=True, env=env)
+        subprocess.run(["make", "-C", str(C_BINARY.parent.parent)], check=True, env=env)
     tmp = Path(tempfile.mkdtemp(prefix="uc-e2e-"))
-    model, layer = load("efficientnet_lite0")
-    info = export_end_to_end(model, layer, tmp / "e2e", chunk=args.chunk)
-    export(model, layer, tmp / "art", model_name="efficientnet_lite0")
-    rows = {}
-    for path in ("e2e", "runtime"):
-        cmd = [sys.executable, __file__, "--child", path, "--repeats", str(args.repeats), "--threads", str(args.threads),
-               "--graph", info["path"], "--artifacts", str(tmp / "art"), "--dump", str(tmp / f"{path}.npz")]
-        rows[path] = child_result(cmd)
-    a, b = np.load(tmp / "e2e.npz"), np.load(tmp / "runtime.npz")
-    agreement = {"cam": float(np.abs(a["cam"] - b["cam"]).max()), "betas": float(np.abs(a["betas"] - b["betas"]).max())}
-    memory = {name: activation_mb(name) for name in ("efficientnet_lite0", "vgg16", "resnet50")}
-    stats = graph_stats(info["path"])
-    lines = [f"# End-to-end graph vs Python runtime: efficientnet_lite0 (head), chelsea.png, chunk {info['chunk']}\n",
-             f"2 CPU cores, no GPU, {args.threads} threads; median of {args.repeats} after 1 warm-up; each path in its own process.\n",
-             f"`unioncam.onnx`: {stats['bytes'] / 1e6:.1f} MB, {stats['nodes']} nodes, exported in {info['export_s']:.0f} s; "
-             f"{info['channels']} masked passes in chunks of {info['chunk']} (no skipping: constant channels are masked).\n",
-             "| path | median s / image | peak RSS MB |", "|---|---|---|",
-             f"| unioncam.onnx (ONNX Runtime CPU) | {rows['e2e']['median_s']:.2f} | {rows['e2e']['peak_rss_mb']:.0f} |",
-             f"| Python runtime (ONNX Runtime CPU, skips constant channels) | {rows['runtime']['median_s']:.2f} | "
-             f"{rows['runtime']['peak_rss_mb']:.0f} |",
-             f"\nMax abs difference: cam {agreement['cam']:.2e}, betas {agreement['betas']:.2e}.\n",
-             "Activation memory of one masked pass at 224x224 (sum of every module's output, an upper bound), "
-             f"and of one chunk of {args.chunk} passes:\n", "| model | K | MB per pass | MB per chunk |", "|---|---|---|---|"]
-    for name, m in memory.items():
-        lines.append(f"| {name} | {m['K']} | {m['per_pass_mb']:.1f} | {m['per_pass_mb'] * args.chunk:.0f} |")
-    payload = {"benchmark": "end_to_end", "chunk": info["chunk"], "graph": {k: v for k, v in info.items() if k != "ops"},
-               "ops": stats["ops"], "machine": machine(), "results": rows, "agreement_max_abs": agreement,
-               "activation_memory": memory}
+    ppm = tmp / "photo.ppm"
+    cv2.imwrite(str(ppm), cv2.imread(str(sample_image_path(args.photo))))
+    results = []
+    for name in args.models:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, layer = load(name)
+        repeats = args.repeats if name == "efficientnet_lite0" else args.large_repeats
+        art = tmp / name / "art"
+        export(model, layer, art, model_name=name)
+        graphs = {}
+        for chunk in sorted(set(args.chunks) | {END_TO_END_CHUNK}):
+            info = export_end_to_end(model, layer, tmp / name / f"e2e{chunk}", chunk=chunk)
+            graphs[chunk] = info
+            print(f"{name}: exported chunk {chunk} in {info['export_s']:.0f} s ({info['bytes'] / 1e6:.0f} MB)", flush=True)
+        del model
+
+        def run(kind, **kw):
+            dump = tmp / name / f"{kind}-{kw.get('chunk', '')}-{kw.get('no_arena', False)}.npz"
+            cmd = [sys.executable, __file__, "--child", kind, "--repeats", str(repeats), "--threads", str(args.threads),
+                   "--photo", args.photo, "--artifacts", str(art), "--dump", str(dump)]
+            if kind != "runtime":
+                cmd += ["--graph", graphs[kw["chunk"]]["path"]]
+            if kind == "c":
+                cmd += ["--ppm", str(ppm), "--dump", str(dump.with_suffix(".pgm"))]
+            if kw.get("no_arena"):
+                cmd.append("--no-arena")
+            r = child_result(cmd)
+            cam = read_pgm16(dump.with_suffix(".pgm")) if kind == "c" else np.load(dump)["cam"]
+            r.pop("printed", None)
+            return r, cam
+
+        ref, ref_cam = run("runtime")
+        rows = [{"model": name, "path": "Python runtime", "chunk": None, **ref, "cam_max_abs": 0.0}]
+        print(f"{name}: runtime {ref['median_s']:.2f} s, {ref['peak_rss_mb']:.0f} MB", flush=True)
+        for chunk in graphs:
+            r, cam = run("graph", chunk=chunk)
+            rows.append({"model": name, "path": "unioncam.onnx", "chunk": chunk, **r,
+                         "cam_max_abs": float(np.abs(cam - ref_cam).max())})
+            print(f"{name}: graph chunk {chunk}: {r['median_s']:.2f} s, {r['peak_rss_mb']:.0f} MB", flush=True)
+        r, cam = run("graph", chunk=END_TO_END_CHUNK, no_arena=True)
+        rows.append({"model": name, "path": "unioncam.onnx, arena off", "chunk": END_TO_END_CHUNK, **r,
+                     "cam_max_abs": float(np.abs(cam - ref_cam).max())})
+        r, cam = run("c", chunk=END_TO_END_CHUNK)
+        # The C example resizes the PPM itself (the same bilinear rule), so its map is compared too.
+        rows.append({"model": name, "path": "C example", "chunk": END_TO_END_CHUNK, **r,
+                     "cam_max_abs": float(np.abs(cam - ref_cam).max())})
+        print(f"{name}: C example {r['median_s']:.2f} s, {r['peak_rss_mb']:.0f} MB", flush=True)
+        for row in rows:
+            row["vs_runtime"] = row["median_s"] / ref["median_s"]
+        results += rows
+
+    lines = [f"# `unioncam.onnx` vs the Python runtime, {args.photo}.png, 224x224\n",
+             f"2 CPU cores, no GPU, {args.threads} ONNX Runtime threads. Each row is its own process: one warm-up "
+             f"run, then the median of {args.repeats} runs (efficientnet_lite0) or {args.large_repeats} "
+             "(the others). Peak RSS is the process's high-water mark (VmHWM / ru_maxrss), session "
+             "loading included. `cam max abs`: against the Python runtime's map. vgg16 and resnet50 have seeded "
+             "random weights (architectures only); efficientnet_lite0 has its ImageNet weights.\n",
+             "| model | path | chunk | median s | vs runtime | peak RSS MB | masked passes | cam max abs |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['path']} | {r['chunk'] or ''} | {r['median_s']:.2f} | "
+                     f"{r['vs_runtime']:.2f}x | {r['peak_rss_mb']:.0f} | {r['passes']} | {r['cam_max_abs']:.1e} |")
+    payload = {"benchmark": "end_to_end", "machine": machine(), "photo": args.photo, "repeats": args.repeats,
+               "large_repeats": args.large_repeats, "threads": args.threads, "default_chunk": END_TO_END_CHUNK,
+               "results": results}
     j, m = write_results("end_to_end", payload, "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {j} and {m}")

@@ -7,7 +7,8 @@
  * interpolation and half-pixel centres (OpenCV INTER_LINEAR / PyTorch align_corners=False on float
  * pixels, as unioncam's Python side does), runs the graph, writes the CAM (H x W) as a 16-bit PGM
  * and prints the class, score, betas, the selected map, the masked passes and the time of the run
- * (--runs N: run N times and print the median and the first, for benchmarks). Exit status: 0 ok,
+ * (--runs N: run N times and print the first run and the median of the others, for benchmarks:
+ * the first run is the warm-up, as in unioncam bench). Exit status: 0 ok,
  * 1 error, 2 usage.
  *
  * Session options: the defaults (CPU arena and memory patterns on) and ORT_ENABLE_ALL. The graph's
@@ -361,7 +362,7 @@ int main(int argc, char **argv) {
     printf("class %lld\nscore %.6f\nbeta_denoising %.6f\nbeta_region %.6f\nbeta_de_region %.6f\nselected %s\n"
            "masked_passes %lld\nfirst_run_s %.4f\nmedian_run_s %.4f\n",
            (long long)out_class[0], score[0], betas[0], betas[1], betas[2], selected[0] ? "de_region" : "region",
-           (long long)passes[0], times[0], median(times, (size_t)runs));
+           (long long)passes[0], times[0], runs > 1 ? median(times + 1, (size_t)runs - 1) : times[0]);
     rc = 0;
 
 done:
