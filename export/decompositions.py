@@ -233,4 +233,9 @@ def decomposition_table() -> dict:
     table[aten.adaptive_max_pool2d.default] = adaptive_max_pool2d
     table[aten.avg_pool2d_backward.default] = avg_pool2d_backward
     table[aten.sort.stable] = sort_stable
+    # LayerNorm as reductions: ONNX's LayerNormalization with its mean and inverse-std outputs (which
+    # the backward reads) is rejected by TensorRT ("more than 1 outputs for LayerNormalization").
+    from torch._decomp import decomposition_table as torch_decompositions
+
+    table[aten.native_layer_norm.default] = torch_decompositions[aten.native_layer_norm.default]
     return table

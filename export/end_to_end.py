@@ -159,6 +159,9 @@ def _trace_and_export(fn: nn.Module, args: tuple, path: Path, input_names, outpu
     try:
         gm = make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="fake",
                      _allow_non_fake_inputs=True)(*args)
+        from .restride import simplify_restrides
+
+        simplify_restrides(gm)
     except (InvalidInputError, ExportError):
         raise
     except Exception as e:

@@ -32,6 +32,17 @@ class _Call(nn.Module):
         return self.gm(image, class_idx)
 
 
+class _Call3(nn.Module):
+    """A traced masked-forward GraphModule as a module the ONNX exporter can take."""
+
+    def __init__(self, gm):
+        super().__init__()
+        self.gm = gm
+
+    def forward(self, image, maps, class_idx):
+        return self.gm(image, maps, class_idx)
+
+
 def _probe(model: nn.Module, layer_name: str, layer: nn.Module, input_size: tuple[int, int]):
     """One forward pass on a small batch to learn C, K, h, w and catch unusable models early."""
     H, W = input_size
@@ -118,12 +129,22 @@ def export(
         m_dim = torch.export.Dim("maps", min=1, max=MAX_BATCH)
         mh = torch.export.Dim("map_h", min=1, max=max(H, h) + 1)
         mw = torch.export.Dim("map_w", min=1, max=max(W, w) + 1)
-        export_onnx(
-            MaskedForward(model, (H, W)).eval(), (x, maps, c), tmp / MASKED_ONNX,
-            input_names=["image", "maps", "class_idx"], output_names=["scores"],
-            dynamic_shapes=({0: batch}, {0: batch, 1: m_dim, 2: mh, 3: mw}, {0: batch}), opset=opset,
-            model=model, layer_name=layer_name,
-        )
+        masked_kw = {"input_names": ["image", "maps", "class_idx"], "output_names": ["scores"],
+                     "dynamic_shapes": ({0: batch}, {0: batch, 1: m_dim, 2: mh, 3: mw}, {0: batch}), "opset": opset,
+                     "model": model, "layer_name": layer_name}
+        try:
+            export_onnx(MaskedForward(model, (H, W)).eval(), (x, maps, c), tmp / MASKED_ONNX, **masked_kw)
+        except ExportError as e:
+            if "unsupported op" not in str(e):
+                raise
+            # Forward ops torch.onnx cannot translate (uneven adaptive max pooling) may have one of
+            # our decompositions: trace below them, as the gradient graph is, and export that.
+            # Only then: the direct export is what every other model gets, measured and tested.
+            try:
+                gm = trace(MaskedForward(model, (H, W)).eval(), (x, maps, c))
+            except Exception:
+                raise e from None
+            export_onnx(_Call3(gm).eval(), (x, maps, c), tmp / MASKED_ONNX, **masked_kw)
         timings["masked_forward_s"] = time.perf_counter() - t
 
         manifest = Manifest(

@@ -78,6 +78,10 @@ def trace(fn: nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
 
     from .decompositions import decomposition_table
 
-    return make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="symbolic", _allow_non_fake_inputs=True)(
+    from .restride import simplify_restrides
+
+    gm = make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="symbolic", _allow_non_fake_inputs=True)(
         *example_inputs
     )
+    simplify_restrides(gm)  # ONNX has no strides: see restride.py
+    return gm

@@ -56,13 +56,56 @@ def test_factory_model_explains_on_both_backends_and_agrees(factory_module, tmp_
 
 @pytest.mark.parametrize("model, match", [
     ("my_cnns:nope", "has no attribute"), ("no_such_module:build", "cannot import"),
-    ("my_cnns:not_callable", "not callable"), ("my_cnns:build", "give --layer"),
+    ("my_cnns:not_callable", "not callable"),
 ])
 def test_bad_factories_say_what_is_wrong(factory_module, tmp_path, capsys, model, match):
     rc = main(["explain", str(sample_image_path("coffee")), "--model", model, "--input-size", "32",
                "--out", str(tmp_path), "--no-progress"])
     err = capsys.readouterr().err
     assert rc in (1, 2) and match in err and "unexpected" not in err
+
+
+def test_a_factory_without_a_layer_gets_the_last_feature_map_and_says_so(factory_module, tmp_path, capsys):
+    rc = main(["explain", str(sample_image_path("coffee")), "--model", "my_cnns:build", "--input-size", "32",
+               "--out", str(tmp_path / "auto"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "target layer 3 (output 6x8x8" in err and "--layer" in err
+    assert json.loads((tmp_path / "auto" / "coffee.json").read_text())["layer"] == "3"
+
+
+def test_last_feature_map_is_the_registered_default_of_every_model():
+    """The automatic choice agrees with the layer chosen by hand for each registered model (pools
+    skipped: VGG's last ReLU, not its max pool or 7x7 adaptive pool; a block's name, not its ReLU's)."""
+    import warnings
+
+    from tiny import TinyCNN
+
+    from unioncam.model_specs import spec
+    from unioncam.models import load
+    from unioncam.models.target_layer import last_feature_map
+
+    for name in ("efficientnet_lite0", "vgg16", "resnet50"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, layer = load(name)
+        assert last_feature_map(model, spec(name).input_size)[0] == layer == spec(name).default_layer, name
+    assert last_feature_map(TinyCNN(), (32, 32)) == ("head.3", (1, 12, 4, 4))
+
+
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_library_shorthands_say_when_the_library_is_missing(library, tmp_path, capsys):
+    import importlib
+
+    try:
+        importlib.import_module(library if library == "timm" else "torchvision.models")
+        pytest.skip(f"{library} imports here; building its models needs their weights online")
+    except Exception:
+        pass
+    rc = main(["explain", str(sample_image_path("coffee")), "--model", f"{library}:resnet18", "--out", str(tmp_path),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"{library} does not import here" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("name, size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])

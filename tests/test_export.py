@@ -289,3 +289,34 @@ def test_adaptive_max_pool_backward_any_output(in_size, out_size):
     values, indices = adaptive_max_pool2d(x.detach(), out_size)  # the forward, indices included
     np.testing.assert_array_equal(values.numpy(), out.detach().numpy())
     np.testing.assert_array_equal(indices.numpy(), idx.numpy())
+
+
+class UnevenMaxPoolHead(nn.Module):
+    """Adaptive max pooling to 2x3 from a 7x8 map after the target: windows overlap unevenly."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, stride=4, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.Conv2d(6, 5, 1), nn.AdaptiveMaxPool2d((2, 3)), nn.Flatten(), nn.Linear(30, 4))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_uneven_adaptive_max_pool_exports_and_explains_like_eager(tmp_path):
+    """Its forward has no torch.onnx translation: the masked-forward graph is traced through our
+    decomposition instead. Gradients match autograd; the runtime's explanation matches eager."""
+    from unioncam import UnionCAM
+    from unioncam.runtime import Explainer
+
+    model = UnevenMaxPoolHead().eval()
+    out = tmp_path / "art"
+    export(model, "features.1", out, input_size=(28, 32))
+    x = torch.rand(2, 3, 28, 32, generator=torch.Generator().manual_seed(5))
+    agreement = gradient_agreement(model, "features.1", out, x.numpy(), np.array([1, 3]))
+    assert agreement["gradients_rel"] <= 1e-4 and agreement["logits_rel"] <= 1e-5, agreement
+    ref = UnionCAM(model, "features.1")(x)
+    with Explainer(out) as ex:
+        got = ex(x.numpy())
+    assert np.abs(got.cam - ref.cam).max() <= 1e-3 and np.abs(got.region - ref.region).max() <= 1e-3
+    assert np.abs(got.beta_region - ref.beta_region).max() <= 1e-4

@@ -80,12 +80,20 @@ def resolve_model_spec(args):
                      f"exported folder {args.artifacts}", False)
 
 
-def require_layer(layer, model: str) -> str:
-    """The target layer a command will use: a factory model without one is a usage error."""
-    if not layer:
+def require_layer(layer, model: str, net=None, input_size=(224, 224)) -> str:
+    """The target layer a command will use: the given one, else (for a factory or library model
+    ``net``) the last feature map before pooling, said on stderr so that the choice is never silent."""
+    if layer:
+        return layer
+    if net is None:
         raise UsageError(f"--model {model}: give --layer (a name from model.named_modules()), or return "
                          "(model, layer) from the factory")
-    return layer
+    from ..models.target_layer import last_feature_map
+
+    name, shape = last_feature_map(net, input_size)
+    print(f"unioncam: target layer {name} (output {shape[1]}x{shape[2]}x{shape[3]}, the last feature map before "
+          "pooling; choose another with --layer)", file=sys.stderr)
+    return name
 
 
 def check_model_options(args) -> None:
@@ -167,7 +175,7 @@ def ensure_exported(args, model_spec, *, engines: bool = False, force: bool = Fa
         from ..models.factory import state_key
 
         model, factory_layer = load(args.model, args.weights)
-        layer = require_layer(args.layer or factory_layer, args.model)
+        layer = require_layer(args.layer or factory_layer, args.model, model, model_spec.input_size)
         bundled = "factory:" + state_key(model)
     else:
         bundled = bundled_weights_path(args.model) if args.weights is None else None

@@ -69,9 +69,9 @@ def _explainer(args, model_spec):
                 f"--device cuda needs a CUDA build of torch and a GPU; this is torch {torch.__version__} with no "
                 "CUDA device. Use --device cpu here.")
         model, default_layer = load(args.model, args.weights)
+        layer = require_layer(args.layer or default_layer, args.model, model, model_spec.input_size)  # on the CPU
         device = torch.device(args.device)
         model.to(device)
-        layer = require_layer(args.layer or default_layer, args.model)
         if args.method == "unioncam":
             explainer = UnionCAM(model, layer, theta=args.theta, batch_size=args.batch_size or 64,
                                  max_passes=args.max_passes, progress=not args.no_progress)

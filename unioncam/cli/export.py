@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from .common import require_layer
 
     model, default_layer = load(args.model, args.weights)
-    default_layer = require_layer(args.layer or default_layer, args.model)
+    default_layer = require_layer(args.layer or default_layer, args.model, model, size)
     if args.end_to_end:
         from ..export.end_to_end import export_end_to_end
 

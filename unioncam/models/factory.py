@@ -2,6 +2,12 @@
 
 The factory is a callable taking no arguments and returning an ``nn.Module`` (taking RGB images in
 [0, 1], normalisation inside, and returning (B, C) logits), or ``(module, target_layer_name)``.
+
+Shorthands for the two model libraries users have: ``timm:NAME`` (``timm.create_model(NAME,
+pretrained=True)``, normalised with the model's own ``pretrained_cfg`` mean and std) and
+``torchvision:NAME`` (``torchvision.models.get_model(NAME, weights="DEFAULT")``, ImageNet mean and
+std). With ``--weights FILE`` the library builds the architecture only and the file's state_dict is
+loaded into it. Neither library is a dependency: a machine without it gets a clear error.
 """
 from __future__ import annotations
 
@@ -17,9 +23,46 @@ def is_factory(name: str) -> bool:
     return ":" in name
 
 
-def load_factory(name: str) -> tuple[nn.Module, str | None]:
-    """(model in eval mode, its declared target layer or None) from ``"pkg.module:callable"``."""
+LIBRARIES = ("timm", "torchvision")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def load_library_model(library: str, arch: str, weights=None) -> nn.Module:
+    """``timm:NAME`` / ``torchvision:NAME`` as a model taking RGB in [0, 1] (normalisation inside)."""
+    from ..errors import WeightsError
+    from .normalize import Normalized
+
+    try:
+        lib = importlib.import_module(library if library == "timm" else "torchvision.models")
+    except Exception as e:  # torchvision/timm raise more than ImportError when their compiled ops are missing
+        raise ModelNotFoundError(f"--model {library}:{arch}: {library} does not import here ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:200] if str(e) else ''}); pip install {library} with a "
+                                 "torch it was built for, or use a registered model / pkg.module:factory") from None
+    try:
+        if library == "timm":
+            net = lib.create_model(arch, pretrained=weights is None)
+            cfg = getattr(net, "pretrained_cfg", None) or {}
+            mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+        else:
+            net = lib.get_model(arch, weights=None if weights is not None else "DEFAULT")
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+    except (RuntimeError, ValueError, KeyError, OSError) as e:
+        raise WeightsError(f"--model {library}:{arch}: {library} could not build it with pretrained weights "
+                           f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); with no "
+                           "internet, give --weights FILE (a state_dict of this architecture)") from None
+    if weights is not None:
+        from .registry import load_strict, read_state_dict
+
+        load_strict(net, read_state_dict(weights), str(weights), f"{library}:{arch}")
+    return Normalized(net, mean, std).eval()
+
+
+def load_factory(name: str, weights=None) -> tuple[nn.Module, str | None]:
+    """(model in eval mode, its declared target layer or None) from ``"pkg.module:callable"`` (the
+    state_dict in ``weights`` loaded into it), or from a ``timm:`` / ``torchvision:`` shorthand."""
     module_name, _, attr = name.partition(":")
+    if module_name in LIBRARIES and attr:
+        return load_library_model(module_name, attr, weights), None
     if not module_name or not attr:
         raise ModelNotFoundError(f"--model {name!r}: give pkg.module:factory, e.g. mymodels:build")
     if "" not in sys.path and "." not in sys.path:
@@ -41,6 +84,10 @@ def load_factory(name: str) -> tuple[nn.Module, str | None]:
     if not isinstance(model, nn.Module) or (layer is not None and not isinstance(layer, str)):
         raise InvalidInputError(f"--model {name!r}: the factory must return an nn.Module or (nn.Module, layer name), "
                                 f"got {type(out).__name__}")
+    if weights is not None:
+        from .registry import load_strict, read_state_dict
+
+        load_strict(model, read_state_dict(weights), str(weights), name)
     return model.eval(), layer
 
 

@@ -85,10 +85,7 @@ def load(name: str, weights: str | Path | None = None) -> tuple[nn.Module, str]:
     from .factory import is_factory, load_factory
 
     if is_factory(name):
-        model, layer = load_factory(name)
-        if weights is not None:
-            load_strict(model, read_state_dict(weights), str(weights), name)
-        return model, layer
+        return load_factory(name, weights)
     s = spec(name)
     if name.startswith("efficientnet_lite"):
         from .efficientnet import efficientnet_lite
