@@ -125,7 +125,10 @@ def export(
         timings["gradient_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        maps = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(1))
+        # M differs from every other example size: symbolic tracing gives equal sizes one symbol, and
+        # M = 3 would be tied to the image's 3 channels (the traced fallback below would fix M = 3).
+        m = next(v for v in range(5, 64) if v not in (2, 3, h, w, H, W))
+        maps = torch.rand(2, m, h, w, generator=torch.Generator().manual_seed(1))
         m_dim = torch.export.Dim("maps", min=1, max=MAX_BATCH)
         mh = torch.export.Dim("map_h", min=1, max=max(H, h) + 1)
         mw = torch.export.Dim("map_w", min=1, max=max(W, w) + 1)
