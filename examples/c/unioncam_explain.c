@@ -250,8 +250,8 @@ static int check_model(OrtSession *sess, OrtAllocator *alloc, int64_t *H, int64_
     if (!ok)
         fprintf(stderr, "unioncam_explain: error: this model is not a unioncam end-to-end graph (needs inputs image "
                         "(1, 3, H, W) and class_idx (1,), outputs cam, betas, selected, class, score, status, passes, "
-                        "...): export one with `unioncam export --end-to-end` (graphs from unioncam before 0.6 must "
-                        "be exported again)\n");
+                        "...): export one with `unioncam export --end-to-end` (an older graph without them must be "
+                        "exported again)\n");
     return ok;
 }
 
