@@ -135,13 +135,7 @@ def export(
         masked_kw = {"input_names": ["image", "maps", "class_idx"], "output_names": ["scores"],
                      "dynamic_shapes": ({0: batch}, {0: batch, 1: m_dim, 2: mh, 3: mw}, {0: batch}), "opset": opset,
                      "model": model, "layer_name": layer_name}
-        # torch.onnx's own lowering of adaptive max pooling runs for minutes (a global 1x1 head on a
-        # toy model: stopped after 2 minutes) or has no translation (uneven outputs); ours is exact
-        # and tested, so such models go straight to the traced route.
-        direct = not any(isinstance(m, nn.AdaptiveMaxPool2d) for m in model.modules())
         try:
-            if not direct:
-                raise ExportError("unsupported op aten.adaptive_max_pool2d (routed to unioncam's decomposition)")
             export_onnx(MaskedForward(model, (H, W)).eval(), (x, maps, c), tmp / MASKED_ONNX, **masked_kw)
         except ExportError as e:
             if "unsupported op" not in str(e):
