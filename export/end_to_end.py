@@ -174,7 +174,7 @@ def _trace_and_export(fn: nn.Module, args: tuple, path: Path, input_names, outpu
     return onnx.load(str(path))
 
 
-def _stitch(front, body, back, out_path: Path, *, chunk: int) -> None:
+def _stitch(front, body, back, out_path: Path) -> None:
     """front + Loop(body) + back -> one checked ONNX file."""
     import numpy as np
     import onnx
@@ -257,7 +257,7 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
                                  what="fusion", **kw)
         say(f"stitching the parts around a loop of up to {-(-K // chunk)} iterations ...")
         path = tmp / E2E_ONNX
-        _stitch(front, body, back, path, chunk=chunk)
+        _stitch(front, body, back, path)
         from .exporter import graph_stats
 
         stats = graph_stats(path)

@@ -42,19 +42,14 @@ def renamed_graph_parts(model, prefix: str, keep: dict[str, str]):
         n.input[:] = [name(x) for x in node.input]
         n.output[:] = [name(x) for x in node.output]
         nodes.append(n)
-    inits = []
-    for t in g.initializer:
-        c = onnx.TensorProto()
-        c.CopyFrom(t)
-        c.name = name(t.name)
-        inits.append(c)
-    infos = []
-    for v in g.value_info:
-        c = onnx.ValueInfoProto()
-        c.CopyFrom(v)
-        c.name = name(v.name)
-        infos.append(c)
-    return nodes, inits, infos
+
+    def renamed(proto):
+        c = type(proto)()
+        c.CopyFrom(proto)
+        c.name = name(proto.name)
+        return c
+
+    return nodes, [renamed(t) for t in g.initializer], [renamed(v) for v in g.value_info]
 
 
 def share_initializers(nodes, inits):
