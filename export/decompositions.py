@@ -62,11 +62,31 @@ def _place_strided(g: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
     return g6.reshape(B, C, oh * sh, ow * sw)
 
 
+def _tiled_max_backward(grad_output, self, kh: int, kw: int):
+    """Max-pool gradient when the windows tile the input: kernel == stride, no padding or dilation,
+    ``oh*kh <= H`` and ``ow*kw <= W`` (rows and columns past the last window get no gradient).
+
+    Each window becomes one row of kh*kw values (reshape and transpose, no copies per offset), whose
+    first maximum (ArgMax keeps the first, as PyTorch's kernels do) takes the gradient. The graph
+    has a fixed handful of ops whatever the kernel, where one strided slice per kernel offset would
+    give a global 56x56 max pool ~3,000 slices and a symbolic trace that runs for minutes.
+    """
+    B, C, H, W = self.shape
+    oh, ow = int(grad_output.shape[-2]), int(grad_output.shape[-1])
+    x = self[:, :, : oh * kh, : ow * kw].reshape(B, C, oh, kh, ow, kw).permute(0, 1, 2, 4, 3, 5)
+    first = x.reshape(B, C, oh, ow, kh * kw).argmax(dim=-1, keepdim=True)
+    onehot = (torch.arange(kh * kw, device=self.device) == first).to(grad_output.dtype)
+    g = (onehot * grad_output.unsqueeze(-1)).reshape(B, C, oh, ow, kh, kw).permute(0, 1, 2, 4, 3, 5)
+    g = g.reshape(B, C, oh * kh, ow * kw)
+    return F.pad(g, (0, W - ow * kw, 0, H - oh * kh)) if (oh * kh, ow * kw) != (H, W) else g
+
+
 def max_pool2d_with_indices_backward(grad_output, self, kernel_size, stride, padding, dilation, ceil_mode, indices):
     """Max-pool gradient without the indices: each window's gradient goes to its first maximum.
 
-    The window maxima are recomputed by strided slices of the (padded) input, one per kernel offset;
-    "first" follows the kernel's row-major order, as PyTorch's kernels do.
+    Windows that tile the input take one ArgMax (``_tiled_max_backward``). Otherwise the window
+    maxima are recomputed by strided slices of the (padded) input, one per kernel offset; "first"
+    follows the kernel's row-major order, as PyTorch's kernels do.
     """
     kh, kw = _pair(kernel_size)
     sh, sw = _pair(stride) if stride else (kh, kw)
@@ -74,6 +94,8 @@ def max_pool2d_with_indices_backward(grad_output, self, kernel_size, stride, pad
     dh, dw = _pair(dilation)
     B, C, H, W = self.shape
     oh, ow = grad_output.shape[-2:]
+    if (sh, sw) == (kh, kw) and (ph, pw) == (0, 0) and (dh, dw) == (1, 1) and oh * kh <= H and ow * kw <= W:
+        return _tiled_max_backward(grad_output, self, kh, kw)
     # Padded extent that the windows cover (ceil_mode windows may run past the right edge).
     Hp = max(H + 2 * ph, (oh - 1) * sh + dh * (kh - 1) + 1)
     Wp = max(W + 2 * pw, (ow - 1) * sw + dw * (kw - 1) + 1)

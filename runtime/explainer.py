@@ -15,7 +15,7 @@ from unioncam.artifacts import MASKED_ONNX, Manifest
 from unioncam.explanation import Explanation
 from unioncam.errors import ArtifactError, InvalidInputError, RunnerStateError
 from unioncam.validation import (check_batch_size, check_classes, check_images, check_max_passes, check_method,
-                                 check_positive_int, check_precision, check_theta)
+                                 check_ort_options, check_positive_int, check_precision, check_theta)
 
 from .backends import make_runners
 
@@ -39,6 +39,9 @@ class Explainer:
             channels' scores estimated (:mod:`unioncam.algebra.budget`; the error bound and estimate
             are in ``Explanation.stats``). None (default) is exact.
         threads: ONNX Runtime intra-op threads (None: all cores).
+        session_options: ONNX Runtime session options, ``{"opt": "extended", "spin": "0", ...}`` or
+            ``"opt=extended,spin=0"`` (keys in :data:`unioncam.validation.ORT_OPTIONS`, or ONNX
+            Runtime's own ``session.*`` config keys). None: graph optimisation "all", spinning on.
         progress: show a progress bar over masked passes.
         method: default method of calls (``"unioncam"``; baselines: see ``__call__``).
         precision: the masked passes' graph: ``"fp32"`` (default, the export), or ``"fp16"`` /
@@ -55,7 +58,8 @@ class Explainer:
     def __init__(self, artifact_dir: str | Path, *, backend: str = "onnxruntime", device: str = "cpu",
                  batch_size: int | None = None, theta: float = 10.0, skip_constant: bool = True,
                  skip_duplicates: bool = True, max_passes: int | None = None, threads: int | None = None,
-                 progress: bool = False, method: str = "unioncam", buffers: str = "auto", precision: str = "fp32"):
+                 progress: bool = False, method: str = "unioncam", buffers: str = "auto", precision: str = "fp32",
+                 session_options=None):
         self.directory = Path(artifact_dir)
         self.theta = check_theta(theta)
         self.method = check_method(method)
@@ -72,14 +76,15 @@ class Explainer:
         self.progress = progress
         self.precision = check_precision(precision)
         masked = self.manifest.masked_graph(self.directory, self.precision)
+        self.session_options = check_ort_options(session_options)
         self._grad, self._masked = make_runners(backend, device, self.directory, self.manifest, threads=threads,
-                                                buffers=buffers, masked=masked)
+                                                buffers=buffers, masked=masked, session_options=self.session_options)
         # The 3 fusion passes decide the betas and AMS's selection: they stay on the FP32 graph,
         # whatever the precision of the channel passes (measured: INT8 fusion passes flip selections).
         self._fusion = self._masked
         if masked != MASKED_ONNX:
             _, self._fusion = make_runners(backend, device, self.directory, self.manifest, threads=threads,
-                                           buffers=buffers)
+                                           buffers=buffers, session_options=self.session_options)
         self._runners = list(dict.fromkeys([self._grad, self._masked, self._fusion]))
         active = []
         try:

@@ -8,6 +8,11 @@ from pathlib import Path
 
 from unioncam.engine_file import check_header, current_gpu, import_tensorrt, read_engine
 from unioncam.errors import ArtifactError, BackendUnavailableError
+from unioncam.validation import check_ort_options
+
+#: ``opt=`` values -> ONNX Runtime's graph optimisation levels (names, so no import at module load).
+_OPT_LEVELS_NAMES = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                     "layout": "ORT_ENABLE_LAYOUT", "all": "ORT_ENABLE_ALL"}
 
 #: Devices of the ONNX Runtime backend and their execution providers, best first.
 ORT_PROVIDERS = {
@@ -40,19 +45,33 @@ class SessionFromOnnx:
     file is read.
     """
 
-    def __init__(self, path: str | Path, *, device: str = "cpu", threads: int | None = None):
+    def __init__(self, path: str | Path, *, device: str = "cpu", threads: int | None = None,
+                 options: dict | str | None = None):
         self.path = Path(path)
         self.device = device
         self.providers = providers_for(device)
         self.threads = threads
+        self.options = check_ort_options(options)
 
     def __call__(self):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts = dict(self.options)
+        level = _OPT_LEVELS_NAMES[opts.pop("opt", "all")]
+        if not hasattr(ort.GraphOptimizationLevel, level):
+            raise BackendUnavailableError(f"this onnxruntime ({ort.__version__}) has no {level}; upgrade onnxruntime")
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         so.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
         so.log_severity_level = 3
+        if "mem_pattern" in opts:
+            so.enable_mem_pattern = opts.pop("mem_pattern") == "1"
+        if "arena" in opts:
+            so.enable_cpu_mem_arena = opts.pop("arena") == "1"
+        if "spin" in opts:
+            so.add_session_config_entry("session.intra_op.allow_spinning", opts.pop("spin"))
+        for key, value in opts.items():
+            so.add_session_config_entry(key, value)
         try:
             return ort.InferenceSession(str(self.path), so, providers=self.providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types

@@ -70,3 +70,36 @@ def test_bench_list_names_what_runs_here(capsys):
     assert main(["bench", "--list"]) == 0
     out = capsys.readouterr().out
     assert "onnxruntime" in out and "CPUExecutionProvider" in out and "GPU:" in out
+
+
+def test_ort_options_reach_the_session_and_change_no_value(tiny_art):
+    """Each option is applied to the real InferenceSession (read back from it); the maps do not move."""
+    from unioncam.runtime import Explainer
+
+    _, art = tiny_art
+    x = np.random.default_rng(3).random((2, 3, 32, 32), dtype=np.float32)
+    with Explainer(art) as ex:
+        ref = ex(x)
+    with Explainer(art, session_options="opt=basic,spin=0,mem_pattern=0,session.use_device_allocator_for_initializers=1") as ex:
+        so = ex._masked.session.get_session_options()
+        import onnxruntime as ort
+
+        assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert so.get_session_config_entry("session.use_device_allocator_for_initializers") == "1"
+        assert so.enable_mem_pattern is False
+        got = ex(x)
+    assert np.abs(got.cam - ref.cam).max() <= 1e-5 and np.abs(got.beta_region - ref.beta_region).max() <= 1e-6
+
+
+@pytest.mark.parametrize("options, match", [
+    ("spin=2", "spin"), ("opt=fast", "opt"), ("threads", "KEY=VALUE"), ("cuda.foo=1", "unknown ONNX Runtime option")])
+def test_bad_ort_options(tiny_art, capsys, options, match):
+    from unioncam import UnionCAMError
+    from unioncam.runtime import Explainer
+
+    with pytest.raises(UnionCAMError, match=match):
+        Explainer(tiny_art[1], session_options=options)
+    rc = main(["bench", "--artifacts", str(tiny_art[1]), "--no-progress", "--no-ceiling", "--ort-options", options])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and match in err[0]

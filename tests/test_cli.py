@@ -111,17 +111,21 @@ def test_torch_and_onnxruntime_backends_agree_and_cache_is_reused(tmp_path, caps
 
 
 def test_corrupt_cache_entry_is_exported_again(tmp_path, capsys):
+    """Junk appended to a cached graph: refused, exported again, used. (A real model's cached graph
+    with flipped bytes: ``test_fuzz_cli``; the tiny factory model keeps this one to seconds.)"""
     import os
     from pathlib import Path
 
     photo = str(sample_image_path("coffee"))
-    assert main(["explain", photo, "--layer", "stem", "--out", str(tmp_path), "--no-progress"]) == 0
-    entry = next(Path(os.environ["UNIONCAM_CACHE"]).glob("efficientnet_lite0-stem-*"))
+    flags = ["--model", "tiny:TinyCNN", "--layer", "features.3", "--input-size", "32", "--no-progress"]
+    assert main(["explain", photo, *flags, "--out", str(tmp_path / "a")]) == 0
+    entry = next(Path(os.environ["UNIONCAM_CACHE"]).glob("tiny_TinyCNN-features.3-*"))
     with open(entry / "masked_forward.onnx", "ab") as f:
         f.write(b"junk")
     capsys.readouterr()
-    assert main(["explain", photo, "--layer", "stem", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert main(["explain", photo, *flags, "--out", str(tmp_path / "b")]) == 0
     assert "exporting again" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "coffee_cam.npy"), np.load(tmp_path / "b" / "coffee_cam.npy"))
 
 
 def test_unavailable_device_is_a_clear_error(tmp_path, capsys):

@@ -112,7 +112,8 @@ def test_registry_models_export_and_agree(name, tmp_path):
 
 
 @pytest.mark.parametrize("kernel, stride, padding, dilation, ceil", [
-    (2, 2, 0, 1, False), (3, 2, 1, 1, False), (3, 1, 1, 1, False), (2, 2, 0, 1, True), (3, 2, 0, 2, False)])
+    (2, 2, 0, 1, False), (3, 2, 1, 1, False), (3, 1, 1, 1, False), (2, 2, 0, 1, True), (3, 2, 0, 2, False),
+    (3, 3, 0, 1, False), (9, 9, 0, 1, False)])  # the last two tile the input: the one-ArgMax route
 def test_max_pool_backward_without_indices_matches_torch_with_ties(kernel, stride, padding, dilation, ceil):
     g = torch.Generator().manual_seed(0)
     # Integers in {0, 1, 2}: many exact ties, as after a ReLU; the first maximum must get the gradient.

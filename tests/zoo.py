@@ -261,7 +261,7 @@ class RegNet(nn.Module):
 
 
 class Decoder(nn.Module):
-    """A segmentation-style head: transposed convolutions up, then a classifier, dilated conv first."""
+    """A segmentation-style head: dilated conv, transposed convolutions up, global max pooling, classifier."""
 
     def __init__(self):
         super().__init__()
@@ -270,7 +270,7 @@ class Decoder(nn.Module):
         self.decoder = nn.Sequential(nn.ConvTranspose2d(8, 6, 4, stride=2, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
                                      nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1, groups=2),
                                      nn.BatchNorm2d(4), nn.ReLU())
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+        self.head = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(4, 5))  # global max pooling
 
     def forward(self, x):
         return self.head(self.decoder(self.encoder(x)))

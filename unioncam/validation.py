@@ -57,6 +57,49 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+#: ONNX Runtime session options a user can set (``Explainer(session_options=...)``, ``unioncam bench
+#: --ort-options``), and their values. Keys starting ``session.`` or ``mlas.`` are ONNX Runtime's own
+#: session config entries and pass through as given.
+ORT_OPTIONS = {
+    "opt": ("disable", "basic", "extended", "layout", "all"),  # graph optimisation level (default all)
+    "spin": ("0", "1"),  # intra-op threads spin between ops (default 1)
+    "mem_pattern": ("0", "1"),  # plan buffers once per shape (default 1)
+    "arena": ("0", "1"),  # CPU memory arena (default 1)
+}
+
+
+def check_ort_options(options) -> dict[str, str]:
+    """ONNX Runtime session options: a dict, or text ``"KEY=VALUE,KEY=VALUE"`` (``"default"`` or
+    ``""``: none). Keys: :data:`ORT_OPTIONS`, or an ONNX Runtime config key (``session.*``,
+    ``mlas.*``). Returns ``{key: value}`` with string values, in the order given."""
+    if options is None:
+        return {}
+    if isinstance(options, str):
+        text = options.strip()
+        if text in ("", "default"):
+            return {}
+        pairs = []
+        for part in text.split(","):
+            key, eq, value = part.partition("=")
+            if not eq or not key.strip():
+                raise InvalidInputError(f"ONNX Runtime option {part!r} is not KEY=VALUE (e.g. 'opt=extended,spin=0')")
+            pairs.append((key.strip(), value.strip()))
+        options = dict(pairs)
+    if not isinstance(options, dict):
+        raise InvalidTypeError(f"session options must be a dict or 'KEY=VALUE,...' text, got {type(options).__name__}")
+    out = {}
+    for key, value in options.items():
+        key, value = str(key), str(int(value) if isinstance(value, bool) else value)
+        if key in ORT_OPTIONS:
+            if value not in ORT_OPTIONS[key]:
+                raise InvalidInputError(f"ONNX Runtime option {key}={value!r}: choose one of {', '.join(ORT_OPTIONS[key])}")
+        elif not key.startswith(("session.", "mlas.")):
+            raise InvalidInputError(f"unknown ONNX Runtime option {key!r}; use {', '.join(ORT_OPTIONS)} or an "
+                                    "ONNX Runtime config key (session.*, mlas.*)")
+        out[key] = value
+    return out
+
+
 def check_method(method: str) -> str:
     """One of :data:`METHODS`."""
     if method not in METHODS:

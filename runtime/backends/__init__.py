@@ -12,18 +12,22 @@ BACKENDS = ("onnxruntime", "tensorrt")
 
 
 def make_runners(backend: str, device: str, directory: Path, manifest: Manifest, *, threads: int | None = None,
-                 buffers: str = "auto", masked: str = MASKED_ONNX) -> tuple[Runner, Runner]:
+                 buffers: str = "auto", masked: str = MASKED_ONNX, session_options=None) -> tuple[Runner, Runner]:
     """(gradient runner, masked-forward runner), not yet activated. Fails here, never at the first call.
 
-    ``masked``: the masked-forward graph's file (a precision variant from ``unioncam export --precision``)."""
+    ``masked``: the masked-forward graph's file (a precision variant from ``unioncam export --precision``).
+    ``session_options``: ONNX Runtime options (:func:`unioncam.validation.check_ort_options`)."""
     from ..loaders import EngineFromFile, SessionFromOnnx
 
     if backend == "onnxruntime":
         from .onnxruntime_runner import OnnxRuntimeRunner
 
-        return tuple(OnnxRuntimeRunner(SessionFromOnnx(directory / name, device=device, threads=threads))
+        return tuple(OnnxRuntimeRunner(SessionFromOnnx(directory / name, device=device, threads=threads,
+                                                       options=session_options))
                      for name in (GRADIENT_ONNX, masked))
     if backend == "tensorrt":
+        if session_options:
+            raise BackendUnavailableError("session options are ONNX Runtime's; backend 'tensorrt' takes none")
         if device != "cuda":
             raise BackendUnavailableError("backend 'tensorrt' runs on device 'cuda' only; use backend 'onnxruntime' on the CPU")
         from .tensorrt_runner import TensorRTRunner

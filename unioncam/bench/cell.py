@@ -57,7 +57,8 @@ def _explainer(spec: dict):
 
         ex = Explainer(spec["artifacts"], backend=spec["backend"], device=spec["device"],
                        batch_size=spec["batch_size"], threads=spec["threads"], method=spec["method"],
-                       max_passes=spec.get("max_passes"), precision=spec.get("precision") or "fp32")
+                       max_passes=spec.get("max_passes"), precision=spec.get("precision") or "fp32",
+                       session_options=spec.get("ort_options"))
         fn = ex
         flops = ex.manifest.extra.get("forward_flops")
         gflop = flops / 1e9 if flops else None

@@ -31,6 +31,9 @@ def add_parser(sub) -> None:
     p.add_argument("--method", nargs="+", default=["unioncam"], choices=METHODS)
     p.add_argument("--batch-size", nargs="+", type=positive_int, default=[None], help="masked passes per call")
     p.add_argument("--threads", nargs="+", type=positive_int, default=[None], help="intra-op threads (default: all)")
+    p.add_argument("--ort-options", nargs="+", default=["default"], metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="ONNX Runtime session options, one set per cell: opt=disable|basic|extended|layout|all, "
+                        "spin=0|1, mem_pattern=0|1, arena=0|1, or ONNX Runtime's session.* keys; 'default' = none")
     add_budget_option(p, nargs="+")
     p.add_argument("--images", nargs="+", type=Path, help="images (default: the bundled photos)")
     p.add_argument("--warmup", type=int, default=1, help="untimed explanations per cell (default 1)")
@@ -71,6 +74,14 @@ def _validate(args) -> None:
         raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
     if args.duration is not None and not args.duration > 0:
         raise UsageError(f"--duration must be a positive number of seconds, got {args.duration}")
+    from ..errors import UnionCAMError
+    from ..validation import check_ort_options
+
+    for text in args.ort_options:
+        try:
+            check_ort_options(text)
+        except UnionCAMError as e:
+            raise UsageError(f"--ort-options: {e}") from None
     known_b, known_d = ("onnxruntime", "tensorrt", "torch"), ("cpu", "cuda", "tensorrt")
     for b in args.backend:
         if b not in known_b:
@@ -112,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     manifest = Manifest.load(artifacts)
     backends = list(args.backend) + (["torch"] if args.compare == "eager" and "torch" not in args.backend else [])
     combos = list(itertools.product(backends, args.device, args.method, args.batch_size, args.threads,
-                                    args.max_passes or [None], args.precision or ["fp32"]))
+                                    args.max_passes or [None], args.precision or ["fp32"], args.ort_options))
     report = {"machine": machine_facts(), "model": manifest.model, "layer": manifest.layer,
               "ceiling_gflops_per_s": None, "cells": []}
     ceilings = {}
@@ -131,10 +142,12 @@ def run(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         first_map = None
-        for i, (backend, device, method, batch, threads, budget, precision) in enumerate(combos):
+        for i, (backend, device, method, batch, threads, budget, precision, ort_options) in enumerate(combos):
             cell = {"backend": backend, "device": device, "method": method, "batch_size": batch, "threads": threads,
-                    "max_passes": budget, "precision": precision}
-            if backend == "torch" and device != "cpu":
+                    "max_passes": budget, "precision": precision, "ort_options": ort_options}
+            if backend == "torch" and ort_options != "default":
+                result = {"status": "unavailable: ONNX Runtime options do not apply to the eager reference"}
+            elif backend == "torch" and device != "cpu":
                 result = {"status": "unavailable: the eager comparison runs on the CPU here"}
             elif backend == "torch" and precision != "fp32":
                 result = {"status": "unavailable: the eager reference runs in the model's dtype (fp32)"}
@@ -162,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
         report["compare_eager"] = {"eager_p50_ms": e, "speedup_p50": {
             f"{c['backend']}/{c['device']}/{c['method']}/b{c['batch_size']}/t{c['threads']}"
             + (f"/n{c['max_passes']}" if c.get("max_passes") else "")
-            + (f"/{c['precision']}" if c.get("precision") not in (None, "fp32") else ""):
+            + (f"/{c['precision']}" if c.get("precision") not in (None, "fp32") else "")
+            + (f"/{c['ort_options']}" if c.get("ort_options") not in (None, "default") else ""):
                 e / c["stages"]["total"]["p50_ms"]
             for c in report["cells"] if c["status"] == "ok" and c["backend"] != "torch"}}
     print(render_table(report))

@@ -10,7 +10,8 @@ def _rows(report: dict) -> list[list[str]]:
     rows = []
     for c in report["cells"]:
         head = [c["backend"], c["device"], c["method"], _f(c["batch_size"], "{}"), _f(c["threads"], "{}"),
-                _f(c.get("max_passes"), "{}") if c.get("max_passes") else "exact", c.get("precision") or "fp32"]
+                _f(c.get("max_passes"), "{}") if c.get("max_passes") else "exact", c.get("precision") or "fp32",
+                c.get("ort_options") or "default"]
         if c["status"] != "ok":
             rows.append(head + [c["status"]] + [""] * 8)
             continue
@@ -23,8 +24,8 @@ def _rows(report: dict) -> list[list[str]]:
     return rows
 
 
-HEADER = ["backend", "device", "method", "batch", "threads", "passes", "precision", "status", "total p50 ms", "p90 ms", "p99 ms",
-          "masked p50 ms", "expl/s", "GFLOP/s", "of ceiling", "peak RSS MB"]
+HEADER = ["backend", "device", "method", "batch", "threads", "passes", "precision", "ort options", "status",
+          "total p50 ms", "p90 ms", "p99 ms", "masked p50 ms", "expl/s", "GFLOP/s", "of ceiling", "peak RSS MB"]
 
 
 def render_table(report: dict) -> str:
@@ -102,6 +103,7 @@ def render_plot(report: dict, path) -> None:
     labels = [f"{c['backend']}/{c['device']}\n{c['method']} b{c['batch_size'] or '-'} t{c['threads'] or '-'}"
               + (f" n{c['max_passes']}" if c.get("max_passes") else "")
               + (f" {c['precision']}" if c.get("precision") not in (None, "fp32") else "")
+              + (f"\n{c['ort_options']}" if c.get("ort_options") not in (None, "default") else "")
               for c in cells]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(cells)), 4.0))
     ax.boxplot([c["times_ms"] for c in cells], showfliers=True)
