@@ -203,7 +203,8 @@ def _stitch(front, body, back, out_path: Path) -> None:
 
 
 def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, input_size=(224, 224),
-                      theta: float = 10.0, chunk: int = DEFAULT_CHUNK, opset: int = 18, log=None) -> dict:
+                      theta: float = 10.0, chunk: int = DEFAULT_CHUNK, opset: int = 18, log=None,
+                      model_name: str | None = None) -> dict:
     """Write ``unioncam.onnx`` into ``out_dir`` (atomically, replacing the folder).
 
     ``log``: called with one line per stage (tracing, ONNX conversion, checks) and its elapsed time,
@@ -216,7 +217,8 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
             "One ONNX file" has the measured table).
 
     Returns:
-        {"path", "bytes", "nodes", "export_s", "channels", "chunk", "sha256"}.
+        {"path", "bytes", "nodes", "export_s", "channels", "chunk", "forward_flops", "sha256"} (also
+        written to ``unioncam.json`` beside the graph, where ``unioncam bench --onnx`` reads them).
     """
     from .exporter import _probe
 
@@ -262,9 +264,13 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
 
         stats = graph_stats(path)
         say(f"wrote {stats['nodes']} nodes in {time.perf_counter() - t:.0f} s")
-        info = {"bytes": stats["bytes"], "nodes": stats["nodes"], "ops": stats["ops"], "channels": K,
+        from .exporter import forward_flops
+
+        info = {"model": model_name or type(model).__name__, "bytes": stats["bytes"], "nodes": stats["nodes"],
+                "ops": stats["ops"], "channels": K,
                 "chunk": chunk, "theta": theta, "layer": layer_name, "input_size": [H, W],
-                "export_s": time.perf_counter() - t, "sha256": sha256_file(path)}
+                "forward_flops": forward_flops(model, x), "export_s": time.perf_counter() - t,
+                "sha256": sha256_file(path)}
         import json
         import os
 

@@ -97,28 +97,3 @@ def tiny_e2e(tmp_path_factory):
     (out / "export.log").write_text("\n".join(lines))  # what a user of the CLI sees while it exports
     return model, out / "unioncam.onnx"
 
-
-#: Session fixtures that cost tens of seconds: their users share one xdist worker, so the real model
-#: is exported and explained once per run, not once per worker.
-_LITE0_FIXTURES = {"lite0", "lite0_artifacts", "lite0_eager", "lite0_e2e"}
-#: Modules whose CLI runs export efficientnet_lite0's stem into the session's cache: one worker.
-_CLI_MODULES = {"test_cli", "test_fuzz_cli", "test_hostile_inputs", "test_metrics"}
-#: Modules of independent tests (no shared costly fixture): spread over the workers one by one.
-_SPREAD_MODULES = {"test_zoo", "test_export"}
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Groups for ``pytest -n N --dist loadgroup`` (the README's command): one worker per costly shared
-    fixture or cache; a module's other tests stay together (module-scoped fixtures)."""
-    for item in items:
-        module = item.module.__name__ if item.module else ""
-        if _LITE0_FIXTURES & set(item.fixturenames):
-            group = "lite0"
-        elif module in _CLI_MODULES:
-            group = "cli"
-        elif module in _SPREAD_MODULES:
-            continue
-        else:
-            group = module
-        item.add_marker(pytest.mark.xdist_group(group))

@@ -103,3 +103,26 @@ def test_bad_ort_options(tiny_art, capsys, options, match):
     rc = main(["bench", "--artifacts", str(tiny_art[1]), "--no-progress", "--no-ceiling", "--ort-options", options])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and match in err[0]
+
+
+def test_bench_of_the_one_graph(tiny_e2e, tmp_path, capsys):
+    """``--onnx unioncam.onnx``: total latency, the graph's own pass count, GFLOP/s from the
+    unioncam.json beside it; an ONNX Runtime option sweep changes no value."""
+    _, graph = tiny_e2e
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--onnx", str(graph), "--iterations", "2", "--warmup", "0", "--no-progress", "--no-ceiling",
+               "--ort-options", "default", "opt=basic,spin=0", "--json", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report["graph"] == "unioncam.onnx" and report["layer"] == "features.3"
+    cells = report["cells"]
+    assert [c["status"] for c in cells] == ["ok", "ok"] and [c["ort_options"] for c in cells] == ["default", "opt=basic,spin=0"]
+    info = json.loads(graph.with_name("unioncam.json").read_text())
+    assert info["forward_flops"] > 0
+    for c in cells:
+        assert 3 < c["masked_passes"] <= info["channels"] + 3 and c["stages"]["total"]["n"] == 2
+        assert c["gflops_per_s"] > 0 and "masked" not in c["stages"]
+    assert cells[1]["max_abs_diff_vs_first"] <= 1e-6
+    rc = main(["bench", "--onnx", str(graph), "--method", "gradcam", "--iterations", "1", "--no-progress",
+               "--no-ceiling"])
+    assert rc == 1 and "UnionCAM only" in capsys.readouterr().out

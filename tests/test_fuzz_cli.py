@@ -69,19 +69,6 @@ def test_fuzzed_corpus_never_crashes_and_never_modifies_inputs(tmp_path):
     assert json.loads((out / "coffee.json").read_text())["class_name"] == "espresso"
     assert {p: p.read_bytes() for p in inputs.iterdir() if p.is_file()} == before
 
-    # A corrupted cache entry (bytes flipped in a cached graph) is refused, exported again, and used.
-    import os
-    from pathlib import Path
-
-    graphs = sorted(Path(os.environ["UNIONCAM_CACHE"]).glob("efficientnet_lite0-stem-*/masked_forward.onnx"))
-    assert graphs, "the run above cached the stem export"
-    data = bytearray(graphs[0].read_bytes())
-    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
-    graphs[0].write_bytes(bytes(data))
-    proc = cli("explain", good[1], "--out", tmp_path / "again", *FAST)
-    assert proc.returncode == 0 and "exporting again" in proc.stderr
-    assert json.loads((tmp_path / "again" / "coffee.json").read_text())["class_name"] == "espresso"
-
 
 @pytest.mark.parametrize("options", [
     ["--theta", "-1"], ["--theta", "inf"], ["--batch-size", "0"], ["--class", "-5"], ["--class", "1e3"],

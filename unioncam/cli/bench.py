@@ -23,9 +23,15 @@ def add_parser(sub) -> None:
         description="Time UnionCAM and its baselines. A flag with several values makes a sweep: one cell per "
                     "combination, each in its own process. Reports per-stage min/mean/std/p50/p90/p99/max.")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", default="efficientnet_lite0", help="registered model (exported into the cache)")
+    src.add_argument("--model", default="efficientnet_lite0",
+                     help="registered model, or pkg.module:factory returning an nn.Module (exported into the cache)")
     src.add_argument("--artifacts", type=Path, help="an exported folder (no torch needed)")
-    p.add_argument("--layer", help="target layer (with --model)")
+    src.add_argument("--onnx", type=Path, metavar="FILE.onnx",
+                     help="a unioncam.onnx from `unioncam export --end-to-end` (the whole method in one graph; "
+                          "only its total time is measured)")
+    p.add_argument("--layer", help="target layer (with --model; default: the model's, or the last feature map)")
+    p.add_argument("--input-size", type=positive_int, nargs="+", metavar="N", help="H [W] of a --model's input")
+    p.add_argument("--weights", type=Path, help="checkpoint file for --model")
     p.add_argument("--backend", nargs="+", default=["onnxruntime"], help="onnxruntime, tensorrt, torch (eager)")
     p.add_argument("--device", nargs="+", default=["cpu"], help="cpu, cuda, tensorrt")
     p.add_argument("--method", nargs="+", default=["unioncam"], choices=METHODS)
@@ -93,7 +99,7 @@ def _validate(args) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..image_io import sample_image_path
-    from .bench_report import print_list, render_markdown, render_table
+    from .bench_report import print_list
 
     if args.list:
         print_list()
@@ -109,23 +115,50 @@ def run(args: argparse.Namespace) -> int:
         if not Path(p).is_file():
             raise UsageError(f"--images: {p} is not a file")
     artifacts = args.artifacts
+    if args.onnx is not None:
+        return _run(args, images, None, _one_graph_facts(args.onnx))
     if artifacts is None:
-        from ..model_specs import spec
-        from .common import ensure_exported, ensure_precision
+        from .common import ensure_exported, ensure_precision, resolve_model_spec
 
-        args.weights = None
-        artifacts, _ = ensure_exported(args, spec(args.model))
+        artifacts, _ = ensure_exported(args, resolve_model_spec(args))
         for precision in args.precision or []:
             ensure_precision(artifacts, precision)
     from ..artifacts import Manifest
-    from ..bench.machine import machine_facts
 
     manifest = Manifest.load(artifacts)
+    return _run(args, images, artifacts, {"model": manifest.model, "layer": manifest.layer,
+                                          "input_size": list(manifest.input_size)})
+
+
+def _one_graph_facts(path: Path) -> dict:
+    """Model, layer and input size of a unioncam.onnx, from the unioncam.json written beside it (or,
+    for a renamed file without one, from the graph's input shape)."""
+    from ..errors import ArtifactError
+
+    if not path.is_file():
+        raise UsageError(f"--onnx: {path} is not a file")
+    info = path.with_name("unioncam.json")
+    if info.is_file():
+        facts = json.loads(info.read_text())
+        return {"model": facts.get("model") or path.name, "layer": facts.get("layer", "?"),
+                "input_size": facts["input_size"]}
+    from ..runtime.loaders import SessionFromOnnx
+
+    shape = next((i.shape for i in SessionFromOnnx(path)().get_inputs() if i.name == "image"), None)
+    if not shape or not all(isinstance(d, int) for d in shape[2:]):
+        raise ArtifactError(f"{path} has no (1, 3, H, W) input 'image': not a unioncam.onnx")
+    return {"model": path.name, "layer": "?", "input_size": list(shape[2:])}
+
+
+def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
+    from ..bench.machine import machine_facts
+    from .bench_report import render_markdown, render_table
+
     backends = list(args.backend) + (["torch"] if args.compare == "eager" and "torch" not in args.backend else [])
     combos = list(itertools.product(backends, args.device, args.method, args.batch_size, args.threads,
                                     args.max_passes or [None], args.precision or ["fp32"], args.ort_options))
-    report = {"machine": machine_facts(), "model": manifest.model, "layer": manifest.layer,
-              "ceiling_gflops_per_s": None, "cells": []}
+    report = {"machine": machine_facts(), "model": facts["model"], "layer": facts["layer"],
+              "graph": "unioncam.onnx" if artifacts is None else "artifacts", "ceiling_gflops_per_s": None, "cells": []}
     ceilings = {}
     if not args.no_ceiling:
         # One ceiling per thread count of the sweep: a 1-thread cell is judged against 1-thread sgemm.
@@ -152,8 +185,9 @@ def run(args: argparse.Namespace) -> int:
             elif backend == "torch" and precision != "fp32":
                 result = {"status": "unavailable: the eager reference runs in the model's dtype (fp32)"}
             else:
-                spec = {**cell, "artifacts": str(artifacts), "model": manifest.model, "layer": manifest.layer,
-                        "images": images, "warmup": args.warmup, "iterations": args.iterations,
+                spec = {**cell, "artifacts": str(artifacts) if artifacts else None, "model": facts["model"],
+                        "layer": facts["layer"], "onnx": str(args.onnx) if args.onnx else None,
+                        "input_size": facts["input_size"], "images": images, "warmup": args.warmup, "iterations": args.iterations,
                         "duration": args.duration, "dump": str(Path(tmp) / f"cell{i}.npy")}
                 result = _child(["unioncam.bench.cell", json.dumps(spec)], threads)
             cell.update(result)

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         from ..export.end_to_end import export_end_to_end
 
         info = export_end_to_end(model, args.layer or default_layer, args.out, input_size=size, theta=args.theta,
-                                 chunk=args.chunk, opset=args.opset,
+                                 chunk=args.chunk, opset=args.opset, model_name=args.model,
                                  log=lambda line: print(f"unioncam: {line}", file=sys.stderr, flush=True))
         print(f"exported {args.model} layer {info['layer']} end to end to {info['path']}: {info['bytes'] / 1e6:.1f} MB, "
               f"{info['nodes']} nodes, up to {info['channels']} masked passes in chunks of {info['chunk']}, "
