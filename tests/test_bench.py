@@ -47,6 +47,10 @@ def test_bench_json_schema_on_a_tiny_export(tiny_art, tmp_path, capsys):
         assert c["stages"]["total"]["n"] == 2
         assert c["stages"]["total"]["p50_ms"] >= c["stages"]["masked"]["p50_ms"] > 0
         assert 0 < c["fraction_of_ceiling"] < 5 and c["gflops_per_s"] > 0
+        gemm = c["gemm"]  # the cell's own ceiling: the faster sustained GEMM of the two measured before it
+        assert gemm["blas"]["best"] >= gemm["blas"]["sustained"] > 0 and gemm["onnxruntime"]["sustained"] > 0
+        assert c["ceiling_gflops_per_s"] == max(gemm["blas"]["sustained"], gemm["onnxruntime"]["sustained"])
+        assert c["fraction_of_ceiling"] == pytest.approx(c["gflops_per_s"] / c["ceiling_gflops_per_s"])
         assert c["max_abs_diff_vs_first"] <= 1e-5  # batch size changes no value
     assert "| onnxruntime | cpu | unioncam | 2 |" in (tmp_path / "b.md").read_text()
     import cv2

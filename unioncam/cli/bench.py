@@ -69,10 +69,11 @@ def _child(args: list[str], threads: int | None) -> dict:
         return {"status": f"error: the cell's process failed ({tail})"}
 
 
-def ceiling(threads: int | None) -> float:
-    """sgemm GFLOP/s measured in its own process."""
-    out = _child(["unioncam.bench.ceiling"], threads)
-    return float(out["gflops_per_s"])
+def ceiling(threads: int | None) -> dict:
+    """GEMM rates measured in their own process (:func:`unioncam.bench.machine.gemm_rates`), or
+    ``{"ceiling": None, "status": ...}`` if that process failed."""
+    out = _child(["unioncam.bench.ceiling", str(threads or "all")], threads)
+    return out if "ceiling" in out else {"ceiling": None, **out}
 
 
 def _validate(args) -> None:
@@ -161,11 +162,14 @@ def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
               "graph": "unioncam.onnx" if artifacts is None else "artifacts", "ceiling_gflops_per_s": None, "cells": []}
     ceilings = {}
     if not args.no_ceiling:
-        # One ceiling per thread count of the sweep: a 1-thread cell is judged against 1-thread sgemm.
+        # One ceiling per thread count of the sweep (a 1-thread cell is judged against 1-thread GEMM),
+        # measured before the cells; each cell also gets its own, measured just before it, because
+        # a shared machine's speed drifts by tens of percent between minutes (README, "fraction").
         for t in sorted(set(args.threads), key=lambda v: v or 1 << 30):
             ceilings[t] = ceiling(t)
-        report["ceiling_gflops_per_s"] = ceilings[max(ceilings, key=lambda v: v or 1 << 30)]
-        report["ceilings_by_threads"] = {str(t) if t else "all": v for t, v in ceilings.items()}
+        report["ceiling_gflops_per_s"] = ceilings[max(ceilings, key=lambda v: v or 1 << 30)]["ceiling"]
+        report["ceilings_by_threads"] = {str(t) if t else "all": v["ceiling"] for t, v in ceilings.items()}
+        report["gemm"] = {str(t) if t else "all": v for t, v in ceilings.items()}
     bar = None
     if not args.no_progress:
         from tqdm.auto import tqdm
@@ -189,6 +193,9 @@ def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
                         "layer": facts["layer"], "onnx": str(args.onnx) if args.onnx else None,
                         "input_size": facts["input_size"], "images": images, "warmup": args.warmup, "iterations": args.iterations,
                         "duration": args.duration, "dump": str(Path(tmp) / f"cell{i}.npy")}
+                if not args.no_ceiling:
+                    cell["gemm"] = ceiling(threads)
+                    cell["ceiling_gflops_per_s"] = cell["gemm"]["ceiling"]
                 result = _child(["unioncam.bench.cell", json.dumps(spec)], threads)
             cell.update(result)
             if cell["status"] == "ok":
@@ -196,7 +203,7 @@ def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
                 if first_map is None:
                     first_map = cam
                 cell["max_abs_diff_vs_first"] = float(np.abs(cam - first_map).max())
-                gf, ceil = cell.get("gflops_per_s"), ceilings.get(threads)
+                gf, ceil = cell.get("gflops_per_s"), cell.get("ceiling_gflops_per_s")
                 cell["fraction_of_ceiling"] = gf / ceil if (gf and ceil) else None
             report["cells"].append(cell)
             if bar is not None:
