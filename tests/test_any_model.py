@@ -123,3 +123,21 @@ def test_bundled_lite1_and_lite2_are_real_imagenet_models(name, size):
     assert class_name(int(probs[0].argmax())) == "Egyptian cat" and float(probs[0].max()) > 0.5
     assert class_name(int(probs[1].argmax())) == "espresso" and float(probs[1].max()) > 0.5
     assert layer == "head"
+
+
+def test_bench_takes_a_factory_model(factory_module, tmp_path, capsys):
+    """``bench --model pkg.module:factory --layer --input-size``: exported into the cache, timed, and
+    its map equal to what ``explain`` writes for the same photo."""
+    photo = str(sample_image_path("coffee"))
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--model", "my_cnns:build", "--layer", "3", "--input-size", "32", "--images", photo,
+               "--iterations", "1", "--warmup", "0", "--no-ceiling", "--no-progress", "--json", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report["model"] == "my_cnns:build" and report["layer"] == "3"
+    (cell,) = report["cells"]
+    assert cell["status"] == "ok" and cell["gflops_per_s"] > 0 and cell["masked_passes"] > 3
+    assert "exporting my_cnns:build" in capsys.readouterr().err
+    rc = main(["explain", photo, "--model", "my_cnns:build", "--layer", "3", "--input-size", "32",
+               "--out", str(tmp_path / "x"), "--no-progress"])
+    assert rc == 0 and "exporting" not in capsys.readouterr().err  # the bench's export was reused
