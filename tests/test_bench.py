@@ -84,7 +84,8 @@ def test_ort_options_reach_the_session_and_change_no_value(tiny_art):
     x = np.random.default_rng(3).random((2, 3, 32, 32), dtype=np.float32)
     with Explainer(art) as ex:
         ref = ex(x)
-    with Explainer(art, session_options="opt=basic,spin=0,mem_pattern=0,session.use_device_allocator_for_initializers=1") as ex:
+    options = "opt=basic,spin=0,mem_pattern=0,session.use_device_allocator_for_initializers=1"
+    with Explainer(art, session_options=options) as ex:
         so = ex._masked.session.get_session_options()
         import onnxruntime as ort
 
@@ -120,7 +121,8 @@ def test_bench_of_the_one_graph(tiny_e2e, tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["graph"] == "unioncam.onnx" and report["layer"] == "features.3"
     cells = report["cells"]
-    assert [c["status"] for c in cells] == ["ok", "ok"] and [c["ort_options"] for c in cells] == ["default", "opt=basic,spin=0"]
+    assert [c["status"] for c in cells] == ["ok", "ok"]
+    assert [c["ort_options"] for c in cells] == ["default", "opt=basic,spin=0"]
     info = json.loads(graph.with_name("unioncam.json").read_text())
     assert info["forward_flops"] > 0
     for c in cells:

@@ -43,7 +43,7 @@ def test_wheel_holds_every_package(installed_wheel):
     root = Path(__file__).resolve().parent.parent
     # Every source module of the tree, under its installed name: a package left out of
     # pyproject.toml's list (as unioncam.bench once was) fails here.
-    expected = {"unioncam/data/chelsea.png"}
+    expected = {"unioncam/data/chelsea.png", "unioncam/data/coffee.png", "unioncam/data/gemm.onnx"}
     for folder, prefix in (("unioncam", "unioncam"), ("export", "unioncam/export"), ("runtime", "unioncam/runtime")):
         for f in (root / folder).rglob("*.py"):
             expected.add(f"{prefix}/{f.relative_to(root / folder).as_posix()}")
@@ -102,3 +102,10 @@ def test_fresh_venv_without_torch_runs_the_cli_on_an_exported_folder(installed_w
     assert report["class_name"] in ("Egyptian cat", "tabby", "tiger cat") and report["layer"] == "head"
     cam = np.load(out / "chelsea_cam.npy")
     assert cam.shape == (224, 224) and np.isfinite(cam).all() and cam.max() == 1.0
+    # The bench's ceiling in the same torch-free, onnx-free environment: ONNX Runtime's GEMM comes
+    # from the graph shipped in the wheel.
+    ceiling = subprocess.run([str(py), "-m", "unioncam.bench.ceiling", "1"], capture_output=True, text=True,
+                             timeout=120, cwd=tmp_path)
+    assert ceiling.returncode == 0, ceiling.stderr[-3000:]
+    rates = json.loads(ceiling.stdout.strip().splitlines()[-1])
+    assert rates["onnxruntime"]["sustained"] > 0 and rates["ceiling"] >= rates["blas"]["sustained"] > 0

@@ -92,7 +92,8 @@ def check_ort_options(options) -> dict[str, str]:
         key, value = str(key), str(int(value) if isinstance(value, bool) else value)
         if key in ORT_OPTIONS:
             if value not in ORT_OPTIONS[key]:
-                raise InvalidInputError(f"ONNX Runtime option {key}={value!r}: choose one of {', '.join(ORT_OPTIONS[key])}")
+                raise InvalidInputError(
+                    f"ONNX Runtime option {key}={value!r}: choose one of {', '.join(ORT_OPTIONS[key])}")
         elif not key.startswith(("session.", "mlas.")):
             raise InvalidInputError(f"unknown ONNX Runtime option {key!r}; use {', '.join(ORT_OPTIONS)} or an "
                                     "ONNX Runtime config key (session.*, mlas.*)")

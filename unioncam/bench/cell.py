@@ -102,7 +102,10 @@ def run_cell(spec: dict) -> dict:
     threads, images, warmup, iterations, duration, dump (where the first map is saved)."""
     from ..artifacts import Manifest
 
-    size = Manifest.load(spec["artifacts"]).input_size if spec.get("artifacts") else tuple(spec.get("input_size") or (224, 224))
+    if spec.get("artifacts"):
+        size = Manifest.load(spec["artifacts"]).input_size
+    else:
+        size = tuple(spec.get("input_size") or (224, 224))
     inputs = _inputs(spec["images"], size)
     explain, gflop, load_ms = _explainer(spec)
     for i in range(spec["warmup"]):

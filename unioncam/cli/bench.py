@@ -191,7 +191,8 @@ def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
             else:
                 spec = {**cell, "artifacts": str(artifacts) if artifacts else None, "model": facts["model"],
                         "layer": facts["layer"], "onnx": str(args.onnx) if args.onnx else None,
-                        "input_size": facts["input_size"], "images": images, "warmup": args.warmup, "iterations": args.iterations,
+                        "input_size": facts["input_size"], "images": images, "warmup": args.warmup,
+                        "iterations": args.iterations,
                         "duration": args.duration, "dump": str(Path(tmp) / f"cell{i}.npy")}
                 if not args.no_ceiling:
                     cell["gemm"] = ceiling(threads)

@@ -34,7 +34,8 @@ def render_table(report: dict) -> str:
     rows = [HEADER] + _rows(report)
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     lines = [f"unioncam bench: {report['model']} ({report['layer']}) on {report['machine']['cpu']}, "
-             f"{report['machine']['cores']} cores; GEMM ceiling {_f(report['ceiling_gflops_per_s'])} GFLOP/s before the "
+             f"{report['machine']['cores']} cores; GEMM ceiling {_f(report['ceiling_gflops_per_s'])} GFLOP/s "
+             "before the "
              "cells (each cell's own, measured just before it, in its row)"]
     for r in rows:
         lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
