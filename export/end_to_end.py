@@ -220,7 +220,7 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
         {"path", "bytes", "nodes", "export_s", "channels", "chunk", "forward_flops", "sha256"} (also
         written to ``unioncam.json`` beside the graph, where ``unioncam bench --onnx`` reads them).
     """
-    from .exporter import _probe
+    from .exporter import _probe, forward_flops, graph_stats
 
     theta = check_theta(theta)
     chunk = check_positive_int(chunk, "chunk")
@@ -260,12 +260,8 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
         say(f"stitching the parts around a loop of up to {-(-K // chunk)} iterations ...")
         path = tmp / E2E_ONNX
         _stitch(front, body, back, path)
-        from .exporter import graph_stats
-
         stats = graph_stats(path)
         say(f"wrote {stats['nodes']} nodes in {time.perf_counter() - t:.0f} s")
-        from .exporter import forward_flops
-
         info = {"model": model_name or type(model).__name__, "bytes": stats["bytes"], "nodes": stats["nodes"],
                 "ops": stats["ops"], "channels": K,
                 "chunk": chunk, "theta": theta, "layer": layer_name, "input_size": [H, W],

@@ -82,6 +82,5 @@ def gemm_rates(seconds: float = 1.0, n: int = 1024, threads: int | None = None) 
         so.intra_op_num_threads = threads or (os.cpu_count() or 1)
         session = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
         out["onnxruntime"] = _rates(lambda: session.run(None, {"A": a, "B": b}), flop, seconds)
-        del session
     out["ceiling"] = max(v["sustained"] for k, v in out.items() if isinstance(v, dict))
     return out
