@@ -6,7 +6,11 @@ ours: UnionCAM runtime (ONNX Runtime CPU), UnionCAM eager reference, Score-CAM a
 torchvision; otherwise the reason is recorded). Median seconds per image over ``--repeats`` calls
 after one warm-up.
 
-    python benchmarks/peers.py [--repeats 5] [--model efficientnet_lite0] [--image PATH]
+With ``--device cuda`` the torch paths (our eager UnionCAM, torchcam's and pytorch-grad-cam's
+methods) run on the GPU, timed with the device synchronised, and report torch's peak GPU memory;
+our runtime paths stay on ONNX Runtime's CPU provider (the one the runtime installs with).
+
+    python benchmarks/peers.py [--repeats 5] [--model efficientnet_lite0] [--image PATH] [--device cuda]
 
 Writes benchmarks/results/<date>-<machine>-peers.{json,md}.
 """
@@ -57,18 +61,34 @@ def child(path: str, args) -> dict:
     from unioncam.models import load
 
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     model, layer = load(args.model)
-    xt = torch.from_numpy(x)
+    model.to(device)
+    xt = torch.from_numpy(x).to(device)
+    from unioncam.methods.hooks import resolve_layer
+
+    # The peers look layers up by their full name; a registered model is wrapped in Normalized
+    # ("features.29" is "model.features.29" there), so they are given the module itself.
+    _, module = resolve_layer(model, layer)
+
+    def timed_on_device(fn):
+        def synced():
+            out = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return out
+        return timed(synced, args.repeats)
+
     if path == "ours_eager_unioncam":
         from unioncam import UnionCAM
 
-        explainer = UnionCAM(model, layer, batch_size=64)
-        med, times, _ = timed(lambda: explainer(xt), args.repeats)
+        explainer = UnionCAM(model, layer, batch_size=args.batch_size)
+        med, times, _ = timed_on_device(lambda: explainer(xt))
     elif path.startswith("torchcam"):
         from torchcam.methods import GradCAM, ScoreCAM
 
         cls = ScoreCAM if path.endswith("scorecam") else GradCAM
-        extractor = cls(model, layer, input_shape=tuple(x.shape[1:]))
+        extractor = cls(model, module, input_shape=tuple(x.shape[1:]))
 
         def run():
             if cls is GradCAM:
@@ -78,18 +98,30 @@ def child(path: str, args) -> dict:
                 out = model(xt)
             return extractor(int(out.argmax()), out)
 
-        med, times, _ = timed(run, args.repeats)
+        med, times, _ = timed_on_device(run)
         extractor.remove_hooks()
     else:
         try:
             from pytorch_grad_cam import ScoreCAM as PGScoreCAM
         except Exception as e:  # it imports torchvision, whose compiled ops need CUDA here
-            return {"skipped": f"pytorch-grad-cam does not import ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                               "it needs torchvision, whose compiled ops do not load on this CPU-only machine "
-                               "(torchvision 0.29.2 with torch 2.13.0+cpu: 'operator torchvision::nms does not exist')"}
-        cam = PGScoreCAM(model=model, target_layers=[dict(model.named_modules())[layer]])
-        med, times, _ = timed(lambda: cam(input_tensor=xt), args.repeats)
-    return {"median_s": med, "times_s": times, "peak_rss_mb": peak_rss_mb()}
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+            return {"skipped": f"pytorch-grad-cam does not import ({why}); pip install grad-cam, with a torchvision "
+                               "whose compiled ops load (on a CPU-only torch here they do not)"}
+        cam = PGScoreCAM(model=model, target_layers=[module])
+        cam.batch_size = args.batch_size  # its default is 16; the same chunk as ours
+        med, times, _ = timed_on_device(lambda: cam(input_tensor=xt, targets=None))  # None: the top class
+    gpu = {}
+    if device.type == "cuda":
+        gpu = {"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20, "gpu": torch.cuda.get_device_name(),
+               "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32)}
+    return {"median_s": med, "times_s": times, "peak_rss_mb": peak_rss_mb(), **gpu}
+
+
+def _machine_line(args) -> str:
+    facts = machine()
+    where = (f"torch paths on {(facts.get('gpu') or {}).get('name', 'the GPU')} (CUDA), runtime paths on ONNX Runtime's CPU provider"
+             if args.device == "cuda" else "no GPU")
+    return f"{facts['cpu']}, {facts['cores']} cores, {where}, {args.threads} threads, chunks of {args.batch_size} passes"
 
 
 def main() -> None:
@@ -98,6 +130,9 @@ def main() -> None:
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--image")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where the torch paths run (the runtime paths use ONNX Runtime's CPU provider)")
+    p.add_argument("--batch-size", type=int, default=64, help="masked passes per forward call (ours and pytorch-grad-cam)")
     p.add_argument("--paths", nargs="+", default=PATHS, choices=PATHS)
     p.add_argument("--child")
     p.add_argument("--artifacts")
@@ -111,11 +146,13 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="uc-peers-"))
     model, layer = load(args.model)
-    export(model, layer, tmp / "art", model_name=args.model)
+    if any(path.startswith("ours_runtime") for path in args.paths):
+        export(model, layer, tmp / "art", model_name=args.model)
     rows = {}
     for path in args.paths:
         cmd = [sys.executable, __file__, "--child", path, "--repeats", str(args.repeats), "--model", args.model,
-               "--threads", str(args.threads), "--artifacts", str(tmp / "art")]
+               "--threads", str(args.threads), "--artifacts", str(tmp / "art"), "--device", args.device,
+               "--batch-size", str(args.batch_size)]
         if args.image:
             cmd += ["--image", args.image]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -126,24 +163,27 @@ def main() -> None:
         print(path, rows[path], flush=True)
     ours = rows.get("ours_runtime_unioncam", {}).get("median_s")
     lines = [f"# Speed vs peers: {args.model} ({layer}), {args.image or 'chelsea.png'}\n",
-             f"2 CPU cores, no GPU, {args.threads} threads; median of {args.repeats} after 1 warm-up; "
-             "each path in its own process.\n",
-             "| path | median s / image | peak RSS MB | torchcam Score-CAM time / this |", "|---|---|---|---|"]
+             f"{_machine_line(args)}; median of {args.repeats} after 1 warm-up; each path in its own process.\n",
+             "| path | median s / image | peak RSS MB | peak GPU MB | torchcam Score-CAM time / this |",
+             "|---|---|---|---|---|"]
     tc = rows.get("torchcam_scorecam", {}).get("median_s")
     for path, r in rows.items():
         if "skipped" in r:
-            lines.append(f"| {path} | skipped: {r['skipped']} | | |")
+            lines.append(f"| {path} | skipped: {r['skipped']} | | | |")
         else:
             ratio = f"{tc / r['median_s']:.1f}x" if tc else ""
-            lines.append(f"| {path} | {r['median_s']:.2f} | {r['peak_rss_mb']:.0f} | {ratio} |")
+            gpu = f"{r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else "-"
+            lines.append(f"| {path} | {r['median_s']:.3f} | {r['peak_rss_mb']:.0f} | {gpu} | {ratio} |")
     sc = rows.get("ours_runtime_scorecam", {}).get("max_abs_diff_vs_eager_scorecam")
     if sc is not None:
         lines.append(f"\nOur Score-CAM (runtime) vs our eager Score-CAM: max abs difference {sc:.2e}.")
     if ours and tc:
         lines.append(f"\nOur full UnionCAM runtime is **{tc / ours:.1f}x** faster than torchcam's Score-CAM alone on the same layer.")
     payload = {"benchmark": "peers", "model": args.model, "layer": layer, "image": args.image or "chelsea.png",
-               "repeats": args.repeats, "machine": machine(), "results": rows}
-    j, m = write_results("peers", payload, "\n".join(lines) + "\n")
+               "repeats": args.repeats, "device": args.device, "batch_size": args.batch_size,
+               "threads": args.threads, "machine": machine(), "results": rows}
+    stem = "peers" if args.device == "cpu" and args.model == "efficientnet_lite0" else f"peers-{args.model}-{args.device}"
+    j, m = write_results(stem, payload, "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {j} and {m}")
 

@@ -121,7 +121,12 @@ def run(args: argparse.Namespace) -> int:
     if artifacts is None:
         from .common import ensure_exported, ensure_precision, resolve_model_spec
 
-        artifacts, _ = ensure_exported(args, resolve_model_spec(args))
+        model_spec = resolve_model_spec(args)
+        if set(args.backend) == {"torch"} and ":" not in args.model:
+            # The eager reference alone needs no export (a factory model still loads, to pick its layer).
+            return _run(args, images, None, {"model": args.model, "layer": args.layer or model_spec.default_layer,
+                                             "input_size": list(model_spec.input_size)})
+        artifacts, _ = ensure_exported(args, model_spec)
         for precision in args.precision or []:
             ensure_precision(artifacts, precision)
     from ..artifacts import Manifest
@@ -159,7 +164,7 @@ def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
     combos = list(itertools.product(backends, args.device, args.method, args.batch_size, args.threads,
                                     args.max_passes or [None], args.precision or ["fp32"], args.ort_options))
     report = {"machine": machine_facts(), "model": facts["model"], "layer": facts["layer"],
-              "graph": "unioncam.onnx" if artifacts is None else "artifacts", "ceiling_gflops_per_s": None, "cells": []}
+              "graph": "unioncam.onnx" if args.onnx is not None else ("artifacts" if artifacts else "eager"), "ceiling_gflops_per_s": None, "cells": []}
     ceilings = {}
     if not args.no_ceiling:
         # One ceiling per thread count of the sweep (a 1-thread cell is judged against 1-thread GEMM),
@@ -184,13 +189,14 @@ def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
                     "max_passes": budget, "precision": precision, "ort_options": ort_options}
             if backend == "torch" and ort_options != "default":
                 result = {"status": "unavailable: ONNX Runtime options do not apply to the eager reference"}
-            elif backend == "torch" and device != "cpu":
-                result = {"status": "unavailable: the eager comparison runs on the CPU here"}
+            elif backend == "torch" and device not in ("cpu", "cuda"):
+                result = {"status": f"unavailable: the eager reference runs on cpu or cuda, not {device}"}
             elif backend == "torch" and precision != "fp32":
                 result = {"status": "unavailable: the eager reference runs in the model's dtype (fp32)"}
             else:
                 spec = {**cell, "artifacts": str(artifacts) if artifacts else None, "model": facts["model"],
                         "layer": facts["layer"], "onnx": str(args.onnx) if args.onnx else None,
+                        "weights": str(args.weights) if getattr(args, "weights", None) else None,
                         "input_size": facts["input_size"], "images": images, "warmup": args.warmup,
                         "iterations": args.iterations,
                         "duration": args.duration, "dump": str(Path(tmp) / f"cell{i}.npy")}

