@@ -11,15 +11,19 @@ from torch import nn
 
 
 def _seeded(model: nn.Module, seed: int) -> nn.Module:
-    """PyTorch's default initialisation under a seed, then BatchNorm statistics measured on smooth
-    random images (as training would leave them): with arbitrary statistics a deep random network
-    gives nearly the same logits for every image, its betas are rounding noise, and agreement
-    tests on it would prove nothing."""
+    """PyTorch's default initialisation under a seed, then :func:`calibrate` on smooth random images."""
     torch.manual_seed(seed)
     for m in model.modules():
         if hasattr(m, "reset_parameters") and m is not model:
             m.reset_parameters()
-    images = zoo_images(64, seed=seed + 100)
+    return calibrate(model, zoo_images(64, seed=seed + 100))
+
+
+def calibrate(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """BatchNorm statistics measured on ``images`` (as training would leave them), and the last
+    linear layer rescaled so that logits spread by one unit across them: with arbitrary statistics
+    a deep random network gives nearly the same logits for every image, its betas are rounding
+    noise, and agreement tests on it would prove nothing."""
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.reset_running_stats()
