@@ -132,3 +132,24 @@ def test_bench_of_the_one_graph(tiny_e2e, tmp_path, capsys):
     rc = main(["bench", "--onnx", str(graph), "--method", "gradcam", "--iterations", "1", "--no-progress",
                "--no-ceiling"])
     assert rc == 1 and "UnionCAM only" in capsys.readouterr().out
+
+
+def test_eager_bench_exports_nothing_and_says_when_cuda_is_missing(tmp_path, monkeypatch, capsys):
+    """``bench --backend torch`` with a registered model times the eager reference, which needs no
+    export; on a machine without CUDA its ``--device cuda`` cell says why it cannot run (on a GPU,
+    ``tests/test_gpu.py`` runs it)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is here: tests/test_gpu.py times this cell")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("UNIONCAM_CACHE", str(cache))
+    out = tmp_path / "b.json"
+    rc = main(["bench", "--model", "efficientnet_lite0", "--backend", "torch", "--device", "cuda",
+               "--iterations", "1", "--warmup", "0", "--no-ceiling", "--no-progress", "--json", str(out)])
+    assert rc == 1, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    (cell,) = report["cells"]
+    assert report["graph"] == "eager" and report["layer"] == "head"
+    assert cell["status"].startswith("unavailable:") and "needs a CUDA build of torch" in cell["status"]
+    assert not cache.exists() or not any(cache.iterdir())  # nothing was exported
