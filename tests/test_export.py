@@ -321,3 +321,29 @@ def test_uneven_adaptive_max_pool_exports_and_explains_like_eager(tmp_path):
         got = ex(x.numpy())
     assert np.abs(got.cam - ref.cam).max() <= 1e-3 and np.abs(got.region - ref.region).max() <= 1e-3
     assert np.abs(got.beta_region - ref.beta_region).max() <= 1e-4
+
+
+@pytest.mark.parametrize("fault", ["type", "shape"])
+def test_graph_check_rejects_type_and_shape_errors(fault, tmp_path):
+    """The exporter's ``check`` is onnx.checker's full check: it must still run strict, type-checking
+    shape inference (an Add of float and int64; a MatMul of 2x3 by 4x5), not only the structure."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from unioncam.errors import ExportError
+    from unioncam.export.onnx_export import check
+
+    if fault == "type":
+        inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2]),
+                  helper.make_tensor_value_info("b", TensorProto.INT64, [2])]
+        node, out = helper.make_node("Add", ["a", "b"], ["y"]), [2]
+    else:
+        inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
+                  helper.make_tensor_value_info("b", TensorProto.FLOAT, [4, 5])]
+        node, out = helper.make_node("MatMul", ["a", "b"], ["y"]), [2, 5]
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)])
+    path = tmp_path / "bad.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    onnx.checker.check_model(str(path))  # structurally valid: only the full check can fail it
+    with pytest.raises(ExportError, match="fails onnx.checker"):
+        check(path)
