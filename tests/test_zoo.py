@@ -1,6 +1,11 @@
 """Each CNN family's distinctive layers export and explain: gradients against autograd at an early
 and a late layer, the runtime's explanation against the eager reference at the late one, and the
 gradient graph through TensorRT-RTX's parser (architectures from ``zoo.py``, 32x32 inputs)."""
+import multiprocessing
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -32,19 +37,53 @@ def export_gradient_only(model, layer, out):
                 layer_name=name)
 
 
+def export_family(model, early: str, late: str, out: str) -> str:
+    """Both exports of one family, in a worker process: the early layer's gradient graph and the late
+    layer's full export (the model arrives pickled, so its weights are the test's own)."""
+    torch.set_num_threads(1)
+    out = Path(out)
+    export_gradient_only(model, early, out / early)
+    export(model, late, out / late, input_size=SIZE)
+    return str(out)
+
+
+def _worker_path(tests_dir: str) -> None:
+    sys.path.insert(0, tests_dir)
+
+
+@pytest.fixture(scope="module")
+def zoo_exports(request, tmp_path_factory):
+    """The selected families' models and exports. Tracing is single-threaded Python, so the exports
+    run two at a time in worker processes: on this project's 2 cores that halves the zoo's time. A
+    family whose export fails raises in its own test, with the exporter's error."""
+    root = tmp_path_factory.mktemp("zoo")
+    selected = {item.callspec.params["name"] for item in request.session.items
+                if item.module is request.module and hasattr(item, "callspec")}
+    models = {name: build(name) for name in sorted(selected)}
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+    with ProcessPoolExecutor(2, mp_context=ctx, initializer=_worker_path,
+                             initargs=(str(Path(__file__).parent),)) as pool:
+        futures = {name: pool.submit(export_family, *models[name], str(root / name)) for name in models}
+        done = {}
+        for name, future in futures.items():
+            try:
+                done[name] = Path(future.result())
+            except Exception as e:  # re-raised by the family's test
+                done[name] = e
+    return {name: (models[name], done[name]) for name in models}
+
+
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
-def test_architecture_exports_and_explains_like_eager(name, tmp_path):
+def test_architecture_exports_and_explains_like_eager(name, zoo_exports):
     from unioncam.runtime import Explainer
 
-    model, early, late = build(name)
+    (model, early, late), exported = zoo_exports[name]
+    if isinstance(exported, Exception):
+        raise exported
     x = zoo_images(2, seed=7)
     classes = np.array([1, 4])
     for layer in (early, late):
-        out = tmp_path / layer
-        if layer == early:  # the gradient graph alone, for the test's batch (a quarter of the export time)
-            export_gradient_only(model, layer, out)
-        else:
-            export(model, layer, out, input_size=SIZE)
+        out = exported / layer
         agreement = gradient_agreement(model, layer, out, x.numpy(), classes)
         # Logits relative to their largest: 1e-4 (the seeded heads rescale logits, which scales rounding too).
         assert agreement["gradients_rel"] <= 1e-4 and agreement["logits_rel"] <= 1e-4, (layer, agreement)
