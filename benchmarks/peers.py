@@ -119,9 +119,11 @@ def child(path: str, args) -> dict:
 
 def _machine_line(args) -> str:
     facts = machine()
-    where = (f"torch paths on {(facts.get('gpu') or {}).get('name', 'the GPU')} (CUDA), runtime paths on ONNX Runtime's CPU provider"
+    gpu = (facts.get("gpu") or {}).get("name", "the GPU")
+    where = (f"torch paths on {gpu} (CUDA), runtime paths on ONNX Runtime's CPU provider"
              if args.device == "cuda" else "no GPU")
-    return f"{facts['cpu']}, {facts['cores']} cores, {where}, {args.threads} threads, chunks of {args.batch_size} passes"
+    return (f"{facts['cpu']}, {facts['cores']} cores, {where}, {args.threads} threads, "
+            f"chunks of {args.batch_size} passes")
 
 
 def main() -> None:
@@ -132,7 +134,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="where the torch paths run (the runtime paths use ONNX Runtime's CPU provider)")
-    p.add_argument("--batch-size", type=int, default=64, help="masked passes per forward call (ours and pytorch-grad-cam)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="masked passes per forward call (ours and pytorch-grad-cam)")
     p.add_argument("--paths", nargs="+", default=PATHS, choices=PATHS)
     p.add_argument("--child")
     p.add_argument("--artifacts")

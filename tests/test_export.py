@@ -93,22 +93,40 @@ def test_lite0_real_weights_gradient_graph(lite0, lite0_artifacts, photos):
     check_gradient_graph(model, layer, lite0_artifacts, photos, classes)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["resnet50", "vgg16"])
-def test_registry_models_export_and_agree(name, tmp_path):
+REGISTRY_MODELS = ["resnet50", "vgg16"]
+
+
+@pytest.fixture(scope="module")
+def registry_exports(tmp_path_factory):
+    """Both registry models exported side by side in two worker processes (``workers.py``)."""
+    from workers import run_in_workers
+
     from unioncam.models import load
 
+    root = tmp_path_factory.mktemp("registry")
+    models = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model, layer = load(name)
+        for name in REGISTRY_MODELS:
+            models[name] = load(name)
     # 64x64 keeps the test quick; for vgg16 it also exercises the adaptive-pool backward that
     # upsamples (2x2 -> 7x7), and the 2x2 max-pool after features.29.
-    export(model, layer, tmp_path / name, input_size=(64, 64))
+    done = run_in_workers(export, {name: ((model, layer, str(root / name)), {"input_size": (64, 64)})
+                                   for name, (model, layer) in models.items()})
+    return {name: (models[name], root / name, done[name]) for name in models}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", REGISTRY_MODELS)
+def test_registry_models_export_and_agree(name, registry_exports):
+    (model, layer), art, result = registry_exports[name]
+    if isinstance(result, Exception):
+        raise result
     images = tiny_images(2, size=64, seed=11).numpy()
-    check_gradient_graph(model, layer, tmp_path / name, images, np.array([3, 999], dtype=np.int64))
+    check_gradient_graph(model, layer, art, images, np.array([3, 999], dtype=np.int64))
     side = 2 if name == "resnet50" else 4
     maps = np.random.default_rng(1).random((5, side, side), dtype=np.float32)
-    assert masked_agreement(model, tmp_path / name, images[:1], maps, 3) <= 1e-5
+    assert masked_agreement(model, art, images[:1], maps, 3) <= 1e-5
 
 
 @pytest.mark.parametrize("kernel, stride, padding, dilation, ceil", [

@@ -47,7 +47,8 @@ def _weights_file(library: str, arch: str, lib, path):
     torch.manual_seed(0)
     net = lib.create_model(arch, pretrained=False) if library == "timm" else lib.get_model(arch, weights=None)
     images = torch.nn.functional.interpolate(zoo_images(32, seed=3), size=(SIZE, SIZE), mode="bilinear")
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     torch.save(calibrate(net, (images - mean) / std).state_dict(), path)
     return path
 

@@ -1,9 +1,6 @@
 """Each CNN family's distinctive layers export and explain: gradients against autograd at an early
 and a late layer, the runtime's explanation against the eager reference at the late one, and the
 gradient graph through TensorRT-RTX's parser (architectures from ``zoo.py``, 32x32 inputs)."""
-import multiprocessing
-import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +11,7 @@ from unioncam import UnionCAM
 from unioncam.engine_file import import_tensorrt
 from unioncam.export import export
 from unioncam.export.verify import gradient_agreement
+from workers import run_in_workers
 from zoo import ARCHITECTURES, build, zoo_images
 
 SIZE = (32, 32)
@@ -37,39 +35,24 @@ def export_gradient_only(model, layer, out):
                 layer_name=name)
 
 
-def export_family(model, early: str, late: str, out: str) -> str:
-    """Both exports of one family, in a worker process: the early layer's gradient graph and the late
-    layer's full export (the model arrives pickled, so its weights are the test's own)."""
-    torch.set_num_threads(1)
+def export_family(model, early: str, late: str, out: str) -> Path:
+    """Both exports of one family (run in a worker process): the early layer's gradient graph and the
+    late layer's full export."""
     out = Path(out)
     export_gradient_only(model, early, out / early)
     export(model, late, out / late, input_size=SIZE)
-    return str(out)
-
-
-def _worker_path(tests_dir: str) -> None:
-    sys.path.insert(0, tests_dir)
+    return out
 
 
 @pytest.fixture(scope="module")
 def zoo_exports(request, tmp_path_factory):
-    """The selected families' models and exports. Tracing is single-threaded Python, so the exports
-    run two at a time in worker processes: on this project's 2 cores that halves the zoo's time. A
-    family whose export fails raises in its own test, with the exporter's error."""
+    """The selected families' models and exports, two at a time in worker processes (``workers.py``).
+    A family whose export fails raises in its own test, with the exporter's error."""
     root = tmp_path_factory.mktemp("zoo")
     selected = {item.callspec.params["name"] for item in request.session.items
                 if item.module is request.module and hasattr(item, "callspec")}
     models = {name: build(name) for name in sorted(selected)}
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
-    with ProcessPoolExecutor(2, mp_context=ctx, initializer=_worker_path,
-                             initargs=(str(Path(__file__).parent),)) as pool:
-        futures = {name: pool.submit(export_family, *models[name], str(root / name)) for name in models}
-        done = {}
-        for name, future in futures.items():
-            try:
-                done[name] = Path(future.result())
-            except Exception as e:  # re-raised by the family's test
-                done[name] = e
+    done = run_in_workers(export_family, {name: ((*models[name], str(root / name)), {}) for name in models})
     return {name: (models[name], done[name]) for name in models}
 
 

@@ -73,11 +73,13 @@ def main() -> None:
     lines = [f"# Eager reference: CUDA ({gpu}) vs CPU", "",
              f"torch {torch.__version__}; {len(files)} offline photos; GPU chunks of {args.batch_size} masked passes, "
              "CPU chunks of 64. TF32 is cuDNN's `allow_tf32` (PyTorch's default: on).", "",
-             "| model / TF32 | photos | max abs map diff | max abs beta diff | min Pearson r (cam) | same selection | same class |",
+             "| model / TF32 | photos | max abs map diff | max abs beta diff | min Pearson r (cam) | same selection "
+             "| same class |",
              "|---|---|---|---|---|---|---|"]
     for k, r in rows.items():
         lines.append(f"| {k} | {r['photos']} | {r['max_abs_map']:.2e} | {r['max_abs_beta']:.2e} | "
-                     f"{r['min_pearson_r_cam']:.6f} | {r['same_selection']}/{r['photos']} | {r['same_class']}/{r['photos']} |")
+                     f"{r['min_pearson_r_cam']:.6f} | {r['same_selection']}/{r['photos']} | "
+                     f"{r['same_class']}/{r['photos']} |")
     payload = {"benchmark": "gpu-agreement", "gpu": gpu, "torch": torch.__version__, "machine": machine(),
                "batch_size": args.batch_size, "results": rows}
     j, m = write_results("gpu-agreement", payload, "\n".join(lines) + "\n")

@@ -164,7 +164,8 @@ def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
     combos = list(itertools.product(backends, args.device, args.method, args.batch_size, args.threads,
                                     args.max_passes or [None], args.precision or ["fp32"], args.ort_options))
     report = {"machine": machine_facts(), "model": facts["model"], "layer": facts["layer"],
-              "graph": "unioncam.onnx" if args.onnx is not None else ("artifacts" if artifacts else "eager"), "ceiling_gflops_per_s": None, "cells": []}
+              "graph": "unioncam.onnx" if args.onnx is not None else ("artifacts" if artifacts else "eager"),
+              "ceiling_gflops_per_s": None, "cells": []}
     ceilings = {}
     if not args.no_ceiling:
         # One ceiling per thread count of the sweep (a 1-thread cell is judged against 1-thread GEMM),
