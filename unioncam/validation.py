@@ -108,6 +108,19 @@ def check_method(method: str) -> str:
     return method
 
 
+def check_torch_device(device: str):
+    """The ``torch.device`` the eager reference runs on; ``"cuda"`` needs a CUDA build of torch and a
+    GPU (imports torch, so only the torch paths call it)."""
+    import torch
+
+    from .errors import BackendUnavailableError
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError(f"--device cuda needs a CUDA build of torch and a GPU; this is torch "
+                                      f"{torch.__version__} with no CUDA device. Use --device cpu here.")
+    return torch.device(device)
+
+
 def check_images(images, *, library: str, size: tuple[int, int] | None = None):
     """Validate a non-empty (B, 3, H, W) floating array in [0, 1] with finite values.
 

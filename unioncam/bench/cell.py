@@ -45,13 +45,10 @@ def _explainer(spec: dict):
         from ..methods import METHOD_CLASSES
         from ..models import load
 
-        torch.set_num_threads(spec["threads"] or torch.get_num_threads())
-        device = torch.device(spec.get("device") or "cpu")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            from ..errors import BackendUnavailableError
+        from ..validation import check_torch_device
 
-            raise BackendUnavailableError(f"--backend torch --device cuda needs a CUDA build of torch and a GPU; "
-                                          f"this is torch {torch.__version__} with no CUDA device")
+        torch.set_num_threads(spec["threads"] or torch.get_num_threads())
+        device = check_torch_device(spec.get("device") or "cpu")
         model, layer = load(spec["model"], spec.get("weights"))
         model.to(device)
         kwargs = {"batch_size": spec["batch_size"] or 64}

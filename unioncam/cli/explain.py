@@ -61,16 +61,12 @@ def _explainer(args, model_spec):
         import torch
 
         from .. import UnionCAM
-        from ..errors import BackendUnavailableError
         from ..models import load
+        from ..validation import check_torch_device
 
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailableError(
-                f"--device cuda needs a CUDA build of torch and a GPU; this is torch {torch.__version__} with no "
-                "CUDA device. Use --device cpu here.")
+        device = check_torch_device(args.device)
         model, default_layer = load(args.model, args.weights)
         layer = require_layer(args.layer or default_layer, args.model, model, model_spec.input_size)  # on the CPU
-        device = torch.device(args.device)
         model.to(device)
         if args.method == "unioncam":
             explainer = UnionCAM(model, layer, theta=args.theta, batch_size=args.batch_size or 64,
