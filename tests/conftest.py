@@ -20,6 +20,29 @@ def _private_cache(tmp_path_factory):
         os.environ["UNIONCAM_CACHE"] = old
 
 
+def _where(tmp_path_factory):
+    """Where each prewarmed job writes: the CLI's cache for its entry, a fresh folder for the others."""
+    import os
+
+    def where(key: str):
+        if key == "lite0_stem_cache":
+            return os.environ["UNIONCAM_CACHE"]
+        return tmp_path_factory.mktemp(key.replace(":", "-")) / "out"
+
+    return where
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prewarm(request, _private_cache, tmp_path_factory):
+    """The slow exports the selected tests need, queued now in a background worker (tests/prewarm.py)."""
+    import prewarm
+
+    where = _where(tmp_path_factory)
+    queue = prewarm.Queue(prewarm.plan(request.session.items, where), where)
+    yield queue
+    queue.close()
+
+
 @pytest.fixture(scope="session")
 def lite0():
     """The real default model (bundled ImageNet weights), loaded once."""
@@ -29,14 +52,15 @@ def lite0():
 
 
 @pytest.fixture(scope="session")
-def lite0_artifacts(lite0, tmp_path_factory):
-    """efficientnet_lite0 exported at its default layer, once per session."""
-    from unioncam.export import export
+def lite0_artifacts(_prewarm):
+    """efficientnet_lite0 exported at its default layer, once per session (tests/prewarm.py)."""
+    return _prewarm.result("lite0_artifacts")
 
-    model, layer = lite0
-    out = tmp_path_factory.mktemp("art") / "lite0"
-    export(model, layer, out, input_size=(224, 224), model_name="efficientnet_lite0")
-    return out
+
+@pytest.fixture(scope="session")
+def lite0_stem_cache(_prewarm):
+    """The CLI's cached export of the default model at ``--layer stem`` (tests/prewarm.py)."""
+    return _prewarm.result("lite0_stem_cache")
 
 
 @pytest.fixture(scope="session")
@@ -74,14 +98,9 @@ def tiny_art(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def lite0_e2e(lite0, tmp_path_factory):
-    """efficientnet_lite0 as one end-to-end graph, default settings (~25 s to export)."""
-    from unioncam.export.end_to_end import export_end_to_end
-
-    model, layer = lite0
-    out = tmp_path_factory.mktemp("e2e") / "lite0"
-    export_end_to_end(model, layer, out)
-    return out / "unioncam.onnx"
+def lite0_e2e(_prewarm):
+    """efficientnet_lite0 as one end-to-end graph, default settings (tests/prewarm.py)."""
+    return _prewarm.result("lite0_e2e")
 
 
 @pytest.fixture(scope="session")

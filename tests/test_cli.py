@@ -9,6 +9,9 @@ import pytest
 from unioncam.cli import main
 from unioncam.image_io import sample_image_path
 
+# The default model's --layer stem export, started in the background when the session begins.
+pytestmark = pytest.mark.usefixtures("lite0_stem_cache")
+
 
 def test_explain_real_photo_writes_png_npy_json(tmp_path, capsys):
     # The stem (32 channels at 112x112) keeps this end-to-end run to a few seconds.

@@ -37,11 +37,25 @@ def dataset(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray cluster (2 CPUs) for the in-process runs, as a user's own ``ray.init`` would give:
+    explain_dataset uses a running cluster and leaves it running (starting one costs seconds per run).
+    The killed-driver test runs the CLI as its own process, which starts and stops its own."""
+    import logging
+
+    import ray
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    yield
+    ray.shutdown()
+
+
 def _outputs(folder: Path) -> dict:
     return {p.name: p for p in folder.iterdir() if not p.name.startswith("index")}
 
 
-def test_ray_equals_serial_with_error_rows_and_collisions(dataset, lite0_artifacts, tmp_path):
+def test_ray_equals_serial_with_error_rows_and_collisions(dataset, lite0_artifacts, ray_local, tmp_path):
     import pandas as pd
 
     args = [str(dataset), str(dataset / "sub"), "--artifacts", str(lite0_artifacts), *BUDGET, "--no-progress"]
@@ -112,7 +126,7 @@ def test_killed_driver_resumes_without_duplicates_or_partial_files(dataset, lite
         assert index[index["json"].str.endswith(name)]["worker"].iloc[0] == ""
 
 
-def test_changed_settings_are_not_reused(dataset, lite0_artifacts, tmp_path):
+def test_changed_settings_are_not_reused(dataset, lite0_artifacts, ray_local, tmp_path):
     """A resumed run reuses an output only if it was made with the same settings."""
     from unioncam.distributed import explain_dataset
 

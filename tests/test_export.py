@@ -1,7 +1,6 @@
 """Exported graphs under ONNX Runtime against torch: gradients, masked scores, checks, bad input."""
 import json
 import os
-import warnings
 
 import numpy as np
 import onnx
@@ -97,31 +96,22 @@ REGISTRY_MODELS = ["resnet50", "vgg16"]
 
 
 @pytest.fixture(scope="module")
-def registry_exports(tmp_path_factory):
-    """Both registry models exported side by side in two worker processes (``workers.py``)."""
-    from workers import run_in_workers
-
-    from unioncam.models import load
-
-    root = tmp_path_factory.mktemp("registry")
-    models = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name in REGISTRY_MODELS:
-            models[name] = load(name)
-    # 64x64 keeps the test quick; for vgg16 it also exercises the adaptive-pool backward that
-    # upsamples (2x2 -> 7x7), and the 2x2 max-pool after features.29.
-    done = run_in_workers(export, {name: ((model, layer, str(root / name)), {"input_size": (64, 64)})
-                                   for name, (model, layer) in models.items()})
-    return {name: (models[name], root / name, done[name]) for name in models}
+def registry_exports(request, _prewarm):
+    """{name: (model, layer, folder) or the export's exception}: both registry models, exported in
+    the background since the session began (``prewarm.py``; run here two at a time if not started)."""
+    selected = sorted({item.callspec.params["name"] for item in request.session.items
+                       if item.module is request.module and "registry_exports" in item.fixturenames})
+    done = _prewarm.results([f"registry_exports:{name}" for name in selected])
+    return {name: done[f"registry_exports:{name}"] for name in selected}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", REGISTRY_MODELS)
 def test_registry_models_export_and_agree(name, registry_exports):
-    (model, layer), art, result = registry_exports[name]
+    result = registry_exports[name]
     if isinstance(result, Exception):
         raise result
+    model, layer, art = result
     images = tiny_images(2, size=64, seed=11).numpy()
     check_gradient_graph(model, layer, art, images, np.array([3, 999], dtype=np.int64))
     side = 2 if name == "resnet50" else 4

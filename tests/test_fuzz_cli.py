@@ -14,6 +14,7 @@ import pytest
 from unioncam.image_io import sample_image_path
 
 FAST = ["--layer", "stem", "--no-progress"]
+pytestmark = pytest.mark.usefixtures("lite0_stem_cache")  # prewarmed (tests/prewarm.py)
 
 
 def corpus(folder, seed=0):

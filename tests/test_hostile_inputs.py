@@ -41,6 +41,7 @@ def digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.usefixtures("lite0_stem_cache")
 def test_huge_image_and_own_outputs_never_stop_or_clobber(tmp_path, capsys):
     import cv2
 
@@ -177,6 +178,7 @@ def test_class_scores_refuse_non_finite_maps(tiny_art):
     (["--backend", "tensorrt"], "NVIDIA GPU"),
     (["--theta", "nan"], "[0, 100]"),
 ])
+@pytest.mark.usefixtures("lite0_stem_cache")
 def test_cli_errors_are_typed_and_say_the_cause(tmp_path, capsys, extra, match):
     if "cuda" in extra and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -53,6 +53,7 @@ def test_mean_ci95():
     assert mean_ci95([5.0]) == (5.0, None)
 
 
+@pytest.mark.usefixtures("lite0_stem_cache")
 def test_eval_cli_on_real_photos(tmp_path, capsys):
     from unioncam.cli import main
     from unioncam.image_io import sample_image_path

@@ -15,14 +15,14 @@ def _init(tests_dir: str) -> None:
     torch.set_num_threads(1)  # two workers share the two cores
 
 
-def run_in_workers(fn, jobs: dict, workers: int = 2) -> dict:
-    """``{name: fn(*args, **kwargs)}`` for ``jobs = {name: (args, kwargs)}``; a job that raised maps to
-    its exception, for the test that needs it to raise. Arguments travel pickled (a model arrives
-    with exactly the caller's weights)."""
+def run_jobs(jobs: dict, workers: int = 2) -> dict:
+    """``{name: fn(*args)}`` for ``jobs = {name: (fn, args)}``; a job that raised maps to its
+    exception, for the test that needs it to raise. Arguments travel pickled (a model arrives with
+    exactly the caller's weights)."""
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
+    with ProcessPoolExecutor(min(workers, len(jobs)) or 1, mp_context=ctx, initializer=_init,
                              initargs=(str(Path(__file__).parent),)) as pool:
-        futures = {name: pool.submit(fn, *args, **kwargs) for name, (args, kwargs) in jobs.items()}
+        futures = {name: pool.submit(fn, *args) for name, (fn, args) in jobs.items()}
         results = {}
         for name, future in futures.items():
             try:
@@ -30,3 +30,4 @@ def run_in_workers(fn, jobs: dict, workers: int = 2) -> dict:
             except Exception as e:
                 results[name] = e
     return results
+

@@ -6,6 +6,8 @@ gives an early and a late target layer; ``ARCHITECTURES[name]() -> (model, early
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -300,3 +302,37 @@ def build(name: str, seed: int = 0):
     """(model in eval mode with seeded weights, early layer, late layer)."""
     builder, early, late = ARCHITECTURES[name]
     return _seeded(builder(), seed), early, late
+
+
+# --- exports of a family, as the zoo test checks them -------------------------------------------------
+
+SIZE = (32, 32)
+
+
+def export_gradient_only(model, layer, out):
+    """gradient.onnx as export() writes it, but for the batch of 2 the test feeds: the decompositions
+    under test are the same, and a static trace exports ~4x faster (the late layer's full export
+    keeps the dynamic batch)."""
+    from unioncam.export.exporter import _Call
+    from unioncam.export.graphs import GradientFunction, trace
+    from unioncam.export.onnx_export import export_onnx
+    from unioncam.methods.hooks import resolve_layer
+
+    name, module = resolve_layer(model, layer)
+    x, c = torch.rand(2, 3, *SIZE), torch.tensor([0, 1])
+    out.mkdir(parents=True)
+    export_onnx(_Call(trace(GradientFunction(model, name, module), (x, c), dynamic=False)).eval(), (x, c),
+                out / "gradient.onnx", input_names=["image", "class_idx"],
+                output_names=["logits", "activations", "gradients"], dynamic_shapes=None, opset=18, model=model,
+                layer_name=name)
+
+
+def export_family(model, early: str, late: str, out: str) -> Path:
+    """Both exports of one family (run in a worker process): the early layer's gradient graph and the
+    late layer's full export."""
+    from unioncam.export import export
+
+    out = Path(out)
+    export_gradient_only(model, early, out / early)
+    export(model, late, out / late, input_size=SIZE)
+    return out
