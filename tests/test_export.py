@@ -97,12 +97,9 @@ REGISTRY_MODELS = ["resnet50", "vgg16"]
 
 @pytest.fixture(scope="module")
 def registry_exports(request, _prewarm):
-    """{name: (model, layer, folder) or the export's exception}: both registry models, exported in
-    the background since the session began (``prewarm.py``; run here two at a time if not started)."""
-    selected = sorted({item.callspec.params["name"] for item in request.session.items
-                       if item.module is request.module and "registry_exports" in item.fixturenames})
-    done = _prewarm.results([f"registry_exports:{name}" for name in selected])
-    return {name: done[f"registry_exports:{name}"] for name in selected}
+    """{name: (model, layer, folder) or the export's exception}: both registry models, exported two
+    at a time in worker processes (``prewarm.py``)."""
+    return _prewarm.for_module(request, "registry_exports")
 
 
 @pytest.mark.slow

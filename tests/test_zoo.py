@@ -13,13 +13,10 @@ from zoo import ARCHITECTURES, zoo_images
 
 @pytest.fixture(scope="module")
 def zoo_exports(request, _prewarm):
-    """{family: ((model, early, late), folder or the export's exception)} for the selected families,
-    exported in the background since the session began (``prewarm.py``; those not started yet run
-    here, two at a time). A family whose export fails raises in its own test, with the exporter's error."""
-    selected = sorted({item.callspec.params["name"] for item in request.session.items
-                       if item.module is request.module and hasattr(item, "callspec")})
-    done = _prewarm.results([f"zoo_exports:{name}" for name in selected])
-    return {name: done[f"zoo_exports:{name}"] for name in selected}
+    """{family: ((model, early, late), folder) or the export's exception} for the selected families,
+    exported two at a time in worker processes (``prewarm.py``). A family whose export fails raises
+    in its own test, with the exporter's error."""
+    return _prewarm.for_module(request, "zoo_exports")
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))

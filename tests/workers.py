@@ -30,4 +30,3 @@ def run_jobs(jobs: dict, workers: int = 2) -> dict:
             except Exception as e:
                 results[name] = e
     return results
-
