@@ -27,7 +27,7 @@ from common import machine, write_results  # noqa: E402
 def exact_scores(model_name: str, limit: int):
     from tqdm.auto import tqdm
 
-    from unioncam import algebra
+    from unioncam import algebra, pipeline
     from unioncam.export import export
     from unioncam.model_specs import spec
     from unioncam.models import load
@@ -41,10 +41,10 @@ def exact_scores(model_name: str, limit: int):
     ex = Explainer(art)
     data = []
     for i in tqdm(range(len(X)), desc="exact scores", unit="photo"):
-        logits, A, _ = ex._gradient(X[i:i + 1], np.array([-1]))
-        cls = logits.argmax(1)
+        gp = pipeline.run_gradient(ex.passes, X[i:i + 1], np.array([-1]))
+        A, cls = gp.activations, gp.class_idx
         base = ex.black_probs[cls]
-        cs = algebra.channel_scores(A, base, ex._scorer([ex._masked.to_device(X[i:i + 1])], cls))
+        cs = algebra.channel_scores(A, base, lambda idx, maps: pipeline.score_maps(ex.passes, X[i:i + 1], idx, maps, cls))
         data.append((A[0].astype(np.float64), cs.scores[0].astype(np.float64)))
     return names, size, layer, data
 
@@ -97,7 +97,7 @@ def candidates(A, s, n):
 
 
 def main() -> None:
-    from unioncam import algebra
+    from unioncam import algebra, pipeline
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="efficientnet_lite0")

@@ -32,9 +32,10 @@ from unioncam import algebra
 from unioncam.artifacts import END_TO_END_CHUNK, atomic_directory, sha256_file
 from unioncam.errors import ExportError, InvalidInputError
 from unioncam.methods.hooks import eval_mode, resolve_layer
+from unioncam.methods.passes import logit_gradient, masked_probs
 from unioncam.validation import check_positive_int, check_theta
 
-from .graphs import MaskedForward, logit_gradient
+from .graphs import MaskedForward
 from .onnx_export import export_onnx
 
 E2E_ONNX = "unioncam.onnx"
@@ -49,13 +50,6 @@ STATUS = {0: "ok", 1: "the image contains NaN or Inf", 2: "the image is outside 
 # Names of the tensors between the parts (front outputs = back inputs, plus the loop's).
 _FRONT_OUT = ["x", "cls", "checked", "score_c", "A", "L_den", "base", "constant", "rep", "rows", "trips", "n_run"]
 _BACK_IN = ["x", "cls", "checked", "score_c", "A", "L_den", "base", "constant", "rep", "n_run", "channel_state"]
-
-
-def _probabilities(model, image, masks, cls):
-    """p_c(mask * image) for (m, H, W) masks of one (1, 3, H, W) image."""
-    probs = torch.softmax(model(image * masks[:, None]), dim=1)
-    # gather, not probs[:, cls]: indexing by a tensor would need its value at trace time.
-    return probs.gather(1, cls.reshape(1, 1).expand(probs.shape[0], 1))[:, 0]
 
 
 def pass_rows(run: torch.Tensor, chunk: int):
@@ -130,7 +124,7 @@ class Back(nn.Module):
         scores = torch.where(constant, base, channel_state[:-1].gather(0, rep))
         L_reg = algebra.region_map(A[None], scores[None])
         f = algebra.union_select(L_den, L_reg, (H, W), base,
-                                 lambda _, maps: _probabilities(self.model, x, algebra.saliency_masks(maps, (H, W)), c))
+                                 lambda _, maps: masked_probs(self.model, x, maps, c.reshape(1).expand(maps.shape[0])))
         betas = torch.cat([f.beta_denoising, f.beta_region, f.beta_de_region])
         ok = checked == 0
         z = lambda t: torch.where(ok.reshape([1] * t.dim()), t, torch.zeros_like(t))  # noqa: E731

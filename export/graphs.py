@@ -16,21 +16,7 @@ import torch
 from torch import nn
 
 from unioncam import algebra
-from unioncam.methods.hooks import ActivationTap
-
-
-def logit_gradient(model: nn.Module, layer_name: str, layer: nn.Module, image: torch.Tensor, class_idx: torch.Tensor):
-    """The spec's step 1 in traceable ops: (logits (B, C), A (B, K, h, w), G = d logit_c / dA, classes (B,)).
-
-    A negative class index selects the arg-max of the image's logits (first maximum).
-    """
-    with ActivationTap(layer_name, layer) as tap:
-        logits = model(image)
-    classes = torch.where(class_idx < 0, logits.argmax(dim=1), class_idx)
-    # One-hot weights instead of gather: gather's backward is a ScatterElements, avoided here.
-    onehot = (torch.arange(logits.shape[1], device=logits.device)[None, :] == classes[:, None]).to(logits.dtype)
-    (grads,) = torch.autograd.grad((logits * onehot).sum(), tap.activations)
-    return logits, tap.activations, grads, classes
+from unioncam.methods.passes import class_probs, logit_gradient
 
 
 class GradientFunction(nn.Module):
@@ -68,8 +54,7 @@ class MaskedForward(nn.Module):
         H, W = self.input_size
         masks = algebra.saliency_masks(maps, (H, W))  # (B, M, H, W); exactly 0 for a constant map
         x = (image[:, None] * masks[:, :, None]).reshape(B * M, 3, H, W)
-        probs = torch.softmax(self.model(x), dim=1).reshape(B, M, -1)
-        return torch.gather(probs, 2, class_idx.reshape(B, 1, 1).expand(B, M, 1)).reshape(B, M)
+        return class_probs(self.model, x, class_idx.reshape(B, 1).expand(B, M).reshape(B * M)).reshape(B, M)
 
 
 def trace(fn: nn.Module, example_inputs: tuple, *, dynamic: bool = True) -> torch.fx.GraphModule:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .validation import METHODS  # noqa: F401  (re-exported: the names every path implements)
+from .registry import METHODS  # noqa: F401  (re-exported: the names every path implements)
 
 SELECTED_DE_REGION = "de_region"
 SELECTED_REGION = "region"

@@ -8,9 +8,7 @@ import numpy as np
 from array_api_compat import array_namespace, is_array_api_obj, is_numpy_array, is_torch_array
 
 from .errors import InvalidInputError, InvalidTypeError
-
-#: Methods every path implements: UnionCAM and the baselines that fall out of its pipeline.
-METHODS = ("unioncam", "gradcam", "gradcampp", "xgradcam", "scorecam")
+from .registry import method_info
 
 
 def check_theta(theta) -> float:
@@ -102,10 +100,8 @@ def check_ort_options(options) -> dict[str, str]:
 
 
 def check_method(method: str) -> str:
-    """One of :data:`METHODS`."""
-    if method not in METHODS:
-        raise InvalidInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return method
+    """A name in the method registry (:data:`unioncam.registry.METHODS`)."""
+    return method_info(method).name
 
 
 def check_torch_device(device: str):

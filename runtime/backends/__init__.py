@@ -1,14 +1,62 @@
-"""Backends of the runtime: ``make_runners(backend, device, artifact_dir, manifest)``."""
+"""Backends of the runtime, registered in :mod:`.registry`: ``onnxruntime`` (CPU, CUDA, and ONNX
+Runtime's TensorRT provider) and ``tensorrt`` (native engines, CUDA)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from unioncam.artifacts import GRADIENT_ONNX, MASKED_ONNX, Manifest
+from unioncam.engine_file import import_tensorrt
 from unioncam.errors import BackendUnavailableError
 
+from ..loaders import ORT_PROVIDERS, EngineFromFile, SessionFromOnnx
 from .base import Runner
+from .registry import BACKENDS, BackendInfo, backend_info, register_backend, unregister_backend
 
-BACKENDS = ("onnxruntime", "tensorrt")
+
+def onnxruntime_runner(directory: Path, graph: str, *, device: str, manifest: Manifest, threads=None,
+                       buffers: str = "auto", session_options=None) -> Runner:
+    """One ONNX graph in an ONNX Runtime session on ``device``'s execution providers."""
+    from .onnxruntime_runner import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(SessionFromOnnx(directory / graph, device=device, threads=threads,
+                                             options=session_options))
+
+
+def tensorrt_runner(directory: Path, graph: str, *, device: str, manifest: Manifest, threads=None,
+                    buffers: str = "auto", session_options=None) -> Runner:
+    """The engine built from ``graph`` (``<graph>.engine``), checked against the ONNX it came from."""
+    if session_options:
+        raise BackendUnavailableError("session options are ONNX Runtime's; backend 'tensorrt' takes none")
+    from .tensorrt_runner import TensorRTRunner
+
+    return TensorRTRunner(EngineFromFile(directory / graph.replace(".onnx", ".engine"),
+                                         onnx_sha256=manifest.files.get(graph, "")), buffers=buffers)
+
+
+def _onnxruntime_available() -> str | None:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "pip install onnxruntime"
+    return None
+
+
+def _tensorrt_available() -> str | None:
+    try:
+        if import_tensorrt()[0] is None:
+            return "needs NVIDIA's tensorrt package on a CUDA machine"
+    except BackendUnavailableError as e:
+        return f"broken install: {e}"
+    return None
+
+
+register_backend(BackendInfo(
+    "onnxruntime", tuple(ORT_PROVIDERS), default_batch={"cpu": 16, "cuda": 64, "tensorrt": 64},
+    runner=onnxruntime_runner, available=_onnxruntime_available,
+    summary="ONNX Runtime: cpu, cuda (CUDA provider), tensorrt (ONNX Runtime's TensorRT provider)"))
+register_backend(BackendInfo(
+    "tensorrt", ("cuda",), default_batch={"cuda": 64}, needs_engines=True, runner=tensorrt_runner,
+    available=_tensorrt_available, summary="TensorRT engines from `unioncam export --engine` (CUDA)"))
 
 
 def make_runners(backend: str, device: str, directory: Path, manifest: Manifest, *, threads: int | None = None,
@@ -17,44 +65,23 @@ def make_runners(backend: str, device: str, directory: Path, manifest: Manifest,
 
     ``masked``: the masked-forward graph's file (a precision variant from ``unioncam export --precision``).
     ``session_options``: ONNX Runtime options (:func:`unioncam.validation.check_ort_options`)."""
-    from ..loaders import EngineFromFile, SessionFromOnnx
-
-    if backend == "onnxruntime":
-        from .onnxruntime_runner import OnnxRuntimeRunner
-
-        return tuple(OnnxRuntimeRunner(SessionFromOnnx(directory / name, device=device, threads=threads,
-                                                       options=session_options))
-                     for name in (GRADIENT_ONNX, masked))
-    if backend == "tensorrt":
-        if session_options:
-            raise BackendUnavailableError("session options are ONNX Runtime's; backend 'tensorrt' takes none")
-        if device != "cuda":
-            raise BackendUnavailableError("backend 'tensorrt' runs on device 'cuda' only; use backend 'onnxruntime' on the CPU")
-        from .tensorrt_runner import TensorRTRunner
-
-        return tuple(TensorRTRunner(EngineFromFile(directory / name.replace(".onnx", ".engine"),
-                                                   onnx_sha256=manifest.files.get(name, "")), buffers=buffers)
-                     for name in (GRADIENT_ONNX, masked))
-    raise BackendUnavailableError(f"unknown backend {backend!r}; available: {', '.join(available_backends())}")
+    info = backend_info(backend)
+    return tuple(info.make_runner(directory, name, device=device, manifest=manifest, threads=threads,
+                                  buffers=buffers, session_options=session_options)
+                 for name in (GRADIENT_ONNX, masked))
 
 
 def available_backends() -> list[str]:
-    """Backends that can run on this machine."""
+    """Backends that can run on this machine, with the devices they run on."""
     out = []
-    try:
-        import onnxruntime  # noqa: F401
-
-        out.append("onnxruntime")
-    except ImportError:
-        pass
-    from unioncam.engine_file import import_tensorrt
-
-    try:
-        if import_tensorrt()[0] is not None:
-            out.append("tensorrt (CUDA only)")
-    except BackendUnavailableError as e:
-        out.append(f"tensorrt (broken install: {e})")
+    for info in BACKENDS.values():
+        why = info.available()
+        if why is None:
+            out.append(info.name if info.devices[0] == "cpu" else f"{info.name} ({'/'.join(info.devices).upper()} only)")
+        elif why.startswith("broken"):
+            out.append(f"{info.name} ({why})")
     return out
 
 
-__all__ = ["BACKENDS", "Runner", "available_backends", "make_runners"]
+__all__ = ["BACKENDS", "BackendInfo", "Runner", "available_backends", "backend_info", "make_runners",
+           "register_backend", "unregister_backend"]

@@ -42,7 +42,7 @@ def _explainer(spec: dict):
     if spec["backend"] == "torch":
         import torch
 
-        from ..methods import METHOD_CLASSES
+        from ..methods import method_class
         from ..models import load
 
         from ..validation import check_torch_device
@@ -54,7 +54,7 @@ def _explainer(spec: dict):
         kwargs = {"batch_size": spec["batch_size"] or 64}
         if spec["method"] in ("unioncam", "scorecam"):
             kwargs["max_passes"] = spec.get("max_passes")
-        method = METHOD_CLASSES[spec["method"]](model, spec.get("layer") or layer, **kwargs)
+        method = method_class(spec["method"])(model, spec.get("layer") or layer, **kwargs)
         # The image is copied to the device inside the timed call, as a user's would be; the
         # Explanation's NumPy fields make the call synchronous, so host clocks time the device.
         fn = lambda x: method(torch.from_numpy(x).to(device))  # noqa: E731

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import UsageError
-from ..validation import METHODS
+from ..registry import METHODS
 from .common import add_budget_option, positive_int
 
 

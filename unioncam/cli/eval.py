@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidInputError, UnionCAMError
-from ..validation import METHODS
+from ..registry import METHODS
 from ..outputs import collect_images
 from .common import add_model_options
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 from ..errors import UnionCAMError, UsageError
-from ..validation import METHODS
+from ..registry import METHODS
 from ..outputs import collect_images, output_stems, report, write_outputs
 from .common import (add_model_options, check_model_options, ensure_out, open_runtime, positive_int, require_layer,
                      resolve_model_spec)
@@ -72,10 +72,10 @@ def _explainer(args, model_spec):
             explainer = UnionCAM(model, layer, theta=args.theta, batch_size=args.batch_size or 64,
                                  max_passes=args.max_passes, progress=not args.no_progress)
         else:
-            from ..methods import METHOD_CLASSES
+            from ..methods import method_class
 
             budget = {"max_passes": args.max_passes} if args.method == "scorecam" else {}
-            explainer = METHOD_CLASSES[args.method](model, layer, batch_size=args.batch_size or 64,
+            explainer = method_class(args.method)(model, layer, batch_size=args.batch_size or 64,
                                                     progress=not args.no_progress, **budget)
         return (lambda x: explainer(torch.from_numpy(x).to(device), args.class_idx)), layer
 

@@ -1,44 +1,42 @@
 """Baseline CAMs that fall out of UnionCAM's pipeline: Grad-CAM, Grad-CAM++, XGrad-CAM (from the
-gradient pass) and Score-CAM (the region map). Each returns ``minmax(up(L))``, (B, H, W) in [0, 1]."""
+gradient pass) and Score-CAM (the region map). Each returns ``minmax(up(L))``, (B, H, W) in [0, 1].
+Their weights are :data:`unioncam.algebra.GRADIENT_WEIGHTS`; their sequence is
+:func:`unioncam.pipeline.explain`."""
 from __future__ import annotations
 
-import time
-
-import torch
-
-from .. import algebra
-from ..explanation import Explanation
 from .cam_method import CAMMethod, RegionMapMethod
 
 
-class _GradientWeighted(CAMMethod):
-    """``L = relu(sum_k w_k A_k)`` with weights from the activations and gradients."""
+class GradCAM(CAMMethod):
+    """Grad-CAM (Selvaraju et al., 2017): ``L = relu(sum_k w_k A_k)``, ``w_k = mean_ij dy_c/dA_kij``.
 
-    def _explain(self, images, class_idx) -> Explanation:
-        t = time.perf_counter()
-        gp = self._forward(images, class_idx, gradients=True)
-        with torch.no_grad():
-            weights = algebra.GRADIENT_WEIGHTS[self.method](gp.activations, gp.gradients)
-            cam = algebra.normalized(algebra.weighted_map(gp.activations, weights), tuple(images.shape[-2:]))
-        timings = {"gradient": (time.perf_counter() - t) * 1e3}
-        return Explanation.from_map(self.method, cam, logits=gp.logits, class_idx=gp.class_idx, timings_ms=timings,
-                                    stats={"channels": int(gp.activations.shape[1])})
+    Example::
 
-
-class GradCAM(_GradientWeighted):
-    """Grad-CAM (Selvaraju et al., 2017): ``w_k = mean_ij dy_c/dA_kij``."""
+        >>> GradCAM(model, "features.16")(images).cam.shape  # (B, H, W) in [0, 1]
+    """
 
     method = "gradcam"
 
 
-class GradCAMpp(_GradientWeighted):
-    """Grad-CAM++ (Chattopadhay et al., 2018): second-order pixel weights on positive gradients."""
+class GradCAMpp(CAMMethod):
+    """Grad-CAM++ (Chattopadhay et al., 2018): second-order pixel weights on positive gradients,
+    ``w_k = sum_ij alpha_kij relu(G_kij)``.
+
+    Example::
+
+        >>> GradCAMpp(model, "features.16")(images).cam.shape
+    """
 
     method = "gradcampp"
 
 
-class XGradCAM(_GradientWeighted):
-    """XGrad-CAM (Fu et al., 2020): activation-normalised gradient weights."""
+class XGradCAM(CAMMethod):
+    """XGrad-CAM (Fu et al., 2020): ``w_k = sum_ij G_kij A_kij / sum_ij A_kij``.
+
+    Example::
+
+        >>> XGradCAM(model, "features.16")(images).cam.shape
+    """
 
     method = "xgradcam"
 
@@ -46,18 +44,11 @@ class XGradCAM(_GradientWeighted):
 class ScoreCAM(RegionMapMethod):
     """Score-CAM (Wang et al., 2020) as UnionCAM's region map: ``R = N(relu(sum_k s_k A_k))`` with
     ``s_k = p_c(minmax(up(A_k)) * I0)``; constant channels get ``p_c(Ib)`` without a pass. Options:
-    :class:`RegionMapMethod`."""
+    :class:`RegionMapMethod`.
+
+    Example::
+
+        >>> ScoreCAM(model, "features.16", max_passes=64)(images).cam.shape
+    """
 
     method = "scorecam"
-
-    def _explain(self, images, class_idx) -> Explanation:
-        t = time.perf_counter()
-        # Activations and logits in one pass; no gradient is needed, so the tap makes no leaf.
-        gp = self._forward(images, class_idx, gradients=False)
-        base = self._black_scores(images, gp.class_idx)
-        L_reg, _, stats = self._region(images, gp, base)
-        with torch.no_grad():
-            cam = algebra.normalized(L_reg, tuple(images.shape[-2:]))
-        timings = {"region": (time.perf_counter() - t) * 1e3}
-        return Explanation.from_map(self.method, cam, logits=gp.logits, class_idx=gp.class_idx,
-                                    timings_ms=timings, stats=stats)

@@ -1,13 +1,9 @@
 """UnionCAM, eager PyTorch: the ground truth every other path is checked against."""
 from __future__ import annotations
 
-import time
-
-import torch
 from torch import nn
 
-from .. import algebra
-from ..explanation import Explanation
+from .. import pipeline
 from ..validation import check_theta
 from .cam_method import RegionMapMethod
 
@@ -15,8 +11,27 @@ from .cam_method import RegionMapMethod
 class UnionCAM(RegionMapMethod):
     """UnionCAM (Hu et al., 2024): AMD + Score-CAM region map, fused by AMU, selected by AMS.
 
-    ``UnionCAM(model, target_layer)(images, class_idx)`` follows the definitions in the README
-    ("The method") exactly, in the model's dtype, through :mod:`unioncam.algebra`.
+    With ``A`` the target layer's activations (B, K, h, w), ``G = d logit_c / dA``,
+    ``N = minmax(up(.))`` and ``b = p_c(Ib)`` (a black image):
+
+    - AMD: ``L_den = relu(sum_k mean(G_k * [G_k >= P_theta(G_k)]) A_k)``;
+    - region map: ``L_reg = relu(sum_k p_c(N(A_k) * I0) A_k)``;
+    - AMU: ``DR = minmax(beta_den N(L_den) + beta_reg N(L_reg))``, ``beta_x = p_c(N(L_x) * I0) - b``;
+    - AMS: the map is ``DR`` if ``beta_dr > beta_reg``, else ``N(L_reg)``.
+
+    The README ("The method") and ``shared/spec/UNIONCAM.md`` state it exactly; the algebra is
+    :mod:`unioncam.algebra`, the sequence :func:`unioncam.pipeline.explain`.
+
+    Example::
+
+        >>> import torch
+        >>> from unioncam import UnionCAM
+        >>> from unioncam.models import load
+        >>> model = load("efficientnet_lite0")
+        >>> cam = UnionCAM(model, "features.16")
+        >>> out = cam(torch.rand(1, 3, 224, 224))
+        >>> out.cam.shape, out.selected
+        ((1, 224, 224), [...])
 
     Args:
         model: ``nn.Module`` mapping (B, 3, H, W) images in [0, 1] to (B, C) logits.
@@ -37,24 +52,7 @@ class UnionCAM(RegionMapMethod):
                          skip_duplicates=skip_duplicates, max_passes=max_passes, progress=progress)
         self.theta = check_theta(theta)
 
-    def _explain(self, images: torch.Tensor, class_idx) -> Explanation:
-        timings: dict[str, float] = {}
-        B, _, H, W = images.shape
-        t = time.perf_counter()
-        gp = self._forward(images, class_idx, gradients=True)
-        timings["gradient"] = (time.perf_counter() - t) * 1e3
-
-        t = time.perf_counter()
-        base = self._black_scores(images, gp.class_idx)
-        L_reg, cs, stats = self._region(images, gp, base)
-        timings["region"] = (time.perf_counter() - t) * 1e3
-
-        t = time.perf_counter()
-        with torch.no_grad():
-            L_den = algebra.denoised_map(gp.activations, gp.gradients, self.theta)
-            fusion = algebra.union_select(L_den, L_reg, (H, W), base, self._scorer(images, gp.class_idx))
-        timings["fusion"] = (time.perf_counter() - t) * 1e3
-        return Explanation.from_fusion(
-            fusion, logits=gp.logits, class_idx=gp.class_idx, timings_ms=timings,
-            stats={**stats, "masked_passes": cs.passes + 3 * B},
-        )
+    def options(self) -> pipeline.PassOptions:
+        return pipeline.PassOptions(theta=self.theta, skip_constant=self.skip_constant,
+                                    skip_duplicates=self.skip_duplicates, max_passes=self.max_passes,
+                                    progress=self.progress)

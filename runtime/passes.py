@@ -1,0 +1,76 @@
+"""The pipeline's passes (:class:`unioncam.pipeline.Passes`) on the runtime's runners.
+
+Three runners, each with one fixed call shape for the whole session (a GPU session re-runs its
+convolution-algorithm search at every new shape, see :mod:`unioncam.pipeline`):
+
+- ``gradient``: (``gradient_batch``, 3, H, W) images, and the black image at construction;
+- ``region``: (1, ``batch_size``, h, w) activation maps of one image (the precision variant);
+- ``fusion``: (1, ``fusion_batch``, H, W) full-size maps, on the FP32 graph: the 3 fusion passes
+  decide the betas and AMS's selection (measured: INT8 fusion passes flip selections).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from unioncam import algebra
+from unioncam.errors import ArtifactError, InvalidInputError
+from unioncam.pipeline import GradientPass, run_gradient
+
+from .backends.base import Runner
+
+#: Maps per fusion call: AMU's two maps, then AMS's one, per image. One map per call keeps one
+#: shape with no padded pass (on the CPU a padded pass costs as much as a real one).
+FUSION_BATCH = 1
+
+
+class RunnerPasses:
+    """Passes on a gradient runner and two masked-forward runners (activated by the caller).
+
+    Args:
+        gradient, region, fusion: the runners (``region`` may be ``fusion``'s precision variant).
+        num_classes, input_size: the manifest's.
+        batch_size: maps per region call; gradient_batch: images per gradient call.
+        pad: pad every call to its fixed size (True in the runtime; see :mod:`unioncam.pipeline`).
+        describe: stats entries naming the path.
+    """
+
+    fusion_batch = FUSION_BATCH
+
+    def __init__(self, gradient: Runner, region: Runner, fusion: Runner, *, num_classes: int,
+                 input_size: tuple[int, int], batch_size: int, gradient_batch: int, pad: bool = True,
+                 describe: dict | None = None):
+        self.runners = {"gradient": gradient, "region": region, "fusion": fusion}
+        self.num_classes, self.input_size = num_classes, tuple(input_size)
+        self.batch_size, self.gradient_batch, self.pad = batch_size, gradient_batch, pad
+        self._describe = dict(describe or {})
+        self._black = None
+
+    def black_probs(self) -> np.ndarray:
+        """(C,) float32 ``p_c(Ib)``: one pass on the first call, cached (it does not depend on the input)."""
+        if self._black is None:
+            H, W = self.input_size
+            gp = run_gradient(self, np.zeros((1, 3, H, W), np.float32), np.full(1, -1, np.int64), gradients=False)
+            if gp.logits.shape != (1, self.num_classes):
+                raise ArtifactError(f"the gradient graph gives {gp.logits.shape[1]} classes, the manifest says "
+                                    f"{self.num_classes}; re-export the model")
+            self._black = algebra.softmax(gp.logits[0].astype(np.float32))
+        return self._black
+
+    def gradient(self, images: np.ndarray, requested: np.ndarray, *, gradients: bool = True) -> GradientPass:
+        out = self.runners["gradient"].infer({"image": images, "class_idx": requested})
+        logits, A, G = out["logits"], out["activations"], out["gradients"]
+        if not (np.isfinite(logits).all() and np.isfinite(A).all() and np.isfinite(G).all()):
+            raise InvalidInputError("the model produced NaN or Inf for this input; check the model and its weights")
+        classes = np.where(requested < 0, logits.argmax(axis=1), requested).astype(np.int64)
+        return GradientPass(logits, A, G, classes)
+
+    def image(self, images: np.ndarray, b: int, stage: str):
+        return self.runners[stage].to_device(images[b:b + 1])
+
+    def scores(self, image, maps: np.ndarray, class_idx: int, stage: str) -> np.ndarray:
+        feeds = {"image": image, "maps": np.ascontiguousarray(maps[None], dtype=np.float32),
+                 "class_idx": np.array([class_idx], np.int64)}
+        return self.runners[stage].infer(feeds)["scores"][0]
+
+    def describe(self) -> dict:
+        return dict(self._describe)
