@@ -41,11 +41,12 @@ def test_runtime_equals_reference_under_a_budget(tiny_art):
 
 
 def _planted(seed: int, distinct: int = 5, copies: int = 6, size: int = 6):
-    """(1, K, size, size) activations: ``distinct`` masks, each in ``copies`` scaled and shifted copies
-    (equal minmax, so equal masks and equal scores)."""
+    """(1, K, size, size) activations: ``distinct`` masks, each in ``copies`` copies scaled by powers
+    of two. Such a copy has exactly the same minmax in floating point, so an equal mask and an equal
+    score; a shifted copy's minmax differs in the last bit, so it is not a planted duplicate."""
     g = np.random.default_rng(seed)
     base = g.random((distinct, size, size)) ** 3
-    A = np.concatenate([base * (1 + 3 * g.random()) + g.random() for _ in range(copies)])
+    A = np.concatenate([base * 2.0 ** int(g.integers(-3, 4)) for _ in range(copies)])
     return A[None].astype(np.float64)
 
 

@@ -101,25 +101,39 @@ def estimate_scores(features: np.ndarray, chosen: np.ndarray, scores: np.ndarray
         of predicting each scored channel from the others, 0.0 with fewer than 2 scored channels).
     """
     scores = np.asarray(scores, np.float64)
+    # A scored mask equal to a channel's own, found by comparing the rows themselves: a squared
+    # distance of equal rows can round to a few 1e-15 in the expansion (BLAS-dependent), so
+    # ``d == 0`` is not an equality test.
+    first = {}
+    for i, row in enumerate(features[chosen]):
+        first.setdefault(row.tobytes(), i)
+    equal = np.array([first.get(row.tobytes(), -1) for row in features], np.int64)
 
-    def predict(d: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(d: np.ndarray, s: np.ndarray, equal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         k = min(neighbours, d.shape[1])
         idx = np.argsort(d, axis=1, kind="stable")[:, :k]
         dd = np.take_along_axis(d, idx, 1)
-        exact = dd[:, 0] == 0.0
-        wts = 1.0 / np.where(dd > 0, dd, 1.0)
+        exact = equal >= 0
+        # Floored, so that a distance rounded to 0 between unequal masks weighs most, not least.
+        wts = 1.0 / np.maximum(dd, 1e-12)
         est = (wts * s[idx]).sum(1) / wts.sum(1)
-        return np.where(exact, s[idx[:, 0]], est), exact
+        return np.where(exact, s[np.maximum(equal, 0)], est), exact
 
     d = _sq_dist(features, features[chosen])
-    out, exact = predict(d, scores)
+    out, exact = predict(d, scores, equal)
     out[chosen] = scores
     exact[chosen] = True
     loo = 0.0
     if chosen.size >= 2:
         dc = d[chosen].copy()
         np.fill_diagonal(dc, np.inf)
-        loo = float(np.sqrt(np.mean((predict(dc, scores)[0] - scores) ** 2)))
+        # Leave-one-out: a scored channel may not use its own score, but may use an equal scored mask.
+        loo_equal = np.full(chosen.size, -1, np.int64)
+        rows = [r.tobytes() for r in features[chosen]]
+        for i, key in enumerate(rows):
+            other = [j for j, k2 in enumerate(rows) if k2 == key and j != i]
+            loo_equal[i] = other[0] if other else -1
+        loo = float(np.sqrt(np.mean((predict(dc, scores, loo_equal)[0] - scores) ** 2)))
     return out, exact, loo
 
 
