@@ -37,7 +37,7 @@ METHODS: dict[str, MethodInfo] = {}
 def register_method(info: MethodInfo) -> MethodInfo:
     """Add a method; its ``kind`` says which part of the pipeline it runs."""
     if info.kind not in KINDS:
-        raise ValueError(f"method kind must be one of {KINDS}, got {info.kind!r}")
+        raise InvalidInputError(f"method kind must be one of {KINDS}, got {info.kind!r}")
     METHODS[info.name] = info
     return info
 
