@@ -10,17 +10,11 @@ from unioncam.engine_file import check_header, current_gpu, import_tensorrt, rea
 from unioncam.errors import ArtifactError, BackendUnavailableError
 from unioncam.validation import check_ort_options
 
+from .devices import ORT_PROVIDERS
+
 #: ``opt=`` values -> ONNX Runtime's graph optimisation levels (names, so no import at module load).
 _OPT_LEVELS_NAMES = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                      "layout": "ORT_ENABLE_LAYOUT", "all": "ORT_ENABLE_ALL"}
-
-#: Devices of the ONNX Runtime backend and their execution providers, best first.
-ORT_PROVIDERS = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
-
 
 def providers_for(device: str) -> list[str]:
     """Execution providers for a device, or BackendUnavailableError listing what this onnxruntime has."""

@@ -183,7 +183,8 @@ def explain(passes: Passes, images, class_idx, method: str, options: PassOptions
     ``class_idx``: None (arg-max), an int, or one int per image. Returns an
     :class:`unioncam.Explanation`; its ``masked_passes`` counts real passes (padding excluded).
     """
-    kind = method_info(method).kind
+    info = method_info(method)
+    kind = info.kind
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     B, _, H, W = images.shape
@@ -202,7 +203,7 @@ def explain(passes: Passes, images, class_idx, method: str, options: PassOptions
                                     timings_ms=timings, stats={**stats, **extra})
 
     if kind == "gradient":
-        return finish(algebra.weighted_map(A, algebra.GRADIENT_WEIGHTS[method](A, gp.gradients)), {})
+        return finish(algebra.weighted_map(A, getattr(algebra, info.weights)(A, gp.gradients)), {})
 
     t = time.perf_counter()
     xp = namespace(A)

@@ -18,12 +18,21 @@ KINDS = ("gradient", "region", "union")
 @dataclass(frozen=True)
 class MethodInfo:
     """name: the public name (``--methods``, ``method=``); kind: see :data:`KINDS`; eager: the
-    eager class as ``"module:Class"``; summary: one line for ``--help``."""
+    eager class as ``"module:Class"``; summary: one line for ``--help``; weights: for a
+    ``"gradient"`` method, the name of its channel-weight function in :mod:`unioncam.algebra`."""
 
     name: str
     kind: str
     eager: str
     summary: str
+    weights: str = ""
+
+    def options(self, **settings) -> dict:
+        """The constructor options of this method's kind among ``settings`` (theta, batch_size,
+        max_passes, progress): a gradient method takes no budget, only UnionCAM takes theta."""
+        takes = {"gradient": ("batch_size", "progress"), "region": ("batch_size", "progress", "max_passes"),
+                 "union": ("batch_size", "progress", "max_passes", "theta")}[self.kind]
+        return {k: v for k, v in settings.items() if k in takes}
 
     def eager_class(self):
         """The eager PyTorch class (imports torch)."""
@@ -44,9 +53,12 @@ def register_method(info: MethodInfo) -> MethodInfo:
 
 for _info in (
     MethodInfo("unioncam", "union", "unioncam.methods.unioncam:UnionCAM", "UnionCAM (Hu et al., 2024)"),
-    MethodInfo("gradcam", "gradient", "unioncam.methods.baselines:GradCAM", "Grad-CAM (Selvaraju et al., 2017)"),
-    MethodInfo("gradcampp", "gradient", "unioncam.methods.baselines:GradCAMpp", "Grad-CAM++ (Chattopadhay et al., 2018)"),
-    MethodInfo("xgradcam", "gradient", "unioncam.methods.baselines:XGradCAM", "XGrad-CAM (Fu et al., 2020)"),
+    MethodInfo("gradcam", "gradient", "unioncam.methods.baselines:GradCAM", "Grad-CAM (Selvaraju et al., 2017)",
+               "gradcam_weights"),
+    MethodInfo("gradcampp", "gradient", "unioncam.methods.baselines:GradCAMpp",
+               "Grad-CAM++ (Chattopadhay et al., 2018)", "gradcampp_weights"),
+    MethodInfo("xgradcam", "gradient", "unioncam.methods.baselines:XGradCAM", "XGrad-CAM (Fu et al., 2020)",
+               "xgradcam_weights"),
     MethodInfo("scorecam", "region", "unioncam.methods.baselines:ScoreCAM", "Score-CAM (Wang et al., 2020)"),
 ):
     register_method(_info)

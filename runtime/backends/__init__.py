@@ -2,15 +2,17 @@
 Runtime's TensorRT provider) and ``tensorrt`` (native engines, CUDA)."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from unioncam.artifacts import GRADIENT_ONNX, MASKED_ONNX, Manifest
 from unioncam.engine_file import import_tensorrt
 from unioncam.errors import BackendUnavailableError
 
-from ..loaders import ORT_PROVIDERS, EngineFromFile, SessionFromOnnx
+from ..devices import DEFAULT_BATCH, EAGER_BATCH, EAGER_DEVICES, ENGINE_DEVICES, ORT_PROVIDERS
+from ..loaders import EngineFromFile, SessionFromOnnx
 from .base import Runner
-from .registry import BACKENDS, BackendInfo, backend_info, register_backend, unregister_backend
+from .registry import BACKENDS, BackendInfo, backend_info, devices, register_backend, unregister_backend
 
 
 def onnxruntime_runner(directory: Path, graph: str, *, device: str, manifest: Manifest, threads=None,
@@ -51,12 +53,16 @@ def _tensorrt_available() -> str | None:
 
 
 register_backend(BackendInfo(
-    "onnxruntime", tuple(ORT_PROVIDERS), default_batch={"cpu": 16, "cuda": 64, "tensorrt": 64},
+    "onnxruntime", tuple(ORT_PROVIDERS), default_batch=DEFAULT_BATCH,
     runner=onnxruntime_runner, available=_onnxruntime_available,
     summary="ONNX Runtime: cpu, cuda (CUDA provider), tensorrt (ONNX Runtime's TensorRT provider)"))
 register_backend(BackendInfo(
-    "tensorrt", ("cuda",), default_batch={"cuda": 64}, needs_engines=True, runner=tensorrt_runner,
+    "tensorrt", ENGINE_DEVICES, default_batch=DEFAULT_BATCH, needs_engines=True, runner=tensorrt_runner,
     available=_tensorrt_available, summary="TensorRT engines from `unioncam export --engine` (CUDA)"))
+register_backend(BackendInfo(
+    "torch", EAGER_DEVICES, default_batch=dict.fromkeys(EAGER_DEVICES, EAGER_BATCH), eager=True,
+    available=lambda: None if importlib.util.find_spec("torch") else "pip install \"unioncam[torch]\"",
+    summary="the eager PyTorch reference (unioncam.UnionCAM), no export"))
 
 
 def make_runners(backend: str, device: str, directory: Path, manifest: Manifest, *, threads: int | None = None,
@@ -75,6 +81,8 @@ def available_backends() -> list[str]:
     """Backends that can run on this machine, with the devices they run on."""
     out = []
     for info in BACKENDS.values():
+        if info.eager:
+            continue
         why = info.available()
         if why is None:
             out.append(info.name if info.devices[0] == "cpu" else f"{info.name} ({'/'.join(info.devices).upper()} only)")
@@ -83,5 +91,5 @@ def available_backends() -> list[str]:
     return out
 
 
-__all__ = ["BACKENDS", "BackendInfo", "Runner", "available_backends", "backend_info", "make_runners",
+__all__ = ["BACKENDS", "BackendInfo", "Runner", "available_backends", "backend_info", "devices", "make_runners",
            "register_backend", "unregister_backend"]

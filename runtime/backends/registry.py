@@ -28,6 +28,7 @@ class BackendInfo:
             session_options) -> Runner`` for one graph; imported only when a runner is made.
         available: ``() -> str | None``: None where it can run here, else why not.
         summary: one line for ``--list``.
+        eager: the eager PyTorch reference (no runners: ``unioncam.UnionCAM`` and its baselines).
     """
 
     name: str
@@ -37,12 +38,16 @@ class BackendInfo:
     runner: str | Callable = ""
     available: Callable[[], str | None] = lambda: None
     summary: str = ""
+    eager: bool = False
 
     def make_runner(self, directory: Path, graph: str, *, device: str, manifest, **options):
         """A runner (not yet activated) for ``graph`` (an ONNX file name of the export)."""
         if device not in self.devices:
             raise BackendUnavailableError(f"backend {self.name!r} runs on device {' or '.join(map(repr, self.devices))}, "
                                           f"not {device!r}")
+        if self.eager:
+            raise BackendUnavailableError(f"backend {self.name!r} is the eager reference, which runs no exported graph; "
+                                          "use unioncam.UnionCAM (or --backend torch on the CLI)")
         factory = self.runner
         if isinstance(factory, str):
             module, _, fn = factory.partition(":")
@@ -69,3 +74,8 @@ def backend_info(name: str) -> BackendInfo:
         return BACKENDS[name]
     except (KeyError, TypeError):
         raise BackendUnavailableError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}") from None
+
+
+def devices() -> list[str]:
+    """Every device some backend runs on, in registration order."""
+    return list(dict.fromkeys(d for info in BACKENDS.values() for d in info.devices))

@@ -24,7 +24,6 @@ from .maps import (
 )
 from .namespace import namespace, to_numpy
 from .weights import (
-    GRADIENT_WEIGHTS,
     gradcam_weights,
     gradcampp_weights,
     region_map,
@@ -36,7 +35,6 @@ from .weights import (
 
 __all__ = [
     "Fusion",
-    "GRADIENT_WEIGHTS",
     "bilinear_matrix",
     "budget_stats",
     "channel_scores",

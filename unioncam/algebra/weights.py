@@ -58,4 +58,3 @@ def xgradcam_weights(activations, gradients):
 
 
 #: method name -> ``weights(activations, gradients) -> (B, K)``.
-GRADIENT_WEIGHTS = {"gradcam": gradcam_weights, "gradcampp": gradcampp_weights, "xgradcam": xgradcam_weights}

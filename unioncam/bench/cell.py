@@ -43,6 +43,7 @@ def _explainer(spec: dict):
         import torch
 
         from ..methods import method_class
+        from ..registry import method_info
         from ..models import load
 
         from ..validation import check_torch_device
@@ -51,9 +52,7 @@ def _explainer(spec: dict):
         device = check_torch_device(spec.get("device") or "cpu")
         model, layer = load(spec["model"], spec.get("weights"))
         model.to(device)
-        kwargs = {"batch_size": spec["batch_size"] or 64}
-        if spec["method"] in ("unioncam", "scorecam"):
-            kwargs["max_passes"] = spec.get("max_passes")
+        kwargs = method_info(spec["method"]).options(batch_size=spec["batch_size"] or 64, max_passes=spec.get("max_passes"))
         method = method_class(spec["method"])(model, spec.get("layer") or layer, **kwargs)
         # The image is copied to the device inside the timed call, as a user's would be; the
         # Explanation's NumPy fields make the call synchronous, so host clocks time the device.

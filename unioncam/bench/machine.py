@@ -8,6 +8,10 @@ from importlib import metadata
 from pathlib import Path
 
 
+#: The installed distributions a bench report records the versions of (pip names, not backends).
+DISTRIBUTIONS = ("unioncam", "onnxruntime", "onnxruntime-gpu", "numpy", "torch", "tensorrt", "tensorrt-rtx-cu13")
+
+
 def _version(pkg: str) -> str | None:
     try:
         return metadata.version(pkg)
@@ -35,8 +39,7 @@ def machine_facts() -> dict:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "gpu": current_gpu(),
-        "versions": {p: _version(p) for p in ("unioncam", "onnxruntime", "onnxruntime-gpu", "numpy", "torch",
-                                               "tensorrt", "tensorrt-rtx-cu13")},
+        "versions": {p: _version(p) for p in DISTRIBUTIONS},
     }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..registry import METHODS
+from ..runtime.backends import BACKENDS, devices
 from .common import add_budget_option, positive_int
 
 
@@ -32,7 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--layer", help="target layer (with --model; default: the model's, or the last feature map)")
     p.add_argument("--input-size", type=positive_int, nargs="+", metavar="N", help="H [W] of a --model's input")
     p.add_argument("--weights", type=Path, help="checkpoint file for --model")
-    p.add_argument("--backend", nargs="+", default=["onnxruntime"], help="onnxruntime, tensorrt, torch (eager)")
+    p.add_argument("--backend", nargs="+", default=["onnxruntime"], help=", ".join(BACKENDS) + " (torch: the eager reference)")
     p.add_argument("--device", nargs="+", default=["cpu"], help="cpu, cuda, tensorrt")
     p.add_argument("--method", nargs="+", default=["unioncam"], choices=METHODS)
     p.add_argument("--batch-size", nargs="+", type=positive_int, default=[None], help="masked passes per call")
@@ -89,7 +90,7 @@ def _validate(args) -> None:
             check_ort_options(text)
         except UnionCAMError as e:
             raise UsageError(f"--ort-options: {e}") from None
-    known_b, known_d = ("onnxruntime", "tensorrt", "torch"), ("cpu", "cuda", "tensorrt")
+    known_b, known_d = list(BACKENDS), devices()
     for b in args.backend:
         if b not in known_b:
             raise UsageError(f"unknown --backend {b!r}; choose from {', '.join(known_b)}")
@@ -190,7 +191,7 @@ def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
                     "max_passes": budget, "precision": precision, "ort_options": ort_options}
             if backend == "torch" and ort_options != "default":
                 result = {"status": "unavailable: ONNX Runtime options do not apply to the eager reference"}
-            elif backend == "torch" and device not in ("cpu", "cuda"):
+            elif backend == "torch" and device not in BACKENDS["torch"].devices:
                 result = {"status": f"unavailable: the eager reference runs on cpu or cuda, not {device}"}
             elif backend == "torch" and precision != "fp32":
                 result = {"status": "unavailable: the eager reference runs in the model's dtype (fp32)"}

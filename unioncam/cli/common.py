@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UnionCAMError, UsageError
+from ..runtime.backends import backend_info
 
 
 def positive_int(text: str) -> int:
@@ -123,7 +124,7 @@ def open_runtime(args, model_spec, **kwargs):
 
     if getattr(args, "artifacts", None) is not None:  # the user's folder: verified, never re-exported
         return Explainer(args.artifacts, **kwargs), model_spec.default_layer
-    engines = kwargs.get("backend") == "tensorrt"
+    engines = backend_info(kwargs.get("backend") or "onnxruntime").needs_engines
     if engines:
         from ..engine_file import current_gpu
         from ..errors import BackendUnavailableError

@@ -8,13 +8,12 @@ from pathlib import Path
 
 
 from ..errors import UnionCAMError, UsageError
-from ..registry import METHODS
+from ..registry import METHODS, method_info
+from ..runtime.backends import BACKENDS, devices
 from ..outputs import collect_images, output_stems, report, write_outputs
 from .common import (add_model_options, check_model_options, ensure_out, open_runtime, positive_int, require_layer,
                      resolve_model_spec)
 
-BACKENDS = ("onnxruntime", "tensorrt", "torch")
-DEVICES = ("cpu", "cuda")
 #: From this many images on, ``explain`` runs on Ray when Ray is installed (README, "Whole data sets").
 RAY_THRESHOLD = 256
 
@@ -36,10 +35,11 @@ def add_parser(sub) -> None:
                    help="image files (any format OpenCV reads), folders, or quoted globs; default: bundled chelsea.png")
     add_model_options(p, out_default="unioncam_out")
     p.add_argument("--class", dest="class_idx", type=int, help="class to explain (default: the predicted class)")
-    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
+    p.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime",
                    help="onnxruntime (default; exports the model into the cache on first use), tensorrt, "
                         "or torch (the eager reference)")
-    p.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--device", choices=devices(), default="cpu",
+                   help="cpu (default), cuda, or tensorrt (ONNX Runtime's TensorRT provider)")
     p.add_argument("--method", choices=METHODS, default="unioncam",
                    help="unioncam (default) or a baseline: gradcam, gradcampp, xgradcam, scorecam")
     ray = p.add_argument_group("whole data sets on Ray (pip install \"unioncam[ray]\"); used from "
@@ -60,23 +60,20 @@ def _explainer(args, model_spec):
                              "model's own dtype")
         import torch
 
-        from .. import UnionCAM
+        from ..methods import method_class
         from ..models import load
         from ..validation import check_torch_device
 
+        if args.device not in BACKENDS["torch"].devices:
+            raise UsageError(f"--device {args.device}: the eager reference runs on {' or '.join(BACKENDS['torch'].devices)}")
         device = check_torch_device(args.device)
         model, default_layer = load(args.model, args.weights)
         layer = require_layer(args.layer or default_layer, args.model, model, model_spec.input_size)  # on the CPU
         model.to(device)
-        if args.method == "unioncam":
-            explainer = UnionCAM(model, layer, theta=args.theta, batch_size=args.batch_size or 64,
-                                 max_passes=args.max_passes, progress=not args.no_progress)
-        else:
-            from ..methods import method_class
-
-            budget = {"max_passes": args.max_passes} if args.method == "scorecam" else {}
-            explainer = method_class(args.method)(model, layer, batch_size=args.batch_size or 64,
-                                                    progress=not args.no_progress, **budget)
+        options = method_info(args.method).options(batch_size=args.batch_size or BACKENDS["torch"].default_batch[args.device],
+                                                   progress=not args.no_progress, max_passes=args.max_passes,
+                                                   theta=args.theta)
+        explainer = method_class(args.method)(model, layer, **options)
         return (lambda x: explainer(torch.from_numpy(x).to(device), args.class_idx)), layer
 
     runtime, layer = open_runtime(args, model_spec, backend=args.backend, device=args.device,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import InvalidInputError
+from ..runtime.backends import backend_info
 
 
 def run_distributed(args, model_spec, images) -> int:
@@ -23,7 +24,7 @@ def run_distributed(args, model_spec, images) -> int:
     if args.artifacts is not None:
         directory, layer = args.artifacts, model_spec.default_layer
     else:
-        directory, layer = ensure_exported(args, model_spec, engines=args.backend == "tensorrt")
+        directory, layer = ensure_exported(args, model_spec, engines=backend_info(args.backend).needs_engines)
         ensure_precision(directory, args.precision or "fp32")
     run_settings = {**settings(args, model_spec, layer), "batch_size": args.batch_size}
     summary = explain_dataset(images, directory, args.out, workers=args.workers, ray_address=args.ray_address,

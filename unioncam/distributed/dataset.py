@@ -144,7 +144,7 @@ def _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpu
     cluster_cpus = float(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
     n = workers or max(1, int(cluster_cpus // 2))
     n = min(n, len(todo))
-    gpu = settings["device"] in ("cuda", "tensorrt")
+    gpu = settings["device"] != "cpu"
     num_gpus = (gpus_per_worker if gpus_per_worker is not None else 1.0) if gpu else 0
     # Fractional CPUs: whole-CPU actors on a small machine leave none for Ray Data's own tasks and
     # the pipeline stalls. The actors' ONNX Runtime threads share the cores instead.

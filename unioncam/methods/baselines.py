@@ -1,6 +1,6 @@
 """Baseline CAMs that fall out of UnionCAM's pipeline: Grad-CAM, Grad-CAM++, XGrad-CAM (from the
 gradient pass) and Score-CAM (the region map). Each returns ``minmax(up(L))``, (B, H, W) in [0, 1].
-Their weights are :data:`unioncam.algebra.GRADIENT_WEIGHTS`; their sequence is
+Their weights are :mod:`unioncam.algebra.weights` (named in :mod:`unioncam.registry`); their sequence is
 :func:`unioncam.pipeline.explain`."""
 from __future__ import annotations
 
