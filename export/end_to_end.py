@@ -22,6 +22,9 @@ The graph is three traced parts stitched together (``onnx_compose.py``):
 """
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,8 +32,8 @@ import torch
 from torch import nn
 
 from unioncam import algebra
-from unioncam.artifacts import END_TO_END_CHUNK, atomic_directory, sha256_file
-from unioncam.errors import ExportError, InvalidInputError
+from unioncam.artifacts import END_TO_END_CHUNK, MANIFEST, sha256_file
+from unioncam.errors import ExportError, InvalidInputError, OutputPathError, UnwritableError
 from unioncam.methods.hooks import eval_mode, resolve_layer
 from unioncam.methods.passes import logit_gradient, masked_probs
 from unioncam.validation import check_positive_int, check_theta
@@ -50,6 +53,16 @@ STATUS = {0: "ok", 1: "the image contains NaN or Inf", 2: "the image is outside 
 # Names of the tensors between the parts (front outputs = back inputs, plus the loop's).
 _FRONT_OUT = ["x", "cls", "checked", "score_c", "A", "L_den", "base", "constant", "rep", "rows", "trips", "n_run"]
 _BACK_IN = ["x", "cls", "checked", "score_c", "A", "L_den", "base", "constant", "rep", "n_run", "channel_state"]
+
+
+def _ours(out_dir: Path) -> bool:
+    """Whether ``out_dir`` is an export folder or holds a one-graph report of ours."""
+    if (out_dir / MANIFEST).is_file():
+        return True
+    try:
+        return "sha256" in json.loads((out_dir / "unioncam.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def pass_rows(run: torch.Tensor, chunk: int):
@@ -222,12 +235,19 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
     H, W = int(input_size[0]), int(input_size[1])
     t = time.perf_counter()
     out_dir = Path(out_dir)
+    for name in (E2E_ONNX, "unioncam.json"):
+        if (out_dir / name).exists() and not _ours(out_dir):
+            raise OutputPathError(f"{out_dir / name} exists and {out_dir} is not a unioncam export; unioncam will not "
+                                  "replace it: give --out a new folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        # Built in a temporary folder inside out_dir (same file system: the moves are atomic); only
+        # the finished, checked files are moved into place.
+        work = tempfile.TemporaryDirectory(prefix=".unioncam-e2e-", dir=out_dir)
     except OSError as e:
-        raise ExportError(f"cannot write into {out_dir}: {e.strerror}; choose a writable --out folder") from None
-    # Built in a temporary sibling folder; only the finished, checked file is moved into out_dir.
-    with eval_mode(model), atomic_directory(out_dir / ".unioncam-e2e") as tmp:
+        raise UnwritableError(f"cannot write into {out_dir}: {e.strerror}; choose a writable --out folder") from None
+    with eval_mode(model), work as tmp:
+        tmp = Path(tmp)
         _, C, K, (h, w) = _probe(model, layer_name, layer, (H, W))
         chunk = min(chunk, K)
         say = log or (lambda line: None)
@@ -261,14 +281,8 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
                 "chunk": chunk, "theta": theta, "layer": layer_name, "input_size": [H, W],
                 "forward_flops": forward_flops(model, x), "export_s": time.perf_counter() - t,
                 "sha256": sha256_file(path)}
-        import json
-        import os
-
         (tmp / "unioncam.json").write_text(json.dumps(info, indent=2))
         os.replace(path, out_dir / E2E_ONNX)
         os.replace(tmp / "unioncam.json", out_dir / "unioncam.json")
-    import shutil
-
-    shutil.rmtree(out_dir / ".unioncam-e2e", ignore_errors=True)
     info["path"] = str(out_dir / E2E_ONNX)
     return info

@@ -9,7 +9,7 @@ from torch import nn
 
 from unioncam import __version__
 from unioncam.artifacts import GRADIENT_ONNX, MANIFEST, MASKED_ONNX, Manifest, atomic_directory, sha256_file
-from unioncam.errors import ExportError, InvalidInputError, LayerNotFoundError
+from unioncam.errors import ExportError, InvalidInputError, LayerNotFoundError, UnsupportedOpError
 from unioncam.methods.hooks import ActivationTap, check_model, eval_mode, resolve_layer
 from unioncam.methods.passes import check_logits
 
@@ -137,9 +137,7 @@ def export(
                      "model": model, "layer_name": layer_name}
         try:
             export_onnx(MaskedForward(model, (H, W)).eval(), (x, maps, c), tmp / MASKED_ONNX, **masked_kw)
-        except ExportError as e:
-            if "unsupported op" not in str(e):
-                raise
+        except UnsupportedOpError as e:
             # Forward ops torch.onnx cannot translate (uneven adaptive max pooling) may have one of
             # our decompositions: trace below them, as the gradient graph is, and export that.
             # Only then: the direct export is what every other model gets, measured and tested.

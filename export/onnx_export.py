@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from unioncam.errors import ExportError
+from unioncam.errors import ExportError, UnsupportedOpError
 
 # Ops whose trailing outputs are optional in ONNX; an unused one is dropped (TensorRT rejects
 # MaxPool's "Indices" output, and the exporter emits it even when nothing reads it).
@@ -92,7 +92,7 @@ def export_onnx(fn: torch.nn.Module, example_inputs: tuple, path: Path, *, input
         except Exception as e:
             msg = _unsupported_op_message(e, model, layer_name)
             if msg:
-                raise ExportError(msg) from None
+                raise UnsupportedOpError(msg) from None
             root = e
             while root.__cause__ is not None:
                 root = root.__cause__

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .atomic import default_mode
-from .errors import ArtifactError
+from .errors import ArtifactError, OutputPathError, UnwritableError
 
 MANIFEST = "manifest.json"
 #: Masked passes per loop iteration of ``unioncam.onnx`` by default: chosen from the README's measured
@@ -101,6 +101,10 @@ class Manifest:
     def load(cls, directory: str | Path) -> "Manifest":
         path = Path(directory) / MANIFEST
         if not path.is_file():
+            if Path(directory).is_dir() and any(Path(directory).iterdir()):
+                # Not "export --out <that path>": that folder holds other files, which export refuses to replace.
+                raise ArtifactError(f"{directory} is not a unioncam export (no {MANIFEST}); export the model into a "
+                                    "new folder with `unioncam export --out NEW_FOLDER` and give that folder")
             raise ArtifactError(f"no {MANIFEST} in {directory}: export the model first with `unioncam export --out {directory}`")
         try:
             d = json.loads(path.read_text())
@@ -147,16 +151,60 @@ class Manifest:
                 )
 
 
+#: Files an export folder may hold besides those its manifest lists: written by ``unioncam export``
+#: (engines, the one graph and its report), so replacing such a folder deletes nothing of the user's.
+_EXPORT_EXTRAS = (MANIFEST, "unioncam.onnx", "unioncam.json")
+
+
+def check_replaceable(final: str | Path) -> None:
+    """Refuse to replace ``final`` unless it is absent, an empty folder, or a previous export whose
+    every file is the export's own (listed in its valid manifest, an engine, the one graph).
+
+    Raises:
+        OutputPathError: a file, the current folder (or one above it), a folder that is not an
+            export, or an export folder holding other files; the message names the path.
+    """
+    final = Path(final)
+    if not final.exists() and not final.is_symlink():
+        return
+    if not final.is_dir() or final.is_symlink():
+        raise OutputPathError(f"{final} exists and is not a folder; unioncam will not replace it: "
+                              "give --out a new folder")
+    here = Path.cwd().resolve()
+    if final.resolve() == here or final.resolve() in here.parents:
+        raise OutputPathError(f"{final} is the current folder (or holds it); give --out a new folder, e.g. {final}/unioncam_export")
+    entries = sorted(p.name for p in final.iterdir())
+    if not entries:
+        return
+    try:
+        manifest = Manifest.load(final)
+    except ArtifactError:
+        raise OutputPathError(f"{final} is not empty and is not a unioncam export (it holds {_listing(entries)}); "
+                              "unioncam will not replace it: give --out a new or empty folder") from None
+    own = set(manifest.files) | set(_EXPORT_EXTRAS)
+    foreign = [n for n in entries if n not in own and not n.endswith(".engine")]
+    if foreign:
+        raise OutputPathError(f"{final} is an export folder that also holds other files ({_listing(foreign)}); "
+                              "unioncam will not replace it: move them out, or give --out a new folder")
+
+
+def _listing(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def atomic_directory(final: str | Path):
     """Context manager yielding a temporary sibling folder that replaces ``final`` only on success.
 
     A crash or error leaves ``final`` as it was (absent or the previous export): a runtime never
-    loads a half-written artifact.
+    loads a half-written artifact. Only an absent or empty folder or a previous export is ever
+    replaced (:func:`check_replaceable`, checked before any work and again before the swap).
     """
     import contextlib
     import shutil
 
     final = Path(final)
+    check_replaceable(final)
 
     @contextlib.contextmanager
     def _cm():
@@ -166,9 +214,10 @@ def atomic_directory(final: str | Path):
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
             os.chmod(tmp, default_mode(directory=True))
         except OSError as e:
-            raise ArtifactError(f"cannot write into {parent}: {e.strerror}; choose a writable --out folder") from None
+            raise UnwritableError(f"cannot write into {parent}: {e.strerror}; choose a writable --out folder") from None
         try:
             yield tmp
+            check_replaceable(final)  # the user may have put files there while the export ran
             if final.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=parent))
                 os.replace(final, old / final.name)

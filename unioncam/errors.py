@@ -44,8 +44,16 @@ class ExportError(UnionCAMError, RuntimeError):
     """A model or layer cannot be exported (unsupported op, bad output, unwritable directory)."""
 
 
+class UnsupportedOpError(ExportError):
+    """The model has an op with no ONNX translation or decomposition in the exporter."""
+
+
 class ArtifactError(UnionCAMError, RuntimeError):
     """An exported artifact directory or engine is missing, corrupt, stale or foreign."""
+
+
+class UnwritableError(ArtifactError):
+    """An output folder cannot be created or written (permissions, a read-only or full disk)."""
 
 
 class BackendUnavailableError(UnionCAMError, RuntimeError):
@@ -58,3 +66,8 @@ class RunnerStateError(UnionCAMError, RuntimeError):
 
 class UsageError(UnionCAMError, ValueError):
     """A command-line flag has a bad value; the CLI exits 2, as argparse does."""
+
+
+class OutputPathError(UsageError):
+    """An output path holds something unioncam did not write (a file, a folder with the user's own
+    files, the current folder): refused, never replaced; the CLI exits 2."""

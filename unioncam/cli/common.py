@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import UnionCAMError, UsageError
+from ..errors import UnionCAMError, UnwritableError, UsageError
 from ..runtime.backends import backend_info
 
 
@@ -164,7 +164,7 @@ def ensure_exported(args, model_spec, *, engines: bool = False, force: bool = Fa
     use or when ``force``."""
     from ..artifacts import MANIFEST
     from ..cache import artifact_dir, cache_lock
-    from ..errors import ArtifactError, WeightsError
+    from ..errors import WeightsError
     from ..model_specs import bundled_weights_path
 
     if args.weights is not None and not Path(args.weights).is_file():
@@ -195,11 +195,9 @@ def ensure_exported(args, model_spec, *, engines: bool = False, force: bool = Fa
             try:
                 export(model, layer, directory, input_size=model_spec.input_size, model_name=args.model,
                        mean=model_spec.mean, std=model_spec.std)
-            except ArtifactError as e:
-                if "cannot write into" in str(e):
-                    raise ArtifactError(f"the export cache {directory.parent} is not writable; set UNIONCAM_CACHE "
-                                        "to a writable folder") from None
-                raise
+            except UnwritableError:
+                raise UnwritableError(f"the export cache {directory.parent} is not writable; set UNIONCAM_CACHE "
+                                      "to a writable folder") from None
         if engines:
             from ..export import build_engine
 

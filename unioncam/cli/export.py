@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..artifacts import END_TO_END_CHUNK
+from ..artifacts import END_TO_END_CHUNK, check_replaceable
 
 
 def add_parser(sub) -> None:
@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--weights", type=Path, help="checkpoint file (torchvision state_dict for vgg16/resnet50)")
     p.add_argument("--layer", help="target layer (default: the model's documented default)")
     p.add_argument("--input-size", type=int, nargs="+", help="H [W] of the input (default: the model's)")
-    p.add_argument("--out", type=Path, required=True, help="artifact folder to write (replaced atomically)")
+    p.add_argument("--out", type=Path, required=True, help="artifact folder to write: a new or empty folder, or a previous export (replaced atomically); "
+                        "anything else is refused")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--engine", action="store_true", help="also build TensorRT engines")
     p.add_argument("--fp16", action="store_true", help="allow FP16 kernels in the engines (standard TensorRT)")
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from ..validation import check_positive_int, check_theta
 
     s = spec(args.model)
+    if not args.end_to_end:
+        check_replaceable(args.out)  # a usage error, refused before a minute of export
     check_theta(args.theta)  # before the model is loaded
     check_positive_int(args.chunk, "--chunk")
     check_positive_int(args.max_batch, "--max-batch")

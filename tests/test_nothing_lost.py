@@ -1,0 +1,122 @@
+"""Nothing the user owns is deleted or replaced by ``export --out`` (issue 26): a file, a folder of
+the user's files, the current folder, or an export folder with other files in it is refused with
+exit 2 and a one-line message naming the path, before any export; an empty folder or a previous
+export is written; no temporary folder is left behind."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from tiny import TinyCNN
+from unioncam import OutputPathError
+from unioncam.artifacts import check_replaceable
+from unioncam.cli import main
+from unioncam.export import export
+
+
+def tree_digest(folder: Path) -> dict:
+    """Every file under ``folder`` (relative name -> SHA-256)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+def refused(capsys, out: Path, cwd: Path | None = None) -> str:
+    """Run ``unioncam export --out out``; assert exit 2 and one stderr line naming the path."""
+    old = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        code = main(["export", "--model", "efficientnet_lite0", "--out", str(out)])
+    finally:
+        os.chdir(old)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and str(out) in err and "unexpected" not in err, err
+    return err
+
+
+def test_an_existing_file_is_never_replaced(tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG not really, but the user's")
+    before = tree_digest(tmp_path)
+    assert "not a folder" in refused(capsys, photo)
+    assert tree_digest(tmp_path) == before and leftovers(tmp_path) == []
+
+
+def test_a_folder_of_user_files_is_never_replaced(tmp_path, capsys):
+    photos = tmp_path / "myphotos"
+    photos.mkdir()
+    for name in ("cat.png", "coffee.png", "notes.txt"):
+        (photos / name).write_text(name)
+    before = tree_digest(tmp_path)
+    err = refused(capsys, photos)
+    assert "not a unioncam export" in err and "cat.png" in err
+    assert tree_digest(tmp_path) == before and leftovers(tmp_path) == []
+
+
+def test_the_current_folder_is_never_replaced(tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("mine")
+    before = tree_digest(tmp_path)
+    assert "current folder" in refused(capsys, Path("."), cwd=tmp_path)
+    assert tree_digest(tmp_path) == before and leftovers(tmp_path) == []
+
+
+def test_an_empty_folder_and_a_previous_export_are_written(tmp_path):
+    out = tmp_path / "art"
+    out.mkdir()
+    model = TinyCNN()
+    first = export(model, "features.3", out, input_size=(32, 32))
+    assert (out / "manifest.json").is_file()
+    (out / "gradient.engine").write_bytes(b"an engine built from this export")
+    second = export(model, "features.3", out, input_size=(32, 32))  # a previous export: replaced
+    assert set(second.files) == set(first.files) and (out / "manifest.json").is_file()
+    assert leftovers(tmp_path) == []
+
+
+def test_an_export_folder_holding_user_files_is_refused_before_and_after_export(tmp_path, capsys):
+    out = tmp_path / "art"
+    export(TinyCNN(), "features.3", out, input_size=(32, 32))
+    (out / "holiday.jpg").write_bytes(b"the user's photo")
+    before = tree_digest(tmp_path)
+    err = refused(capsys, out)
+    assert "holiday.jpg" in err
+    with pytest.raises(OutputPathError, match="holiday.jpg"):
+        export(TinyCNN(), "features.3", out, input_size=(32, 32))
+    assert tree_digest(tmp_path) == before and leftovers(tmp_path) == []
+
+
+def test_a_file_put_there_during_the_export_is_kept(tmp_path, monkeypatch):
+    """The check runs again just before the swap: a file the user saves meanwhile is not deleted."""
+    import unioncam.artifacts as artifacts
+
+    out = tmp_path / "art"
+    out.mkdir()
+    real = artifacts.check_replaceable
+    calls = []
+
+    def check(final):
+        calls.append(final)
+        if len(calls) == 2:
+            (out / "saved-meanwhile.txt").write_text("mine")
+        return real(final)
+
+    monkeypatch.setattr(artifacts, "check_replaceable", check)
+    with pytest.raises(OutputPathError, match="saved-meanwhile.txt"):
+        export(TinyCNN(), "features.3", out, input_size=(32, 32))
+    assert (out / "saved-meanwhile.txt").read_text() == "mine" and leftovers(tmp_path) == []
+
+
+def test_a_symlink_is_not_followed_into_replacement(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(OutputPathError, match="not a folder"):
+        check_replaceable(link)
