@@ -39,7 +39,7 @@ from unioncam.methods.passes import logit_gradient, masked_probs
 from unioncam.validation import check_positive_int, check_theta
 
 from .graphs import MaskedForward
-from .onnx_export import export_onnx
+from .onnx_export import check_loads, export_onnx
 
 E2E_ONNX = "unioncam.onnx"
 OUTPUTS = ["cam", "denoising", "region", "de_region", "betas", "selected", "class", "score", "status", "passes"]
@@ -281,6 +281,7 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
                 "chunk": chunk, "theta": theta, "layer": layer_name, "input_size": [H, W],
                 "forward_flops": forward_flops(model, x), "export_s": time.perf_counter() - t,
                 "sha256": sha256_file(path)}
+        check_loads(path)
         (tmp / "unioncam.json").write_text(json.dumps(info, indent=2))
         os.replace(path, out_dir / E2E_ONNX)
         os.replace(tmp / "unioncam.json", out_dir / "unioncam.json")

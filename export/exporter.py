@@ -14,7 +14,7 @@ from unioncam.methods.hooks import ActivationTap, check_model, eval_mode, resolv
 from unioncam.methods.passes import check_logits
 
 from .graphs import GradientFunction, MaskedForward, trace
-from .onnx_export import export_onnx
+from .onnx_export import check_loads, export_onnx
 
 DEFAULT_OPSET = 18
 # Upper bounds of the dynamic dimensions declared to the exporter (not a limit of ONNX Runtime).
@@ -147,6 +147,8 @@ def export(
                 raise e from None
             export_onnx(_Call3(gm).eval(), (x, maps, c), tmp / MASKED_ONNX, **masked_kw)
         timings["masked_forward_s"] = time.perf_counter() - t
+        for name in (GRADIENT_ONNX, MASKED_ONNX):
+            check_loads(tmp / name)  # an export is done only once ONNX Runtime accepts its graphs
 
         manifest = Manifest(
             model=model_name or type(model).__name__,

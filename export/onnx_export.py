@@ -51,6 +51,24 @@ def check(path: Path) -> None:
         raise ExportError(f"exported graph {path.name} fails onnx.checker: {e}") from None
 
 
+def check_loads(path: Path) -> None:
+    """Open ``path`` in an ONNX Runtime CPU session: a graph counts as exported only once the runtime
+    that users run accepts it (onnx.checker accepts graphs ONNX Runtime refuses, such as two nodes
+    with one name)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    # Graph optimisation off: the check is that the graph loads; optimising it is the runtime's work.
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"the exported graph {Path(path).name} does not load in ONNX Runtime "
+                          f"{ort.__version__}: {first}") from None
+
+
 def _unsupported_op_message(err: Exception, model=None, layer_name: str | None = None) -> str | None:
     """'unsupported op aten.xxx (layer ...)' from an export error, or None if the error is another one.
 

@@ -20,6 +20,8 @@ import numpy as np
 
 from unioncam.errors import ExportError
 
+from .onnx_export import check_loads
+
 #: File of each precision's masked-forward graph in an artifact folder.
 VARIANTS = {"fp16": "masked_forward.fp16.onnx", "int8": "masked_forward.int8.onnx"}
 
@@ -51,12 +53,53 @@ def fp32_nodes(model) -> list[str]:
     return keep
 
 
-def to_fp16(src: Path, dst: Path) -> None:
-    import onnx
+def float16_converter():
+    """The installed onnxruntime's ``convert_float_to_float16``: its output differs by version (1.31's
+    repeats a Cast node per consumer, with one name and one output), so :func:`repair_graph` follows it."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    return convert_float_to_float16
+
+
+def repair_graph(model) -> int:
+    """Make a converted graph valid whatever the converter did: drop a node identical to an earlier
+    one (same op, inputs, outputs and attributes: the same value computed twice), give every other
+    node a unique name, and keep one ``value_info`` per tensor. Returns the nodes dropped or renamed."""
+    seen_nodes, names, kept, changed = set(), set(), [], 0
+    for node in model.graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key in seen_nodes:
+            changed += 1
+            continue
+        seen_nodes.add(key)
+        if node.name in names:
+            base, i = node.name, 1
+            while f"{base}_{i}" in names:
+                i += 1
+            node.name = f"{base}_{i}"
+            changed += 1
+        names.add(node.name)
+        kept.append(node)
+    if changed:
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    infos, unique = set(), []
+    for vi in model.graph.value_info:
+        if vi.name not in infos:
+            infos.add(vi.name)
+            unique.append(vi)
+    if len(unique) != len(model.graph.value_info):
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(unique)
+    return changed
+
+
+def to_fp16(src: Path, dst: Path) -> None:
+    import onnx
+
     model = onnx.load(str(src))
-    half = convert_float_to_float16(model, keep_io_types=True, node_block_list=fp32_nodes(model))
+    half = float16_converter()(model, keep_io_types=True, node_block_list=fp32_nodes(model))
+    repair_graph(half)
     onnx.save_model(half, str(dst))
 
 
@@ -134,6 +177,7 @@ def add_precision(artifact_dir: str | Path, precision: str, *, calibration_image
                 calibration_images = np.stack([to_model_input(read_rgb(sample_image_path(n)), manifest.input_size)
                                                for n in ("chelsea", "coffee")])
             to_int8(d / MASKED_ONNX, tmp, calibration_feeds(d, calibration_images))
+        check_loads(tmp)  # never written as done unless ONNX Runtime accepts it
         os.chmod(tmp, default_mode())
         os.replace(tmp, d / VARIANTS[precision])
     except ExportError:
