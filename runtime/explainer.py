@@ -11,10 +11,11 @@ import numpy as np
 
 from unioncam import algebra, pipeline
 from unioncam.artifacts import GRADIENT_ONNX, MASKED_ONNX, Manifest
-from unioncam.errors import ArtifactError, InvalidInputError, RunnerStateError
+from unioncam.errors import ArtifactError, BackendUnavailableError, InvalidInputError, RunnerStateError
 from unioncam.explanation import Explanation
 from unioncam.validation import (check_batch_size, check_classes, check_images, check_max_passes, check_method,
-                                 check_ort_options, check_positive_int, check_precision, check_theta)
+                                 check_ort_options, check_positive_int, check_precision, check_provider_options,
+                                 check_theta)
 
 from .backends import backend_info
 from .passes import RunnerPasses
@@ -44,8 +45,13 @@ class Explainer:
             Runtime's own ``session.*`` config keys). None: graph optimisation "all", spinning on.
         progress: show a progress bar over masked passes.
         method: default method of calls (``"unioncam"``; baselines: see ``__call__``).
-        precision: the masked passes' graph: ``"fp32"`` (default, the export), or ``"fp16"`` /
-            ``"int8"`` where ``unioncam export --precision`` added that variant (README, "Latency budgets").
+        precision: ``"fp32"`` (default: the exported graph; on a GPU with TF32 off, so that the spec's
+            tolerances hold), ``"tf32"`` (GPU only: the same graph with TensorFloat-32 convolutions),
+            or ``"fp16"`` / ``"int8"`` where ``unioncam export --precision`` added that variant
+            (README, "Latency budgets"). The 3 fusion passes always run the FP32 graph, TF32 off.
+        provider_options: ONNX Runtime CUDA provider options, ``{"cudnn_conv_algo_search": "HEURISTIC"}``
+            or ``"cudnn_conv_algo_search=HEURISTIC,enable_cuda_graph=1"`` (keys in
+            :data:`unioncam.validation.PROVIDER_OPTIONS`); device ``cuda`` or ``tensorrt`` only.
         buffers: TensorRT device buffers, ``"auto"`` (cuda-python; torch only if the process has
             already imported it), ``"cuda-python"`` or ``"torch"``.
 
@@ -59,7 +65,7 @@ class Explainer:
                  batch_size: int | None = None, theta: float = 10.0, skip_constant: bool = True,
                  skip_duplicates: bool = True, max_passes: int | None = None, threads: int | None = None,
                  progress: bool = False, method: str = "unioncam", buffers: str = "auto", precision: str = "fp32",
-                 session_options=None):
+                 session_options=None, provider_options=None):
         self.directory = Path(artifact_dir)
         self.theta = check_theta(theta)
         self.method = check_method(method)
@@ -77,12 +83,24 @@ class Explainer:
         self.precision = check_precision(precision)
         masked = self.manifest.masked_graph(self.directory, self.precision)
         self.session_options = check_ort_options(session_options)
+        self.provider_options = check_provider_options(provider_options)
+        if self.precision == "tf32" and device == "cpu":
+            raise BackendUnavailableError("precision 'tf32' is a GPU math mode (TensorFloat-32 convolutions); on the "
+                                          "CPU use 'fp32', which computes the same values")
         info = backend_info(backend)
-        make = lambda graph: info.make_runner(self.directory, graph, device=device, manifest=self.manifest,  # noqa: E731
-                                              threads=threads, buffers=buffers, session_options=self.session_options)
-        # Three sessions, each with one call shape (see runtime/passes.py): the fusion passes get
-        # their own session of the FP32 graph even when the channel passes run the FP32 graph too.
-        self._runners = [make(GRADIENT_ONNX), make(masked), make(MASKED_ONNX)]
+        options = {"threads": threads, "buffers": buffers, "session_options": self.session_options}
+        if self.provider_options:
+            options["provider_options"] = self.provider_options
+
+        def make(graph: str, tf32: bool):
+            extra = {"tf32": True} if tf32 else {}
+            return info.make_runner(self.directory, graph, device=device, manifest=self.manifest, **options, **extra)
+
+        # Three sessions, each with one call shape (see runtime/passes.py). The fusion passes decide
+        # the betas and AMS's selection: their own session of the FP32 graph, TF32 off, whatever
+        # the precision of the other passes (measured: INT8 fusion passes flip selections).
+        tf32 = self.precision == "tf32"
+        self._runners = [make(GRADIENT_ONNX, tf32), make(masked, tf32), make(MASKED_ONNX, False)]
         active = []
         try:
             for runner in self._runners:
@@ -96,19 +114,38 @@ class Explainer:
         limit = region.max_batch or 1 << 30
         self.batch_size = min(batch_size or info.default_batch.get(device, 16), limit)
         self.passes = RunnerPasses(grad, region, fusion, num_classes=self.manifest.num_classes,
-                                   input_size=self.manifest.input_size, batch_size=self.batch_size,
+                                   input_size=self.manifest.input_size, feature_size=self.manifest.feature_size,
+                                   batch_size=self.batch_size,
                                    gradient_batch=min(GRADIENT_BATCH, grad.max_batch or 1 << 30),
                                    describe={"backend": backend, "device": device, "precision": self.precision,
-                                             "batch_size": self.batch_size})
+                                             "batch_size": self.batch_size, **({"provider_options": self.provider_options}
+                                                                               if self.provider_options else {})})
         try:
             self._check_graphs_match_manifest()
             self.black_probs = self.passes.black_probs()
+            if device != "cpu":
+                # The convolution-algorithm search of each session's one shape runs here, at
+                # load time, not inside the first explanation.
+                self.passes.warm_up()
         except ArtifactError as e:
             self.close()
             raise ArtifactError(f"{self.directory}: {e}") from None
         except BaseException:
             self.close()
             raise
+
+    #: The settings keys :meth:`from_settings` reads (a report's "settings", a bench cell's spec).
+    SETTINGS = ("backend", "device", "batch_size", "theta", "max_passes", "method", "precision", "threads",
+                "ort_options", "provider_options")
+
+    @classmethod
+    def from_settings(cls, artifact_dir: str | Path, settings: dict, **overrides) -> "Explainer":
+        """An Explainer from a settings dict (the CLI's report settings, a bench cell, a Ray worker's):
+        the keys in :data:`SETTINGS` that are present and not None, then ``overrides``."""
+        names = {"ort_options": "session_options"}
+        kwargs = {names.get(k, k): settings[k] for k in cls.SETTINGS if settings.get(k) is not None}
+        kwargs.update(overrides)
+        return cls(artifact_dir, **kwargs)
 
     @property
     def grad_batch(self) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from unioncam.engine_file import check_header, current_gpu, import_tensorrt, read_engine
 from unioncam.errors import ArtifactError, BackendUnavailableError
-from unioncam.validation import check_ort_options
+from unioncam.validation import check_ort_options, check_provider_options
 
 from .devices import ORT_PROVIDERS
 
@@ -40,12 +40,24 @@ class SessionFromOnnx:
     """
 
     def __init__(self, path: str | Path, *, device: str = "cpu", threads: int | None = None,
-                 options: dict | str | None = None):
+                 options: dict | str | None = None, provider_options: dict | str | None = None, tf32: bool = False):
+        """``provider_options``: the CUDA provider's (:func:`unioncam.validation.check_provider_options`);
+        ``tf32``: TensorFloat-32 convolutions on a GPU (off by default: the spec's tolerances)."""
         self.path = Path(path)
         self.device = device
         self.providers = providers_for(device)
         self.threads = threads
         self.options = check_ort_options(options)
+        self.provider_options = check_provider_options(provider_options)
+        if device == "cpu" and (self.provider_options or tf32):
+            raise BackendUnavailableError("CUDA provider options and TF32 apply to device 'cuda' (or 'tensorrt'); "
+                                          "device 'cpu' takes none")
+        self.tf32 = bool(tf32)
+
+    def provider_list(self) -> list:
+        """The providers with their options: the CUDA provider gets ``use_tf32`` and the user's options."""
+        cuda = {"use_tf32": "1" if self.tf32 else "0", **self.provider_options}
+        return [(p, cuda) if p == "CUDAExecutionProvider" else p for p in self.providers]
 
     def __call__(self):
         import onnxruntime as ort
@@ -67,7 +79,7 @@ class SessionFromOnnx:
         for key, value in opts.items():
             so.add_session_config_entry(key, value)
         try:
-            return ort.InferenceSession(str(self.path), so, providers=self.providers)
+            return ort.InferenceSession(str(self.path), so, providers=self.provider_list())
         except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise ArtifactError(f"onnxruntime cannot load {self.path}: {str(e).splitlines()[0]}; re-export the model") from None
 

@@ -28,7 +28,7 @@ class RunnerPasses:
 
     Args:
         gradient, region, fusion: the runners (``region`` may be ``fusion``'s precision variant).
-        num_classes, input_size: the manifest's.
+        num_classes, input_size, feature_size: the manifest's.
         batch_size: maps per region call; gradient_batch: images per gradient call.
         pad: pad every call to its fixed size (True in the runtime; see :mod:`unioncam.pipeline`).
         describe: stats entries naming the path.
@@ -37,10 +37,10 @@ class RunnerPasses:
     fusion_batch = FUSION_BATCH
 
     def __init__(self, gradient: Runner, region: Runner, fusion: Runner, *, num_classes: int,
-                 input_size: tuple[int, int], batch_size: int, gradient_batch: int, pad: bool = True,
-                 describe: dict | None = None):
+                 input_size: tuple[int, int], feature_size: tuple[int, int], batch_size: int, gradient_batch: int,
+                 pad: bool = True, describe: dict | None = None):
         self.runners = {"gradient": gradient, "region": region, "fusion": fusion}
-        self.num_classes, self.input_size = num_classes, tuple(input_size)
+        self.num_classes, self.input_size, self._feature_size = num_classes, tuple(input_size), tuple(feature_size)
         self.batch_size, self.gradient_batch, self.pad = batch_size, gradient_batch, pad
         self._describe = dict(describe or {})
         self._black = None
@@ -71,6 +71,15 @@ class RunnerPasses:
         feeds = {"image": image, "maps": np.ascontiguousarray(maps[None], dtype=np.float32),
                  "class_idx": np.array([class_idx], np.int64)}
         return self.runners[stage].infer(feeds)["scores"][0]
+
+    def warm_up(self) -> None:
+        """One call of each masked-pass session at its fixed shape (the gradient session's ran in
+        :meth:`black_probs`): a GPU session searches its convolution algorithms on its first call."""
+        H, W = self.input_size
+        image = np.zeros((1, 3, H, W), np.float32)
+        h, w = self._feature_size
+        for stage, size, shape in (("region", self.batch_size, (h, w)), ("fusion", self.fusion_batch, (H, W))):
+            self.scores(self.image(image, 0, stage), np.zeros((size, *shape), np.float32), 0, stage)
 
     def describe(self) -> dict:
         return dict(self._describe)

@@ -220,3 +220,59 @@ def test_padding_is_dropped_and_counted_out(tiny_art):
         np.testing.assert_array_equal(getattr(padded, key), getattr(plain, key))
     assert padded.stats["masked_passes"] == plain.stats["masked_passes"]
     assert_agree(padded, UnionCAM(model, "features.3")(x))
+
+
+def test_warm_up_calls_each_session_at_its_one_shape(tiny_art):
+    """A GPU Explainer warms each session at load time; the warm-up must use the explanation's shapes
+    (else the first explanation searches again)."""
+    _, art = tiny_art
+    ex = Explainer(art, batch_size=3)
+    rec = {stage: _Recorder(r) for stage, r in ex.passes.runners.items()}
+    ex.passes.warm_up()
+    warm = {stage: set(r.shapes) for stage, r in rec.items()}
+    ex(tiny_images(2, seed=1).numpy())
+    for stage in ("region", "fusion"):
+        assert rec[stage].shapes == warm[stage] and len(warm[stage]) == 1, stage
+
+
+def test_precision_and_provider_options_are_checked_in_one_place(tiny_art):
+    from unioncam import BackendUnavailableError, InvalidInputError
+    from unioncam.runtime.loaders import SessionFromOnnx
+    from unioncam.validation import check_provider_options
+
+    _, art = tiny_art
+    assert check_provider_options("cudnn_conv_algo_search=HEURISTIC,gpu_mem_limit=1073741824") == {
+        "cudnn_conv_algo_search": "HEURISTIC", "gpu_mem_limit": "1073741824"}
+    for bad, match in [("use_tf32=1", "precision"), ("cudnn_conv_algo_search=FAST", "EXHAUSTIVE"),
+                       ("gpu_mem_limit=-1", "integer"), ("foo=1", "unknown CUDA provider option"),
+                       ("enable_cuda_graph", "KEY=VALUE")]:
+        with pytest.raises(InvalidInputError, match=match):
+            check_provider_options(bad)
+    with pytest.raises(BackendUnavailableError, match="GPU math mode"):
+        Explainer(art, precision="tf32")
+    with pytest.raises(BackendUnavailableError, match="device 'cpu' takes none"):
+        Explainer(art, provider_options="cudnn_conv_algo_search=HEURISTIC")
+    # The CUDA provider gets TF32 off unless asked, and the user's options (read back from the loader).
+    loader = SessionFromOnnx.__new__(SessionFromOnnx)
+    loader.providers, loader.provider_options, loader.tf32 = ["CUDAExecutionProvider", "CPUExecutionProvider"], {
+        "cudnn_conv_algo_search": "HEURISTIC"}, False
+    assert loader.provider_list() == [("CUDAExecutionProvider", {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}),
+                                      "CPUExecutionProvider"]
+    loader.tf32 = True
+    assert loader.provider_list()[0][1]["use_tf32"] == "1"
+
+
+def test_the_gpu_runner_path_explains_like_the_cpu_path(tiny_art):
+    """Every session bound to reused buffers (the CUDA path's I/O binding, run on the CPU device)
+    gives bit-identical explanations, for UnionCAM, a budget and a baseline."""
+    _, art = tiny_art
+    x = tiny_images(3, seed=17).numpy()
+    plain, bound = Explainer(art, batch_size=4), Explainer(art, batch_size=4)
+    for runner in bound.passes.runners.values():
+        runner.bind = True
+    for kwargs in ({}, {"method": "scorecam"}):
+        a, b = plain(x, **kwargs), bound(x, **kwargs)
+        for key in ("cam", "region", "denoising", "beta_region", "beta_de_region", "score"):
+            if getattr(a, key) is not None:
+                np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
+    assert all(r._buffers for r in bound.passes.runners.values())

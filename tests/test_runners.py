@@ -185,3 +185,48 @@ def test_gpu_buffers_are_released():
     assert _cuda_free_bytes() <= before - (256 << 20)
     pool.free_all()
     assert _cuda_free_bytes() >= before - (8 << 20)
+
+
+def test_bound_buffers_give_the_same_values_and_are_reused(tiny_art):
+    """The GPU path (I/O binding, one buffer per input made at the first shape and refilled in place,
+    outputs rebound) run on the CPU device: the same scores as plain session.run, call after call,
+    and the same buffer objects across calls of one shape."""
+    import numpy as np
+
+    from tiny import tiny_images
+
+    _, art = tiny_art
+    plain = OnnxRuntimeRunner(SessionFromOnnx(art / "masked_forward.onnx")).activate()
+    bound = OnnxRuntimeRunner(SessionFromOnnx(art / "masked_forward.onnx"), bind=True).activate()
+    image = tiny_images(1, seed=2).numpy()
+    handle = bound.to_device(image)
+    g = np.random.default_rng(0)
+    first = None
+    for step in range(4):
+        maps = g.random((1, 5, 8, 8), dtype=np.float32)
+        feeds = {"maps": maps, "class_idx": np.array([step % 5], np.int64)}
+        want = plain.infer({"image": image, **feeds})["scores"]
+        got = bound.infer({"image": handle, **feeds})["scores"]
+        np.testing.assert_array_equal(got, want)
+        ids = {k: id(v[0]) for k, v in bound._buffers.items()}
+        first = first or ids
+        assert ids == first  # refilled in place, not reallocated
+    np.testing.assert_array_equal(
+        bound.infer({"image": handle, "maps": maps[:, :2], "class_idx": np.array([1], np.int64)})["scores"],
+        plain.infer({"image": image, "maps": maps[:, :2], "class_idx": np.array([1], np.int64)})["scores"])
+    bound.deactivate()
+    assert bound._buffers == {}
+
+
+def test_bound_buffers_never_write_into_the_callers_arrays(tiny_art):
+    import numpy as np
+
+    from tiny import tiny_images
+
+    _, art = tiny_art
+    bound = OnnxRuntimeRunner(SessionFromOnnx(art / "gradient.onnx"), bind=True).activate()
+    images = tiny_images(2, seed=4).numpy()
+    before = images.copy()
+    for b in range(2):
+        bound.infer({"image": images[b:b + 1], "class_idx": np.array([-1], np.int64)})
+    np.testing.assert_array_equal(images, before)

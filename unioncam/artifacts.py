@@ -125,7 +125,11 @@ class Manifest:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def masked_graph(self, directory: str | Path, precision: str = "fp32") -> str:
-        """File name of the masked-forward graph in ``precision``; ArtifactError if the folder lacks it."""
+        """File name of the masked-forward graph ``precision`` runs (:data:`unioncam.validation.PRECISION_GRAPH`);
+        ArtifactError if the folder lacks it."""
+        from .validation import PRECISION_GRAPH
+
+        precision = PRECISION_GRAPH.get(precision, precision)
         if precision == "fp32":
             return MASKED_ONNX
         name = self.extra.get("precisions", {}).get(precision)

@@ -44,8 +44,13 @@ def check_max_passes(max_passes, *, skip_constant: bool = True) -> int | None:
     return value
 
 
-#: Precisions an export can be made in (``unioncam export --precision``).
-PRECISIONS = ("fp32", "fp16", "int8")
+#: The masked-forward graph each precision runs: ``tf32`` is the FP32 graph with TensorFloat-32
+#: convolutions on a GPU (an opt-in: the spec's tolerances hold for ``fp32``, TF32 off).
+PRECISION_GRAPH = {"fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "int8": "int8"}
+#: Precisions an explanation can run in (``--precision``, ``Explainer(precision=...)``).
+PRECISIONS = tuple(PRECISION_GRAPH)
+#: Precisions an export can write a graph in (``unioncam export --precision``).
+GRAPH_PRECISIONS = tuple(dict.fromkeys(PRECISION_GRAPH.values()))
 
 
 def check_precision(precision: str) -> str:
@@ -66,10 +71,8 @@ ORT_OPTIONS = {
 }
 
 
-def check_ort_options(options) -> dict[str, str]:
-    """ONNX Runtime session options: a dict, or text ``"KEY=VALUE,KEY=VALUE"`` (``"default"`` or
-    ``""``: none). Keys: :data:`ORT_OPTIONS`, or an ONNX Runtime config key (``session.*``,
-    ``mlas.*``). Returns ``{key: value}`` with string values, in the order given."""
+def _option_pairs(options, what: str, example: str) -> dict[str, str]:
+    """A dict, or text ``"KEY=VALUE,KEY=VALUE"`` (``"default"`` or ``""``: none), as ``{key: str}``."""
     if options is None:
         return {}
     if isinstance(options, str):
@@ -80,14 +83,20 @@ def check_ort_options(options) -> dict[str, str]:
         for part in text.split(","):
             key, eq, value = part.partition("=")
             if not eq or not key.strip():
-                raise InvalidInputError(f"ONNX Runtime option {part!r} is not KEY=VALUE (e.g. 'opt=extended,spin=0')")
+                raise InvalidInputError(f"{what} option {part!r} is not KEY=VALUE (e.g. '{example}')")
             pairs.append((key.strip(), value.strip()))
         options = dict(pairs)
     if not isinstance(options, dict):
-        raise InvalidTypeError(f"session options must be a dict or 'KEY=VALUE,...' text, got {type(options).__name__}")
+        raise InvalidTypeError(f"{what} options must be a dict or 'KEY=VALUE,...' text, got {type(options).__name__}")
+    return {str(k): str(int(v) if isinstance(v, bool) else v) for k, v in options.items()}
+
+
+def check_ort_options(options) -> dict[str, str]:
+    """ONNX Runtime session options: a dict, or text ``"KEY=VALUE,KEY=VALUE"`` (``"default"`` or
+    ``""``: none). Keys: :data:`ORT_OPTIONS`, or an ONNX Runtime config key (``session.*``,
+    ``mlas.*``). Returns ``{key: value}`` with string values, in the order given."""
     out = {}
-    for key, value in options.items():
-        key, value = str(key), str(int(value) if isinstance(value, bool) else value)
+    for key, value in _option_pairs(options, "ONNX Runtime", "opt=extended,spin=0").items():
         if key in ORT_OPTIONS:
             if value not in ORT_OPTIONS[key]:
                 raise InvalidInputError(
@@ -95,6 +104,37 @@ def check_ort_options(options) -> dict[str, str]:
         elif not key.startswith(("session.", "mlas.")):
             raise InvalidInputError(f"unknown ONNX Runtime option {key!r}; use {', '.join(ORT_OPTIONS)} or an "
                                     "ONNX Runtime config key (session.*, mlas.*)")
+        out[key] = value
+    return out
+
+
+#: ONNX Runtime CUDA provider options a user can set (``Explainer(provider_options=...)``,
+#: ``--provider-options``), and their values (None: a non-negative integer). ``use_tf32`` is not
+#: among them: ``precision`` decides it (``fp32``: off, ``tf32``: on).
+PROVIDER_OPTIONS = {
+    "cudnn_conv_algo_search": ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"),  # cuDNN's search, once per shape
+    "enable_cuda_graph": ("0", "1"),  # replay the session as one CUDA graph (fixed shapes and buffers)
+    "arena_extend_strategy": ("kNextPowerOfTwo", "kSameAsRequested"),
+    "gpu_mem_limit": None,  # bytes the session's arena may hold
+    "device_id": None,
+}
+
+
+def check_provider_options(options) -> dict[str, str]:
+    """CUDA provider options: a dict or ``"KEY=VALUE,..."`` text (``"default"``: none), keys in
+    :data:`PROVIDER_OPTIONS`. Returns ``{key: value}`` with string values."""
+    out = {}
+    for key, value in _option_pairs(options, "CUDA provider", "cudnn_conv_algo_search=HEURISTIC").items():
+        if key == "use_tf32":
+            raise InvalidInputError("use_tf32 is set by the precision: precision='fp32' (TF32 off, the spec's "
+                                    "tolerances) or precision='tf32' (TF32 on)")
+        if key not in PROVIDER_OPTIONS:
+            raise InvalidInputError(f"unknown CUDA provider option {key!r}; use {', '.join(PROVIDER_OPTIONS)}")
+        allowed = PROVIDER_OPTIONS[key]
+        if allowed is None and not value.isdigit():
+            raise InvalidInputError(f"CUDA provider option {key}={value!r} must be a non-negative integer")
+        if allowed is not None and value not in allowed:
+            raise InvalidInputError(f"CUDA provider option {key}={value!r}: choose one of {', '.join(allowed)}")
         out[key] = value
     return out
 

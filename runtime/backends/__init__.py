@@ -16,19 +16,24 @@ from .registry import BACKENDS, BackendInfo, backend_info, devices, register_bac
 
 
 def onnxruntime_runner(directory: Path, graph: str, *, device: str, manifest: Manifest, threads=None,
-                       buffers: str = "auto", session_options=None) -> Runner:
+                       buffers: str = "auto", session_options=None, provider_options=None,
+                       tf32: bool = False) -> Runner:
     """One ONNX graph in an ONNX Runtime session on ``device``'s execution providers."""
     from .onnxruntime_runner import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(SessionFromOnnx(directory / graph, device=device, threads=threads,
-                                             options=session_options))
+                                             options=session_options, provider_options=provider_options, tf32=tf32))
 
 
 def tensorrt_runner(directory: Path, graph: str, *, device: str, manifest: Manifest, threads=None,
-                    buffers: str = "auto", session_options=None) -> Runner:
+                    buffers: str = "auto", session_options=None, provider_options=None,
+                    tf32: bool = False) -> Runner:
     """The engine built from ``graph`` (``<graph>.engine``), checked against the ONNX it came from."""
-    if session_options:
-        raise BackendUnavailableError("session options are ONNX Runtime's; backend 'tensorrt' takes none")
+    if session_options or provider_options:
+        raise BackendUnavailableError("session and provider options are ONNX Runtime's; backend 'tensorrt' takes none")
+    if tf32:
+        raise BackendUnavailableError("a TensorRT engine's precision is fixed when it is built (`unioncam export "
+                                      "--engine [--fp16]`); run backend 'tensorrt' with precision fp32")
     from .tensorrt_runner import TensorRTRunner
 
     return TensorRTRunner(EngineFromFile(directory / graph.replace(".onnx", ".engine"),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import BackendUnavailableError, UnionCAMError
 from .stats import summarize
 
 #: Stage names of the report -> key in ``Explanation.timings_ms``. "masked" is the region map's
@@ -63,10 +64,7 @@ def _explainer(spec: dict):
     else:
         from ..runtime import Explainer
 
-        ex = Explainer(spec["artifacts"], backend=spec["backend"], device=spec["device"],
-                       batch_size=spec["batch_size"], threads=spec["threads"], method=spec["method"],
-                       max_passes=spec.get("max_passes"), precision=spec.get("precision") or "fp32",
-                       session_options=spec.get("ort_options"))
+        ex = Explainer.from_settings(spec["artifacts"], spec)
         fn = ex
         flops = ex.manifest.extra.get("forward_flops")
         gflop = flops / 1e9 if flops else None
@@ -112,6 +110,7 @@ def run_cell(spec: dict) -> dict:
     else:
         size = tuple(spec.get("input_size") or (224, 224))
     inputs = _inputs(spec["images"], size)
+    gpu_before = gpu_used_bytes() if _runtime_on_gpu(spec) else None
     explain, gflop, load_ms = _explainer(spec)
     for i in range(spec["warmup"]):
         explain(inputs[i % len(inputs)])
@@ -147,13 +146,46 @@ def run_cell(spec: dict) -> dict:
         "skipped_channels": int(last.get("constant_channels", 0)),
         "gflops_per_s": passes_per_s * gflop if (passes_per_s and gflop) else None,
         "peak_rss_mb": peak_rss_mb(),
-        **_device_memory(spec),
+        **_device_memory(spec, gpu_before),
     }
 
 
-def _device_memory(spec: dict) -> dict:
-    """Peak GPU memory of an eager CUDA cell (torch's allocator: tensors, weights included; the
-    CUDA context is not counted), and whether convolutions and matmuls ran in TF32."""
+def _runtime_on_gpu(spec: dict) -> bool:
+    return spec["backend"] != "torch" and spec.get("device") not in (None, "cpu")
+
+
+def gpu_used_bytes() -> int | None:
+    """Bytes in use on the current GPU (total - free, the whole device), or None without a way to
+    ask. Through CuPy or cuda-python, whichever imports (both use the runtime's primary context,
+    the one ONNX Runtime's CUDA provider and TensorRT use, so no second context is counted)."""
+    try:
+        import cupy
+
+        free, total = cupy.cuda.runtime.memGetInfo()
+        return int(total - free)
+    except Exception:  # not installed, or no usable GPU: try the next way
+        pass
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError:
+            return None
+    err, free, total = cudart.cudaMemGetInfo()
+    return int(total - free) if int(err) == 0 else None
+
+
+def _device_memory(spec: dict, gpu_before: int | None = None) -> dict:
+    """Peak GPU memory of a cell. Eager CUDA: torch's allocator (tensors, weights included; the
+    CUDA context is not counted), and whether convolutions and matmuls ran in TF32. Runtime on a
+    GPU: the growth of the device's used memory over the cell (ONNX Runtime's arena keeps its peak,
+    so this is the peak of sessions, weights and buffers; the CUDA context made before the cell is
+    not counted)."""
+    if _runtime_on_gpu(spec):
+        after = gpu_used_bytes()
+        grown = (after - gpu_before) / 2**20 if (after is not None and gpu_before is not None) else None
+        return {"peak_device_mb": grown, "peak_device_method": "device used memory, after minus before"}
     if spec["backend"] != "torch" or spec.get("device") != "cuda":
         return {"peak_device_mb": None}
     import torch
@@ -166,13 +198,13 @@ def _device_memory(spec: dict) -> dict:
 
 
 def main() -> None:
-    from ..errors import UnionCAMError
-
     spec = json.loads(sys.argv[1])
     try:
         result = run_cell(spec)
+    except BackendUnavailableError as e:
+        result = {"status": f"unavailable: {e}"}
     except UnionCAMError as e:
-        result = {"status": f"unavailable: {e}" if type(e).__name__ == "BackendUnavailableError" else f"error: {e}"}
+        result = {"status": f"error: {e}"}
     print(json.dumps(result))
 
 

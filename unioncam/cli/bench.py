@@ -83,13 +83,15 @@ def _validate(args) -> None:
     if args.duration is not None and not args.duration > 0:
         raise UsageError(f"--duration must be a positive number of seconds, got {args.duration}")
     from ..errors import UnionCAMError
-    from ..validation import check_ort_options
+    from ..validation import check_ort_options, check_provider_options
 
-    for text in args.ort_options:
-        try:
-            check_ort_options(text)
-        except UnionCAMError as e:
-            raise UsageError(f"--ort-options: {e}") from None
+    for flag, values, check in (("--ort-options", args.ort_options, check_ort_options),
+                                ("--provider-options", args.provider_options, check_provider_options)):
+        for text in values:
+            try:
+                check(text)
+            except UnionCAMError as e:
+                raise UsageError(f"{flag}: {e}") from None
     known_b, known_d = list(BACKENDS), devices()
     for b in args.backend:
         if b not in known_b:
@@ -163,7 +165,8 @@ def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
 
     backends = list(args.backend) + (["torch"] if args.compare == "eager" and "torch" not in args.backend else [])
     combos = list(itertools.product(backends, args.device, args.method, args.batch_size, args.threads,
-                                    args.max_passes or [None], args.precision or ["fp32"], args.ort_options))
+                                    args.max_passes or [None], args.precision or ["fp32"], args.ort_options,
+                                    args.provider_options))
     report = {"machine": machine_facts(), "model": facts["model"], "layer": facts["layer"],
               "graph": "unioncam.onnx" if args.onnx is not None else ("artifacts" if artifacts else "eager"),
               "ceiling_gflops_per_s": None, "cells": []}
@@ -186,11 +189,15 @@ def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         first_map = None
-        for i, (backend, device, method, batch, threads, budget, precision, ort_options) in enumerate(combos):
+        for i, (backend, device, method, batch, threads, budget, precision, ort_options, provider_options) in enumerate(
+                combos):
             cell = {"backend": backend, "device": device, "method": method, "batch_size": batch, "threads": threads,
-                    "max_passes": budget, "precision": precision, "ort_options": ort_options}
-            if backend == "torch" and ort_options != "default":
+                    "max_passes": budget, "precision": precision, "ort_options": ort_options,
+                    "provider_options": provider_options}
+            if backend == "torch" and (ort_options != "default" or provider_options != "default"):
                 result = {"status": "unavailable: ONNX Runtime options do not apply to the eager reference"}
+            elif device == "cpu" and (provider_options != "default" or precision == "tf32"):
+                result = {"status": "unavailable: CUDA provider options and tf32 apply to a GPU device"}
             elif backend == "torch" and device not in BACKENDS["torch"].devices:
                 result = {"status": f"unavailable: the eager reference runs on cpu or cuda, not {device}"}
             elif backend == "torch" and precision != "fp32":
@@ -226,7 +233,8 @@ def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
             f"{c['backend']}/{c['device']}/{c['method']}/b{c['batch_size']}/t{c['threads']}"
             + (f"/n{c['max_passes']}" if c.get("max_passes") else "")
             + (f"/{c['precision']}" if c.get("precision") not in (None, "fp32") else "")
-            + (f"/{c['ort_options']}" if c.get("ort_options") not in (None, "default") else ""):
+            + (f"/{c['ort_options']}" if c.get("ort_options") not in (None, "default") else "")
+            + (f"/{c['provider_options']}" if c.get("provider_options") not in (None, "default") else ""):
                 e / c["stages"]["total"]["p50_ms"]
             for c in report["cells"] if c["status"] == "ok" and c["backend"] != "torch"}}
     print(render_table(report))

@@ -6,12 +6,18 @@ def _f(v, fmt="{:.1f}"):
     return "-" if v is None else fmt.format(v)
 
 
+def _options(c: dict) -> str:
+    """A cell's ONNX Runtime session and CUDA provider options, 'default' where neither is set."""
+    parts = [c.get(k) for k in ("ort_options", "provider_options") if c.get(k) not in (None, "default")]
+    return ",".join(parts) or "default"
+
+
 def _rows(report: dict) -> list[list[str]]:
     rows = []
     for c in report["cells"]:
         head = [c["backend"], c["device"], c["method"], _f(c["batch_size"], "{}"), _f(c["threads"], "{}"),
                 _f(c.get("max_passes"), "{}") if c.get("max_passes") else "exact", c.get("precision") or "fp32",
-                c.get("ort_options") or "default"]
+                _options(c)]
         if c["status"] != "ok":
             rows.append(head + [c["status"]] + [""] * 10)
             continue
@@ -25,7 +31,7 @@ def _rows(report: dict) -> list[list[str]]:
     return rows
 
 
-HEADER = ["backend", "device", "method", "batch", "threads", "passes", "precision", "ort options", "status",
+HEADER = ["backend", "device", "method", "batch", "threads", "passes", "precision", "options", "status",
           "total p50 ms", "p90 ms", "p99 ms", "masked p50 ms", "expl/s", "GFLOP/s", "ceiling GFLOP/s", "of ceiling",
           "peak RSS MB", "peak GPU MB"]
 

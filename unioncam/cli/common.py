@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import UnionCAMError, UnwritableError, UsageError
 from ..runtime.backends import backend_info
+from ..validation import PRECISION_GRAPH, PRECISIONS, PROVIDER_OPTIONS
 
 
 def positive_int(text: str) -> int:
@@ -49,9 +50,15 @@ def add_budget_option(p, *, nargs=None) -> None:
                    help="at most N masked passes per image for the region map, the other channels' scores "
                         "estimated from their nearest scored masks (error bound and estimate in the JSON); "
                         "default: exact" + (" (several values make a sweep)" if nargs else ""))
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], nargs=nargs, metavar="P",
-                   help="the channel passes' graph: fp32 (default), fp16 or int8 (added to the cached export on "
-                        "first use; the 3 fusion passes stay fp32)" + (" (several values make a sweep)" if nargs else ""))
+    p.add_argument("--precision", choices=PRECISIONS, nargs=nargs, metavar="P",
+                   help="fp32 (default; on a GPU with TF32 off, so the spec's tolerances hold), tf32 (GPU only), "
+                        "fp16 or int8 (a graph added to the cached export on first use); the 3 fusion passes stay "
+                        "fp32" + (" (several values make a sweep)" if nargs else ""))
+    p.add_argument("--provider-options", nargs=nargs, metavar="KEY=VALUE[,KEY=VALUE]",
+                   default=["default"] if nargs else None,
+                   help="ONNX Runtime CUDA provider options (--device cuda/tensorrt): "
+                        + ", ".join(f"{k}={'|'.join(v) if v else 'N'}" for k, v in PROVIDER_OPTIONS.items())
+                        + (" (one set per cell; 'default' = none)" if nargs else ""))
 
 
 def resolve_model_spec(args):
@@ -146,6 +153,7 @@ def open_runtime(args, model_spec, **kwargs):
 
 def ensure_precision(directory: Path, precision: str) -> None:
     """Add a precision's masked-forward graph to a cached export that lacks it (under the cache lock)."""
+    precision = PRECISION_GRAPH[precision]
     if precision == "fp32":
         return
     from ..artifacts import Manifest

@@ -79,7 +79,7 @@ def _explainer(args, model_spec):
     runtime, layer = open_runtime(args, model_spec, backend=args.backend, device=args.device,
                                   batch_size=args.batch_size, theta=args.theta, progress=not args.no_progress,
                                   max_passes=args.max_passes, precision=args.precision or "fp32",
-                                  method=args.method)
+                                  method=args.method, provider_options=args.provider_options)
     return (lambda x: runtime(x, args.class_idx)), layer
 
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..artifacts import END_TO_END_CHUNK, check_replaceable
+from ..validation import GRAPH_PRECISIONS
 
 
 def add_parser(sub) -> None:
@@ -26,7 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--fp16", action="store_true", help="allow FP16 kernels in the engines (standard TensorRT)")
     p.add_argument("--max-batch", type=int, default=64, help="engine profile: max batch / maps per call (default 64)")
     p.add_argument("--compute-capability", help="TensorRT-RTX: build ahead of time for SM80/SM86/SM89 (no GPU needed)")
-    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"],
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=GRAPH_PRECISIONS,
                    help="also write masked_forward.fp16.onnx / masked_forward.int8.onnx, the cheaper masked passes "
                         "(README, \"Latency budgets\"); fp32 is always written")
     p.add_argument("--end-to-end", action="store_true",

@@ -64,10 +64,7 @@ class ExplainWorker:
             folder = unpack_artifacts(packed)  # a node that does not share the driver's disk
         self.out = Path(out)
         self.settings = settings
-        self.explainer = Explainer(folder, backend=settings["backend"], device=settings["device"],
-                                   batch_size=settings.get("batch_size"), theta=settings["theta"],
-                                   max_passes=settings.get("max_passes"), method=settings["method"], threads=threads,
-                                   precision=settings.get("precision") or "fp32")
+        self.explainer = Explainer.from_settings(folder, settings, threads=threads)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict) -> dict:
