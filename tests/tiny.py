@@ -73,3 +73,43 @@ class PlantedCNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.plant(self.features(x)))
+
+
+class TinyGAP(nn.Module):
+    """(B, 3, 32, 32) -> (B, 5) logits with a global-average-pooling head right after the target
+    layer ``features.3`` (B, 6, 8, 8), as EfficientNet-Lite0's: every channel's gradient is then
+    constant over the map, so AMD's threshold ties at every pixel (``G >= t`` keeps them all)."""
+
+    def __init__(self, num_classes: int = 5, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed + 7)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                      nn.Conv2d(8, 6, 3, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, num_classes))
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        self.eval()
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class NearConstant(nn.Module):
+    """(B, 6, h, w) -> (B, 6, h, w): channel 5 becomes ``0.3 + 1e-6 * z_0``, a map whose range is
+    about 1e-6 but not 0 (so not constant: its mask is a full [0, 1] mask)."""
+
+    def forward(self, z):
+        return torch.cat([z[:, :5], 0.3 + 1e-6 * z[:, :1]], dim=1)
+
+
+class NearConstantCNN(nn.Module):
+    """TinyCNN's features, then :class:`NearConstant` at the target layer ``plant``."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        base = TinyCNN(seed=seed)
+        self.features, self.plant, self.head = base.features, NearConstant(), base.head
+
+    def forward(self, x):
+        return self.head(self.plant(self.features(x)))
