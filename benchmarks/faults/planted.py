@@ -1,0 +1,147 @@
+"""Planted faults: each is applied alone to a checkout, the tests that guard it run, and the fault
+must make them fail (issue 25: "a test earns its place by failing").
+
+    python benchmarks/faults/planted.py CHECKOUT [--only ID ...] [--out results.md]
+
+CHECKOUT is a clean git checkout with the package installed editable in its .venv (a worktree of
+this repository); each fault is reverted with `git checkout -- FILE` after its run. A fault
+"survives" when its tests pass with it planted.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# (id, area, file, old text, new text, test selection)
+FAULTS = [
+    ("amd-strict", "algebra", "unioncam/algebra/amd.py", "W = xp.where(gradients >= t, gradients, zeros)",
+     "W = xp.where(gradients > t, gradients, zeros)", "tests/test_oracles.py tests/test_algebra.py tests/test_reference.py"),
+    ("percentile-nearest", "algebra", "unioncam/algebra/amd.py", "    lo = int(pos // 1)\n",
+     "    lo = int(round(pos))\n", "tests/test_oracles.py tests/test_algebra.py"),
+    ("minmax-epsilon", "algebra", "unioncam/algebra/maps.py", "    nonconst = rng > 0\n",
+     "    nonconst = rng > 1e-5\n", "tests/test_oracles.py tests/test_algebra.py"),
+    ("near-constant-is-constant", "algebra", "unioncam/algebra/maps.py",
+     "return xp.max(maps, axis=(-2, -1)) == xp.min(maps, axis=(-2, -1))",
+     "return xp.max(maps, axis=(-2, -1)) - xp.min(maps, axis=(-2, -1)) < 1e-5",
+     "tests/test_oracles.py tests/test_algebra.py"),
+    ("duplicates-across-batch", "algebra", "unioncam/algebra/fusion.py",
+     "        for b in np.unique(b_idx):\n            pos = np.flatnonzero(b_idx == b)\n"
+     "            source[pos] = pos[to_numpy(duplicate_masks(activations[b, xp.asarray(k_idx[pos], device=dev)]))]\n",
+     "        source = to_numpy(duplicate_masks(activations[xp.asarray(b_idx, device=dev), "
+     "xp.asarray(k_idx, device=dev)]))\n", "tests/test_oracles.py tests/test_algebra.py"),
+    ("ams-tie-picks-dr", "algebra", "unioncam/algebra/fusion.py", "pick = beta_dr > beta_reg",
+     "pick = beta_dr >= beta_reg", "tests/test_algebra.py tests/test_reference.py tests/test_oracles.py"),
+    ("region-map-no-relu", "algebra", "unioncam/algebra/weights.py", "    return xp.where(L > 0, L, xp.zeros_like(L))\n",
+     "    return L\n", "tests/test_algebra.py tests/test_reference.py tests/test_oracles.py"),
+    ("gradcam-sum", "algebra", "unioncam/algebra/weights.py",
+     "return namespace(gradients).mean(gradients, axis=(-2, -1))",
+     "return namespace(gradients).sum(gradients, axis=(-2, -1)) ** 2", "tests/test_baselines.py"),
+    ("estimator-unweighted", "algebra", "unioncam/algebra/budget.py", "wts = 1.0 / np.maximum(dd, 1e-12)",
+     "wts = np.ones_like(dd)", "tests/test_oracles.py tests/test_budgets.py"),
+    ("estimator-exact-by-distance", "algebra", "unioncam/algebra/budget.py", "        exact = equal >= 0\n",
+     "        exact = dd[:, 0] == 0.0\n        equal = np.where(exact, idx[:, 0], -1)\n",
+     "tests/test_oracles.py tests/test_budgets.py"),
+    ("no-padding", "runtime", "unioncam/pipeline.py",
+     "out = passes.scores(image, _pad(xp, chunk, size) if passes.pad else chunk, int(cls[b]), stage)",
+     "out = passes.scores(image, chunk, int(cls[b]), stage)", "tests/test_pipeline.py"),
+    ("padding-scores-kept", "runtime", "unioncam/pipeline.py", "            parts.append(out[:n])\n",
+     "            parts.append(out[-n:])\n", "tests/test_pipeline.py tests/test_runtime.py"),
+    ("class-ignored", "runtime", "runtime/passes.py",
+     "classes = np.where(requested < 0, logits.argmax(axis=1), requested).astype(np.int64)",
+     "classes = logits.argmax(axis=1).astype(np.int64)", "tests/test_runtime.py"),
+    ("threads-ignored", "runtime", "runtime/loaders.py", "so.intra_op_num_threads = self.threads or (os.cpu_count() or 1)",
+     "so.intra_op_num_threads = os.cpu_count() or 1", "tests/test_runtime.py tests/test_bench.py tests/test_pipeline.py"),
+    ("fusion-in-variant", "runtime", "runtime/explainer.py", "make(MASKED_ONNX, False)]", "make(masked, tf32)]",
+     "tests/test_budgets.py"),
+    ("buffer-aliases-input", "runtime", "runtime/backends/onnxruntime_runner.py",
+     "buf = ort.OrtValue.ortvalue_from_shape_and_type(list(value.shape), value.dtype, self._ort_device, 0)",
+     "buf = ort.OrtValue.ortvalue_from_numpy(value, self._ort_device, 0)", "tests/test_runners.py tests/test_pipeline.py"),
+    ("theta-not-passed", "runtime", "runtime/explainer.py",
+     "return pipeline.PassOptions(theta=self.theta,", "return pipeline.PassOptions(theta=10.0,",
+     "tests/test_runtime.py tests/test_pipeline.py"),
+    ("masked-graph-class-0", "export", "export/graphs.py",
+     "return class_probs(self.model, x, class_idx.reshape(B, 1).expand(B, M).reshape(B * M)).reshape(B, M)",
+     "return class_probs(self.model, x, torch.zeros(B * M, dtype=torch.int64)).reshape(B, M)",
+     "tests/test_export.py tests/test_runtime.py"),
+    ("fp16-no-repair", "export", "export/precision.py", "    repair_graph(half)\n", "", "tests/test_zoo.py -k fp16"),
+    ("precision-no-load-check", "export", "export/precision.py",
+     "        check_loads(tmp)  # never written as done unless ONNX Runtime accepts it\n", "",
+     "tests/test_zoo.py -k refuses"),
+    ("export-replaces-user-folder", "export", "unioncam/artifacts.py", "    if foreign:\n", "    if False:\n",
+     "tests/test_nothing_lost.py"),
+    ("e2e-theta-fixed", "export", "export/end_to_end.py", "L_den = algebra.denoised_map(A, G, self.theta)",
+     "L_den = algebra.denoised_map(A, G, 10.0)", "tests/test_end_to_end.py"),
+    ("usage-exit-1", "cli", "unioncam/cli/__init__.py", "return 2 if isinstance(e, UsageError) else 1", "return 1",
+     "tests/test_cli.py tests/test_nothing_lost.py tests/test_hostile_inputs.py"),
+    ("cli-class-ignored", "cli", "unioncam/cli/explain.py", "return (lambda x: runtime(x, args.class_idx)), layer",
+     "return (lambda x: runtime(x, None)), layer", "tests/test_cli.py tests/test_hostile_inputs.py"),
+    ("cache-key-weights-name", "cache", "unioncam/cache.py", "        wkey = sha256_file(weights)\n",
+     "        wkey = Path(weights).name\n", "tests/test_cli.py tests/test_any_model.py tests/test_hostile_inputs.py"),
+    ("cache-key-no-size", "cache", "unioncam/cache.py",
+     "key = json.dumps([model, layer, list(input_size), wkey, __version__, torch_version])",
+     "key = json.dumps([model, layer, wkey, __version__, torch_version])",
+     "tests/test_cli.py tests/test_any_model.py tests/test_hostile_inputs.py"),
+]
+
+
+def plant(root: Path, fault) -> None:
+    fid, _, rel, old, new, _ = fault
+    path = root / rel
+    text = path.read_text()
+    if text.count(old) != 1:
+        raise SystemExit(f"{fid}: the text to replace occurs {text.count(old)} times in {rel}")
+    path.write_text(text.replace(old, new))
+
+
+def run(root: Path, fault, timeout: int) -> tuple[str, float, str]:
+    fid, _, rel, _, _, tests = fault
+    plant(root, fault)
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run([str(root / ".venv/bin/python"), "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                               "-p", "no:logging", *tests.split()], cwd=root, capture_output=True, text=True,
+                              timeout=timeout)
+        failed = [ln for ln in proc.stdout.splitlines() if ln.startswith(("FAILED", "ERROR"))]
+        verdict = "caught" if proc.returncode != 0 else "SURVIVED"
+        detail = failed[0].split(" - ")[0].removeprefix("FAILED ").removeprefix("ERROR ") if failed else \
+            (proc.stdout.strip().splitlines() or ["?"])[-1]
+    except subprocess.TimeoutExpired:
+        verdict, detail = "timeout", f"over {timeout} s"
+    finally:
+        subprocess.run(["git", "checkout", "--", rel], cwd=root, check=True)
+    return verdict, time.perf_counter() - t, detail
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("checkout", type=Path)
+    ap.add_argument("--only", nargs="+")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--timeout", type=int, default=900)
+    args = ap.parse_args()
+    root = args.checkout.resolve()
+    if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                      text=True).stdout.strip():
+        raise SystemExit(f"{root} has uncommitted changes; plant faults in a clean checkout")
+    rows = []
+    for fault in FAULTS:
+        if args.only and fault[0] not in args.only:
+            continue
+        verdict, seconds, detail = run(root, fault, args.timeout)
+        rows.append((fault[0], fault[1], fault[2], verdict, detail, seconds))
+        print(f"{fault[0]:30s} {verdict:9s} {seconds:6.0f} s  {detail}", flush=True)
+    survived = sum(r[3] != "caught" for r in rows)
+    lines = [f"{len(rows)} faults planted, {survived} survived.", "",
+             "| fault | area | file | verdict | first failing test | s |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r[0]} | {r[1]} | `{r[2]}` | {r[3]} | `{r[4]}` | {r[5]:.0f} |" for r in rows]
+    print("\n".join(lines))
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+    sys.exit(1 if survived else 0)
+
+
+if __name__ == "__main__":
+    main()
