@@ -1,6 +1,10 @@
 """Reading images and drawing heatmaps with OpenCV. Torch-free (the runtime and the CLI share it)."""
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -23,31 +27,71 @@ def sample_image_path(name: str = "chelsea") -> Path:
     return Path(str(resources.files("unioncam") / "data" / SAMPLE_IMAGES[name]))
 
 
-def _decode(data: np.ndarray, path: Path) -> np.ndarray:
-    """Decode bytes with OpenCV, its own log silenced (it would print "libpng error: ..." lines that
-    say less than our message). A picture above OpenCV's pixel limit is decoded at 1/8 size where the
-    codec can (JPEG), else refused with the limit."""
+#: What the codecs (libjpeg, libpng, libtiff) write to the process's stderr about damaged data: the
+#: picture they return then is not what the file was meant to hold.
+CORRUPTION_SIGNS = ("corrupt jpeg data", "premature end", "bogus marker", "libpng error", "crc error", "read error")
+
+# The C libraries' stderr is the process's: one decode at a time captures it.
+_STDERR_LOCK = threading.Lock()
+
+#: Decode flags: any depth and colour format (16-bit, float and grey stay as they are; alpha is
+#: dropped), and the EXIF orientation applied, as browsers and phones show the photo.
+_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+
+
+@contextlib.contextmanager
+def _codec_messages():
+    """Capture what C code writes to file descriptor 2 meanwhile; yields a list that receives the
+    text (the codecs print warnings about damaged data there, bypassing Python and OpenCV's log)."""
+    out: list[str] = []
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr to capture (a daemon): decode without the check
+            yield out
+            return
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            out.append(sink.read().decode("utf-8", "replace"))
+
+
+def _decode(data: np.ndarray, path: Path, *, lenient: bool = False) -> np.ndarray:
+    """Decode bytes with OpenCV, its own log and the codecs' messages captured (they would print
+    "libpng error: ..." lines that say less than our message). Damaged data the codec reports makes
+    an ImageReadError unless ``lenient``. A picture above OpenCV's pixel limit is decoded at 1/8 size
+    where the codec can (JPEG), else refused with the limit."""
     if data.size == 0:
         raise ImageReadError(f"{path} is empty (0 bytes); give an image file")
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
-        try:
-            img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-        except cv2.error as e:
-            if "pixels" not in str(e):
-                raise ImageReadError(f"cannot decode {path}: {_first_line(e)}") from None
+        with _codec_messages() as messages:
             try:
-                img = cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_8)
-            except cv2.error:
-                raise ImageReadError(
-                    f"{path} is too large to decode: above OpenCV's limit of {MAX_PIXELS:,} pixels "
-                    "(OPENCV_IO_MAX_IMAGE_PIXELS); downscale it first (the model needs only its input size)"
-                ) from None
+                img = cv2.imdecode(data, _FLAGS)
+            except cv2.error as e:
+                if "pixels" not in str(e):
+                    raise ImageReadError(f"cannot decode {path}: {_first_line(e)}") from None
+                try:
+                    img = cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_8)
+                except cv2.error:
+                    raise ImageReadError(
+                        f"{path} is too large to decode: above OpenCV's limit of {MAX_PIXELS:,} pixels "
+                        "(OPENCV_IO_MAX_IMAGE_PIXELS); downscale it first (the model needs only its input size)"
+                    ) from None
     finally:
         cv2.utils.logging.setLogLevel(level)
     if img is None or img.size == 0:
         raise ImageReadError(f"cannot decode {path} as an image (corrupt, truncated or not an image file)")
+    said = [ln.strip() for ln in "".join(messages).splitlines() if ln.strip()]
+    damaged = [ln for ln in said if any(sign in ln.lower() for sign in CORRUPTION_SIGNS)]
+    if damaged and not lenient:
+        raise ImageReadError(f"{path} is damaged: the decoder reported \"{damaged[0]}\"; the picture it gives is "
+                             "not the photo (repair or re-export the file, or pass --lenient to explain it anyway)")
     return img
 
 
@@ -56,17 +100,20 @@ def _first_line(e: Exception) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB.
+def read_rgb(path: str | Path, *, lenient: bool = False) -> np.ndarray:
+    """Read an image file as RGB, upright.
 
-    Any format and size OpenCV reads; grayscale is replicated to 3 channels, an alpha channel is
-    dropped, 16-bit and float images are scaled to 8 bits.
+    Any format and size OpenCV reads; the EXIF orientation is applied (as browsers do); grayscale
+    is replicated to 3 channels, an alpha channel is dropped, 16-bit images are scaled to 8 bits,
+    float images must hold finite values in [0, 1] (the rule for arrays) and are scaled to 8 bits.
+    Data the decoder reports as damaged is refused unless ``lenient``.
 
     Returns:
         (h, w, 3) uint8 array, RGB order.
 
     Raises:
-        ImageReadError: the file is missing, empty, not an image, or decodes to nothing.
+        ImageReadError: the file is missing, empty, not an image, damaged, decodes to nothing, or
+            holds float pixels outside [0, 1] or not finite.
     """
     path = Path(path)
     if path.is_dir():
@@ -81,11 +128,18 @@ def read_rgb(path: str | Path) -> np.ndarray:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as e:
         raise ImageReadError(f"cannot read {path}: {e.strerror or e}") from None
-    img = _decode(data, path)
+    img = _decode(data, path, lenient=lenient)
     if img.dtype == np.uint16:
         img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):
-        img = (np.clip(np.nan_to_num(img), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+        if not np.isfinite(img).all():
+            raise ImageReadError(f"{path} has NaN or Inf pixels; clean the image before explaining it")
+        lo, hi = float(img.min()), float(img.max())
+        if lo < 0.0 or hi > 1.0:
+            # Refused, never clipped: the same rule as for arrays (README, "Guarantees").
+            raise ImageReadError(f"{path} holds float pixels in [{lo:.4g}, {hi:.4g}]; a float image must lie in "
+                                 "[0, 1] (divide 0-255 data by 255, or save it as 8-bit)")
+        img = (img * 255.0).round().astype(np.uint8)
     elif img.dtype != np.uint8:
         raise ImageReadError(f"unsupported pixel type {img.dtype} in {path}; convert it to 8-bit RGB")
     if img.ndim == 2:

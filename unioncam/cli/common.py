@@ -39,6 +39,8 @@ def add_model_options(p, *, out_default: str) -> None:
     add_budget_option(p)
     p.add_argument("--out", type=Path, default=Path(out_default), help=f"output folder (default ./{out_default})")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--lenient", action="store_true",
+                   help="explain images whose decoder reports damaged data (default: such an image is an error row)")
     p.add_argument("--artifacts", type=Path,
                    help="an exported folder (`unioncam export --out DIR`): used as is, with no export and no torch "
                         "needed; model, layer and input size come from its manifest")

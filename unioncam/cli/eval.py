@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     images, failures = [], 0
     for f in files:
         try:
-            rgb = read_rgb(f)
+            rgb = read_rgb(f, lenient=args.lenient)
         except UnionCAMError as e:
             print(f"unioncam: error: {e}", file=sys.stderr)
             failures += 1

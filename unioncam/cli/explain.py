@@ -89,7 +89,8 @@ def settings(args, model_spec, layer: str) -> dict:
                if args.weights else ("bundled ImageNet" if model_spec.bundled_weights else "random (untrained)"))
     return {"model": args.model, "weights": weights, "layer": layer, "theta": args.theta, "method": args.method,
             "max_passes": args.max_passes, "precision": args.precision or "fp32", "class_requested": args.class_idx,
-            "input_size": list(model_spec.input_size), "backend": args.backend, "device": args.device}
+            "input_size": list(model_spec.input_size), "backend": args.backend, "device": args.device,
+            "lenient": bool(args.lenient)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     for path, stem in zip(images, stems):
         t_read = time.perf_counter()
         try:
-            rgb = read_rgb(path)
+            rgb = read_rgb(path, lenient=args.lenient)
             x = to_model_input(rgb, model_spec.input_size)[None]
         except Exception as e:  # one image never stops the others, whatever its fault
             print(f"unioncam: error: {path}: {e}" if not isinstance(e, UnionCAMError) else f"unioncam: error: {e}",

@@ -84,7 +84,7 @@ class ExplainWorker:
         row["worker"] = self.worker
         try:
             t = time.perf_counter()
-            rgb = read_rgb(path)
+            rgb = read_rgb(path, lenient=bool(self.settings.get("lenient")))
             x = to_model_input(rgb, tuple(self.settings["input_size"]))[None]
             read_ms = (time.perf_counter() - t) * 1e3
             exp = self.explainer(x, self.settings.get("class_requested"))
