@@ -123,6 +123,7 @@ class Explainer:
         try:
             self._check_graphs_match_manifest()
             self.black_probs = self.passes.black_probs()
+            self.passes.check_masked_graphs(region_too=masked != MASKED_ONNX)
             if device != "cpu":
                 # The convolution-algorithm search of each session's one shape runs here, at
                 # load time, not inside the first explanation.

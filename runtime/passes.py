@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from unioncam import algebra
-from unioncam.errors import ArtifactError, InvalidInputError
+from unioncam.errors import ArtifactError, InvalidInputError, UnionCAMError
 from unioncam.pipeline import GradientPass, run_gradient
 
 from .backends.base import Runner
@@ -71,6 +71,40 @@ class RunnerPasses:
         feeds = {"image": image, "maps": np.ascontiguousarray(maps[None], dtype=np.float32),
                  "class_idx": np.array([class_idx], np.int64)}
         return self.runners[stage].infer(feeds)["scores"][0]
+
+    def check_masked_graphs(self, *, region_too: bool) -> None:
+        """The masked-forward graphs belong to the gradient graph's model, with its classes.
+
+        A black image scores ``p_c(Ib)`` whatever the maps, and the gradient graph gave that for
+        every class: each masked graph is run once at its session's shape for the last class
+        (a graph with fewer classes cannot gather it) and must agree (1e-4; 2e-2 for a precision
+        variant, ``region_too``).
+
+        Raises:
+            ArtifactError: a graph from another model or with other classes, naming both values.
+        """
+        H, W = self.input_size
+        h, w = self._feature_size
+        c = self.num_classes - 1
+        want = float(self.black_probs()[c])
+        image = np.zeros((1, 3, H, W), np.float32)
+        stages = [("fusion", self.fusion_batch, (H, W), 1e-4)]
+        if region_too:
+            stages.append(("region", self.batch_size, (h, w), 2e-2))
+        for stage, size, shape, tol in stages:
+            runner = self.runners[stage]
+            try:
+                got = float(self.scores(self.image(image, 0, stage), np.zeros((size, *shape), np.float32), c, stage)[0])
+            except UnionCAMError:
+                raise
+            except Exception as e:  # the backend's own error (a Gather out of range): the graph is foreign
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ArtifactError(f"{runner.name} cannot score class {c} of {self.num_classes} ({first}): it is "
+                                    "not this model's masked-forward graph; re-export the model") from None
+            if not abs(got - want) <= tol:
+                raise ArtifactError(f"{runner.name} is not this model's masked-forward graph: a black image scores "
+                                    f"{got:.6g} for class {c} there and {want:.6g} in the gradient graph; re-export "
+                                    "the model")
 
     def warm_up(self) -> None:
         """One call of each masked-pass session at its fixed shape (the gradient session's ran in

@@ -120,3 +120,27 @@ def test_a_symlink_is_not_followed_into_replacement(tmp_path):
     link.symlink_to(target)
     with pytest.raises(OutputPathError, match="not a folder"):
         check_replaceable(link)
+
+
+@pytest.mark.parametrize("foreign", ["other-classes", "other-weights"])
+def test_a_masked_graph_from_another_model_is_refused(tiny_art, tmp_path, foreign):
+    """masked_forward.onnx from another model, its SHA-256 written into the manifest: refused at
+    load (a 12-class graph, or the same architecture with other weights), never explained."""
+    import json
+    import shutil
+
+    from unioncam import ArtifactError
+    from unioncam.artifacts import sha256_file
+    from unioncam.runtime import Explainer
+
+    _, art = tiny_art
+    other = TinyCNN(num_classes=12) if foreign == "other-classes" else TinyCNN(seed=3)
+    export(other, "features.3", tmp_path / "other", input_size=(32, 32))
+    mixed = tmp_path / "mixed"
+    shutil.copytree(art, mixed)
+    shutil.copy(tmp_path / "other" / "masked_forward.onnx", mixed / "masked_forward.onnx")
+    manifest = json.loads((mixed / "manifest.json").read_text())
+    manifest["files"]["masked_forward.onnx"] = sha256_file(mixed / "masked_forward.onnx")
+    (mixed / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="not this model's masked-forward graph"):
+        Explainer(mixed)
