@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 
 from ..errors import UnionCAMError, UsageError
 from ..registry import METHODS, method_info
 from ..runtime.backends import BACKENDS, devices
-from ..outputs import collect_images, output_stems, report, write_outputs
+from ..explain_files import LazyExplainer, explain_file, failure_message
+from ..outputs import collect_images, output_stems
 from .common import (add_model_options, check_model_options, ensure_out, open_runtime, positive_int, require_layer,
                      resolve_model_spec)
 
@@ -94,7 +94,7 @@ def settings(args, model_spec, layer: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..image_io import read_rgb, sample_image_path, to_model_input
+    from ..image_io import sample_image_path
 
     model_spec = resolve_model_spec(args)
     check_model_options(args)  # before any image is read or model exported
@@ -106,51 +106,25 @@ def run(args: argparse.Namespace) -> int:
 
         return run_distributed(args, model_spec, images)
     ensure_out(args.out)
-    # Read every image first: a bad file is reported without loading (or exporting) the model,
-    # and the good ones are still explained.
+    # One image at a time: read, explain, write. The model is loaded (or exported) at the first
+    # image that reads, so a run whose every image is bad loads nothing; a bad image is reported
+    # and the others are still explained.
+    explain = LazyExplainer(lambda: _explainer(args, model_spec))
     failures = 0
-    inputs = []
-    stems = output_stems([Path(p) for p in images], args.out)
-    for path, stem in zip(images, stems):
-        t_read = time.perf_counter()
+    for path, stem in zip(images, output_stems([Path(p) for p in images], args.out)):
         try:
-            rgb = read_rgb(path, lenient=args.lenient)
-            x = to_model_input(rgb, model_spec.input_size)[None]
-        except Exception as e:  # one image never stops the others, whatever its fault
-            print(f"unioncam: error: {path}: {e}" if not isinstance(e, UnionCAMError) else f"unioncam: error: {e}",
-                  file=sys.stderr)
-            failures += 1
-            continue
-        inputs.append((path, stem, rgb, x, (time.perf_counter() - t_read) * 1e3))
-    if not inputs:
-        return 1
-    t_load = time.perf_counter()
-    explain, layer = _explainer(args, model_spec)
-    load_ms = (time.perf_counter() - t_load) * 1e3
-
-    for path, stem, rgb, x, read_ms in inputs:
-        try:
-            exp = explain(x)
-            rep = report(settings(args, model_spec, layer), path, rgb, exp, {"load": load_ms, "read": read_ms})
-            write_outputs(args.out, stem, rgb, exp.cam[0], rep)
-        except UnionCAMError as e:
-            print(f"unioncam: error: {path}: {e}", file=sys.stderr)
-            failures += 1
-            continue
-        except OSError as e:
-            print(f"unioncam: error: {path}: cannot write its outputs into {args.out}: {e.strerror or e}", file=sys.stderr)
-            failures += 1
-            continue
+            rep, _, _ = explain_file(path, stem, args.out, explain=explain, size=model_spec.input_size,
+                                     settings=lambda: settings(args, model_spec, explain.layer), lenient=args.lenient,
+                                     timings=lambda: {"load": explain.load_ms})
         except Exception as e:  # one image never stops the others; --debug shows the traceback
-            if getattr(args, "debug", False):
+            if explain.load_error is not None:
+                raise  # the model did not load: a fault of the run, reported once
+            if getattr(args, "debug", False) and not isinstance(e, (UnionCAMError, OSError)):
                 raise
-            print(f"unioncam: error: {path}: internal error {type(e).__name__}: {e} (rerun with --debug for a "
-                  "traceback and report it)", file=sys.stderr)
+            print(f"unioncam: error: {path}: {failure_message(e)}", file=sys.stderr)
             failures += 1
             continue
-        print(
-            f"{path}: {rep['class_name']} (class {rep['class_idx']}, p={rep['score']:.3f}), "
-            f"selected {rep['selected']}, {exp.timings_ms['total'] / 1e3:.1f} s -> {args.out / (stem + '.png')}"
-        )
-        load_ms = 0.0
+        explain.load_ms = 0.0  # counted in the first report only
+        print(f"{path}: {rep['class_name']} (class {rep['class_idx']}, p={rep['score']:.3f}), selected "
+              f"{rep['selected']}, {rep['timings_ms']['total'] / 1e3:.1f} s -> {args.out / (stem + '.png')}")
     return 1 if failures else 0

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from ..explain_files import explain_file, failure_message
 
 #: Index columns, in order (README, "Whole data sets").
 COLUMNS = ("image", "stem", "status", "error", "class_idx", "class_name", "score", "selected",
@@ -76,31 +77,15 @@ class ExplainWorker:
     def explain_one(self, image: str, path: str, stem: str) -> dict:
         """``image`` as the user gave it (the report's name), ``path`` absolute (a worker's working
         directory is not the driver's)."""
-        from ..errors import UnionCAMError
-        from ..image_io import read_rgb, to_model_input
-        from ..outputs import report, write_outputs
-
         row = empty_row(image, stem)
         row["worker"] = self.worker
         try:
-            t = time.perf_counter()
-            rgb = read_rgb(path, lenient=bool(self.settings.get("lenient")))
-            x = to_model_input(rgb, tuple(self.settings["input_size"]))[None]
-            read_ms = (time.perf_counter() - t) * 1e3
-            exp = self.explainer(x, self.settings.get("class_requested"))
-            rep = report(self.settings, image, rgb, exp, {"read": read_ms})
-            t = time.perf_counter()
-            paths = write_outputs(self.out, stem, rgb, exp.cam[0], rep)
+            rep, paths, write_ms = explain_file(
+                path, stem, self.out, explain=lambda x: self.explainer(x, self.settings.get("class_requested")),
+                settings=self.settings, size=tuple(self.settings["input_size"]), name=image,
+                lenient=bool(self.settings.get("lenient")))
             row = row_from_report(rep, stem, paths, "ok", self.worker)
-            row["write_ms"] = (time.perf_counter() - t) * 1e3
-        except UnionCAMError as e:
-            row.update(status="error", error=_one_line(str(e)))
-        except OSError as e:
-            row.update(status="error", error=_one_line(f"cannot read or write: {e.strerror or e}"))
+            row["write_ms"] = write_ms
         except Exception as e:  # noqa: BLE001 - any fault of one image is that image's row, not a crash
-            row.update(status="error", error=_one_line(f"internal error {type(e).__name__}: {e}"))
+            row.update(status="error", error=failure_message(e))
         return row
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:500]
