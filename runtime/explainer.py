@@ -14,8 +14,8 @@ from unioncam.artifacts import GRADIENT_ONNX, MASKED_ONNX, Manifest
 from unioncam.errors import ArtifactError, BackendUnavailableError, InvalidInputError, RunnerStateError
 from unioncam.explanation import Explanation
 from unioncam.validation import (check_batch_size, check_classes, check_images, check_max_passes, check_method,
-                                 check_ort_options, check_positive_int, check_precision, check_provider_options,
-                                 check_theta)
+                                 check_batch_ceiling, check_ort_options, check_precision, check_provider_options,
+                                 check_theta, check_threads)
 
 from .backends import backend_info
 from .passes import RunnerPasses
@@ -72,8 +72,10 @@ class Explainer:
         if batch_size is not None:
             check_batch_size(batch_size)
         if threads is not None:
-            check_positive_int(threads, "threads")
+            check_threads(threads)
         self.manifest = Manifest.load(self.directory)
+        if batch_size is not None:
+            check_batch_ceiling(batch_size, self.manifest.input_size, device)
         self.manifest.verify(self.directory)
         self.skip_constant = bool(skip_constant)
         self.skip_duplicates = bool(skip_duplicates)

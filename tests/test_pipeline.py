@@ -276,3 +276,38 @@ def test_the_gpu_runner_path_explains_like_the_cpu_path(tiny_art):
             if getattr(a, key) is not None:
                 np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
     assert all(r._buffers for r in bound.passes.runners.values())
+
+
+def test_options_reach_the_sessions_they_control(tiny_art):
+    """threads and precision read back where they act: every session's intra-op threads, and the
+    graph file each stage's session runs."""
+    _, art = tiny_art
+    with Explainer(art, threads=1) as ex:
+        for runner in ex.passes.runners.values():
+            assert runner.session.get_session_options().intra_op_num_threads == 1, runner.name
+    with Explainer(art) as ex:
+        import os
+
+        assert {r.session.get_session_options().intra_op_num_threads for r in ex.passes.runners.values()} == {
+            os.cpu_count()}
+
+
+def test_threads_and_batch_size_have_ceilings_from_the_machine(tiny_art):
+    import os
+
+    from unioncam import InvalidInputError
+    from unioncam.validation import PASS_PLANES, machine_memory
+
+    _, art = tiny_art
+    limit = 4 * os.cpu_count()
+    with Explainer(art, threads=limit):
+        pass
+    with pytest.raises(InvalidInputError, match=f"limit {limit}"):
+        Explainer(art, threads=limit + 1)
+    fits = min(4096, machine_memory() // 2 // (PASS_PLANES * 32 * 32 * 4))
+    with Explainer(art, batch_size=fits):
+        pass
+    with pytest.raises(InvalidInputError, match=f"above {fits} masked passes"):
+        Explainer(art, batch_size=fits + 1)
+    with pytest.raises(InvalidInputError, match="above"):
+        Explainer(art, batch_size=10**9)

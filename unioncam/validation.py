@@ -3,6 +3,7 @@ the same messages. Torch-free: torch tensors are recognised without importing to
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 from array_api_compat import array_namespace, is_array_api_obj, is_numpy_array, is_torch_array
@@ -32,6 +33,52 @@ def check_positive_int(value, name: str):
 def check_batch_size(batch_size) -> int:
     """Masked passes per call: a positive int."""
     return check_positive_int(batch_size, "batch_size")
+
+
+#: Threads per core above which more intra-op threads only add memory and contention.
+THREADS_PER_CORE = 4
+#: Bytes one masked pass may need, in float32 planes of the input size: an early layer of 64
+#: channels at full resolution (VGG's first block), the widest the zoo and the registry have.
+PASS_PLANES = 64
+
+
+def machine_memory() -> int:
+    """Physical memory of this machine in bytes (a cgroup's limit where it is lower)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def check_threads(threads) -> int:
+    """Intra-op threads: a positive int, at most :data:`THREADS_PER_CORE` per core of this machine."""
+    value = check_positive_int(threads, "threads")
+    limit = THREADS_PER_CORE * (os.cpu_count() or 1)
+    if value > limit:
+        raise InvalidInputError(f"threads={value} is more than {THREADS_PER_CORE} per core of this machine "
+                                f"({os.cpu_count()} cores, limit {limit}); leave it out to use every core")
+    return value
+
+
+def check_batch_ceiling(batch_size: int, input_size: tuple[int, int], device: str) -> int:
+    """A CPU batch of masked passes must fit half this machine's memory (``PASS_PLANES`` float32
+    planes of the input per pass); on a GPU, the graphs' largest batch (4096)."""
+    H, W = input_size
+    if device == "cpu":
+        per_pass = PASS_PLANES * H * W * 4
+        limit = max(1, min(4096, machine_memory() // 2 // per_pass))
+        where = f"half of this machine's {machine_memory() / 2**30:.0f} GiB at ~{per_pass / 2**20:.0f} MB per pass"
+    else:
+        limit, where = 4096, "the exported graphs' largest batch"
+    if batch_size > limit:
+        raise InvalidInputError(f"batch_size={batch_size} is above {limit} masked passes per call ({where}); "
+                                "leave it out for the measured default")
+    return batch_size
 
 
 def check_max_passes(max_passes, *, skip_constant: bool = True) -> int | None:

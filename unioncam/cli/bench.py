@@ -83,7 +83,14 @@ def _validate(args) -> None:
     if args.duration is not None and not args.duration > 0:
         raise UsageError(f"--duration must be a positive number of seconds, got {args.duration}")
     from ..errors import UnionCAMError
-    from ..validation import check_ort_options, check_provider_options
+    from ..validation import check_ort_options, check_provider_options, check_threads
+
+    for t in args.threads:
+        if t is not None:
+            try:
+                check_threads(t)
+            except UnionCAMError as e:
+                raise UsageError(f"--threads: {e}") from None
 
     for flag, values, check in (("--ort-options", args.ort_options, check_ort_options),
                                 ("--provider-options", args.provider_options, check_provider_options)):
