@@ -149,3 +149,19 @@ def test_without_ray_the_error_names_the_extra(tmp_path):
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == ['unioncam: error: explaining on Ray needs the ray extra: '
                                              'pip install "unioncam[ray]"']
+
+
+def test_an_address_nothing_answers_fails_fast_with_what_to_check(tmp_path, capsys):
+    """--ray-address 127.0.0.1:1 retried forever before; now one line within the timeout, exit 1."""
+    import time as _time
+
+    from unioncam import BackendUnavailableError, UsageError
+    from unioncam.distributed.dataset import check_reachable
+
+    t = _time.perf_counter()
+    with pytest.raises(BackendUnavailableError, match="cannot reach a Ray cluster at 127.0.0.1:1.*ray start --head"):
+        check_reachable("127.0.0.1:1", timeout=5)
+    assert _time.perf_counter() - t < 10
+    with pytest.raises(UsageError, match="HOST:PORT"):
+        check_reachable("nowhere")
+    check_reachable("auto")  # Ray's own lookup

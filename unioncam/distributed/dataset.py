@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import BackendUnavailableError, InvalidInputError
+from ..errors import BackendUnavailableError, InvalidInputError, UsageError
 
 INDEX = "index.parquet"
 
@@ -35,6 +35,38 @@ def default_settings(artifact_dir: Path, **options) -> dict:
 
 def _pack(artifact_dir: Path) -> dict:
     return {f.name: f.read_bytes() for f in sorted(artifact_dir.iterdir()) if f.is_file()}
+
+
+#: Seconds to wait for a Ray cluster's address to answer before saying what to check.
+CONNECT_TIMEOUT_S = 30.0
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast where ``ray.init(address=...)`` would retry forever: the address must accept a TCP
+    connection within ``timeout`` s (``"auto"`` is Ray's own lookup, not checked), and ``ray://``
+    needs Ray Client's extra.
+
+    Raises:
+        UsageError: a malformed address; BackendUnavailableError: nothing answers, or the extra is missing.
+    """
+    import importlib.util
+    import socket
+
+    if address == "auto":
+        return
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise BackendUnavailableError(f"--ray-address {address}: Ray Client needs its extra; pip install "
+                                      "\"ray[client]\" (or \"unioncam[ray]\", which includes it)")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise BackendUnavailableError(
+            f"cannot reach a Ray cluster at {address} ({reason} within {timeout:.0f} s); check the address and "
+            "that `ray start --head` runs there (port 6379, or 10001 for ray://)") from None
 
 
 def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray_address: str | None = None,
@@ -110,6 +142,7 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
 
             quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
             if ray_address:
+                check_reachable(ray_address)
                 ray.init(address=ray_address, **quiet)
             else:
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
