@@ -144,3 +144,66 @@ def test_a_masked_graph_from_another_model_is_refused(tiny_art, tmp_path, foreig
     (mixed / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="not this model's masked-forward graph"):
         Explainer(mixed)
+
+
+def test_a_killed_runs_temporaries_are_removed_and_nothing_else(tmp_path):
+    """Only unioncam's own temporary files of this host whose process is gone are removed: a live
+    run's, and a user's hidden ``.notes.tmp``, are kept."""
+    import subprocess
+    import sys
+
+    from unioncam.atomic import remove_stale_temporaries, temporary_prefix
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    mine = temporary_prefix("cat.png")
+    stale = tmp_path / (mine.replace(f"-{os.getpid()}-", f"-{dead}-") + "abc.tmp")
+    live = tmp_path / (mine + "def.tmp")
+    users = tmp_path / ".notes.tmp"
+    for f in (stale, live, users):
+        f.write_text("x")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert not stale.exists() and live.exists() and users.exists()
+
+
+def test_explaining_a_folder_into_itself_twice_skips_its_own_outputs(tmp_path, capsys):
+    import shutil
+
+    from unioncam.image_io import sample_image_path
+
+    shutil.copy(sample_image_path("coffee"), tmp_path / "coffee.png")
+    args = ["explain", str(tmp_path), "--out", str(tmp_path), "--layer", "stem", "--no-progress"]
+    assert main(args) == 0
+    first = tree_digest(tmp_path)
+    # The run wrote coffee.png.png (the overlay cannot replace the input) beside its .json and _cam.npy.
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "skipping 1 overlays" in err
+    assert not list(tmp_path.glob("*.png.png.*")) and not (tmp_path / "coffee.png.png.png").exists()
+    assert set(tree_digest(tmp_path)) == set(first)
+
+
+def test_a_resumed_run_redoes_an_image_replaced_in_place(tmp_path):
+    """A resume key is the file's content, not only its name: same name, new photo -> explained again."""
+    import shutil
+
+    import numpy as np
+
+    from unioncam.explain_files import explain_file
+    from unioncam.image_io import sample_image_path
+    from unioncam.outputs import finished_report
+    from unioncam.runtime import Explainer
+
+    model = TinyCNN()
+    export(model, "features.3", tmp_path / "art", input_size=(32, 32))
+    ex = Explainer(tmp_path / "art")
+    photo = tmp_path / "photo.png"
+    shutil.copy(sample_image_path("chelsea"), photo)
+    settings = {"model": "tiny", "input_size": [32, 32], "theta": 10.0, "method": "unioncam"}
+    out = tmp_path / "out"
+    out.mkdir()
+    explain_file(photo, "photo", out, explain=ex, settings=settings, size=(32, 32))
+    assert finished_report(out, "photo", photo, settings) is not None
+    shutil.copy(sample_image_path("coffee"), photo)  # replaced in place, same name
+    assert finished_report(out, "photo", photo, settings) is None
+    assert np.load(out / "photo_cam.npy").shape == (32, 32)

@@ -9,9 +9,49 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+#: Every temporary file unioncam writes starts so, with the writer's host and process id: the next
+#: run over the folder removes those whose writer is gone (:func:`remove_stale_temporaries`).
+TMP_PREFIX = ".unioncam-tmp"
+_TMP = re.compile(r"^\.unioncam-tmp-(?P<host>[^-]+)-(?P<pid>\d+)-")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:40] or "host"
+
+
+def temporary_prefix(name: str) -> str:
+    return f"{TMP_PREFIX}-{_host()}-{os.getpid()}-{name[:60]}."
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Remove the temporary files a killed run of this host left in ``folder`` (its process is gone);
+    another host's, or a live run's, are kept. Returns how many were removed."""
+    removed = 0
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        m = _TMP.match(entry.name)
+        if not m or m["host"] != _host() or not entry.is_file():
+            continue
+        pid = int(m["pid"])
+        try:
+            os.kill(pid, 0)
+            continue  # alive: its writer may still rename it into place
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        entry.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def umask() -> int:
@@ -35,7 +75,7 @@ def default_mode(directory: bool = False) -> int:
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             yield f

@@ -11,7 +11,7 @@ from typing import Callable
 
 from .errors import UnionCAMError
 from .image_io import read_rgb, to_model_input
-from .outputs import report, write_outputs
+from .outputs import image_digest, report, write_outputs
 
 
 def explain_file(path: str | Path, stem: str, out: Path, *, explain: Callable, settings: dict | Callable[[], dict],
@@ -41,7 +41,8 @@ def explain_file(path: str | Path, stem: str, out: Path, *, explain: Callable, s
     exp = explain(x)
     if callable(settings):
         settings = settings()
-    rep = report(settings, str(name or path), rgb, exp, {**(timings() if timings else {}), "read": read_ms})
+    rep = report(settings, str(name or path), rgb, exp, {**(timings() if timings else {}), "read": read_ms},
+                 digest=image_digest(path))
     t = time.perf_counter()
     paths = write_outputs(out, stem, rgb, exp.cam[0], rep)
     return rep, paths, (time.perf_counter() - t) * 1e3

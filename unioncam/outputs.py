@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifacts import sha256_file
 from .errors import InvalidInputError, UnionCAMError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -78,7 +79,7 @@ def top5(logits: np.ndarray, names) -> list[dict]:
     return [{"index": int(i), "name": names(int(i)), "probability": float(p[i])} for i in order]
 
 
-def report(settings: dict, path, rgb: np.ndarray, exp, timings_ms: dict) -> dict:
+def report(settings: dict, path, rgb: np.ndarray, exp, timings_ms: dict, digest: str | None = None) -> dict:
     """The JSON report of one explained image.
 
     Args:
@@ -86,6 +87,7 @@ def report(settings: dict, path, rgb: np.ndarray, exp, timings_ms: dict) -> dict
             backend, device (the run's options).
         path: the image file; rgb: its (h, w, 3) uint8 pixels; exp: its 1-image Explanation;
         timings_ms: extra stage times (load, read) put before the explanation's own.
+        digest: the file's SHA-256 (:func:`image_digest`), which a resumed run compares.
     """
     from .classes import class_name
 
@@ -93,6 +95,7 @@ def report(settings: dict, path, rgb: np.ndarray, exp, timings_ms: dict) -> dict
     num_classes = exp.logits.shape[1]
     return {
         "image": str(path),
+        "image_sha256": digest,
         "image_size": [int(rgb.shape[0]), int(rgb.shape[1])],
         **{k: settings.get(k) for k in ("input_size", "model", "method", "weights", "layer", "theta",
                                          "max_passes", "precision", "class_requested")},
@@ -141,6 +144,9 @@ def finished_report(out: Path, stem: str, image, settings: dict) -> dict | None:
         rep = json.loads(paths["json"].read_text())
         if rep.get("image") != str(image) or any(rep.get(k) != settings.get(k) for k in SETTINGS):
             return None
+        # The same name is not the same photo: a file replaced in place is explained again.
+        if rep.get("image_sha256") != image_digest(image):
+            return None
         cam = np.load(paths["npy"], allow_pickle=False)
         if (cam.dtype != np.float32 or list(cam.shape) != list(settings.get("input_size") or cam.shape)
                 or not np.isfinite(cam).all() or cam.min() < 0 or cam.max() > 1):
@@ -153,12 +159,32 @@ def finished_report(out: Path, stem: str, image, settings: dict) -> dict | None:
 
 
 def remove_stale_temporaries(out: Path) -> int:
-    """Delete the temporary files (``.<name>.*.tmp``) a killed run left in ``out``; returns how many."""
-    n = 0
-    for f in out.glob(".*.tmp"):
-        try:
-            f.unlink()
-            n += 1
-        except OSError:
-            pass
-    return n
+    """Delete the temporary files a killed run of this host left in ``out`` (only unioncam's own,
+    whose writer is gone: :func:`unioncam.atomic.remove_stale_temporaries`); returns how many."""
+    from .atomic import remove_stale_temporaries as remove
+
+    return remove(out)
+
+
+def image_digest(path) -> str:
+    """SHA-256 of an image file's bytes: a report names the content it explained."""
+    return sha256_file(path)
+
+
+def own_outputs(paths: list[Path]) -> set[Path]:
+    """The inputs that are outputs of an earlier run: ``<stem>.png`` beside its ``<stem>_cam.npy`` and a
+    ``<stem>.json`` report (``explain DIR --out DIR`` run twice must not explain its own overlays)."""
+    own = set()
+    for p in paths:
+        p = Path(p)
+        if p.suffix.lower() != ".png":
+            continue
+        stem = p.name[: -len(p.suffix)]
+        rep, npy = p.with_name(stem + ".json"), p.with_name(stem + "_cam.npy")
+        if npy.is_file() and rep.is_file():
+            try:
+                if "image" in json.loads(rep.read_text()) and "class_idx" in json.loads(rep.read_text()):
+                    own.add(p)
+            except (OSError, ValueError, TypeError):
+                pass
+    return own

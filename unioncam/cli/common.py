@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import UnionCAMError, UnwritableError, UsageError
+from ..errors import UnwritableError, UsageError
+from ..atomic import remove_stale_temporaries
 from ..runtime.backends import backend_info
 from ..validation import PRECISION_GRAPH, PRECISIONS, PROVIDER_OPTIONS
 
@@ -117,12 +118,16 @@ def check_model_options(args) -> None:
 
 
 def ensure_out(out: Path) -> None:
+    """The output folder, created; the temporary files a killed run of ours left there, removed."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UnionCAMError(f"cannot create output folder {out}: {e.strerror}") from None
+        raise UnwritableError(f"cannot create output folder {out}: {e.strerror}") from None
     if not os.access(out, os.W_OK):
-        raise UnionCAMError(f"output folder {out} is not writable; choose another with --out")
+        raise UnwritableError(f"output folder {out} is not writable; choose another with --out")
+    stale = remove_stale_temporaries(out)
+    if stale:
+        print(f"unioncam: removed {stale} temporary files an interrupted run left in {out}", file=sys.stderr)
 
 
 def open_runtime(args, model_spec, **kwargs):

@@ -10,7 +10,7 @@ from ..errors import UnionCAMError, UsageError
 from ..registry import METHODS, method_info
 from ..runtime.backends import BACKENDS, devices
 from ..explain_files import LazyExplainer, explain_file, failure_message
-from ..outputs import collect_images, output_stems
+from ..outputs import collect_images, output_stems, own_outputs
 from .common import (add_model_options, check_model_options, ensure_out, open_runtime, positive_int, require_layer,
                      resolve_model_spec)
 
@@ -99,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
     model_spec = resolve_model_spec(args)
     check_model_options(args)  # before any image is read or model exported
     images = collect_images(args.images) if args.images else [sample_image_path("chelsea")]
+    own = own_outputs(images)
+    if own:
+        print(f"unioncam: skipping {len(own)} overlays an earlier run wrote (a <stem>.png beside its "
+              "_cam.npy and .json)", file=sys.stderr)
+        images = [p for p in images if Path(p) not in own]
     if not images:
         raise UsageError("no image files found in the given folders")
     if args.workers or args.ray_address or len(images) >= RAY_THRESHOLD and ray_available():
