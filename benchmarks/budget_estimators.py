@@ -97,7 +97,7 @@ def candidates(A, s, n):
 
 
 def main() -> None:
-    from unioncam import algebra, pipeline
+    from unioncam import algebra
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="efficientnet_lite0")

@@ -23,9 +23,9 @@ def main() -> None:
     p.add_argument("--compute-capability", default="SM86")
     args = p.parse_args()
 
-    from unioncam.engine_file import import_tensorrt
+    from unioncam.runtime.backends.tensorrt.engine_file import import_tensorrt
     from unioncam.export.end_to_end import export_end_to_end
-    from unioncam.export.tensorrt_engine import parse_check
+    from unioncam.runtime.backends.tensorrt.builder import parse_check
     from unioncam.models import load
 
     trt, flavour = import_tensorrt()

@@ -7,7 +7,7 @@ from __future__ import annotations
 _LAZY = {
     "export": "unioncam.export.exporter",
     "graph_stats": "unioncam.export.exporter",
-    "build_engine": "unioncam.export.tensorrt_engine",
+    "build_engine": "unioncam.runtime.backends.tensorrt.builder",
     "add_precision": "unioncam.export.precision",
 }
 

@@ -109,7 +109,6 @@ def rows_loop(*, trips: str, rows: str, table: str, state: str, out: str, row_mo
     Returns:
         The ``Loop`` node (its body holds ``row_model``'s nodes and initializers).
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     p = prefix

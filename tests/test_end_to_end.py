@@ -12,7 +12,7 @@ import pytest
 
 from tiny import tiny_images
 from unioncam import UnionCAM
-from unioncam.engine_file import import_tensorrt
+from unioncam.runtime.backends.tensorrt.engine_file import import_tensorrt
 from unioncam.image_io import read_rgb, sample_image_path, to_model_input
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "c"
@@ -104,14 +104,14 @@ def test_onnx_runtime_prints_nothing_on_load_or_run(tiny_e2e):
 
 @pytest.mark.skipif(import_tensorrt()[0] is None, reason="no TensorRT module (pip install 'unioncam[tensorrt]')")
 def test_graph_parses_and_builds_in_tensorrt(tiny_e2e):
-    from unioncam.export.tensorrt_engine import parse_check
+    from unioncam.runtime.backends.tensorrt.builder import parse_check
 
     assert "built" in parse_check(tiny_e2e[1], compute_capability="SM86")
 
 
 @pytest.mark.skipif(import_tensorrt()[0] is None, reason="no TensorRT module (pip install 'unioncam[tensorrt]')")
 def test_planted_graph_with_skips_builds_in_tensorrt(planted_e2e):
-    from unioncam.export.tensorrt_engine import parse_check
+    from unioncam.runtime.backends.tensorrt.builder import parse_check
 
     assert "built" in parse_check(planted_e2e[1], compute_capability="SM86")
 

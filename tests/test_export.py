@@ -226,7 +226,7 @@ def test_resnet_d_pooling_after_the_target_exports_and_matches_autograd(tmp_path
     x = torch.rand(2, 3, 30, 30, generator=torch.Generator().manual_seed(3)).numpy()
     agreement = gradient_agreement(model, "features.1", out, x, np.array([1, 3]))
     assert agreement["gradients_rel"] <= 1e-4 and agreement["logits_rel"] <= 1e-5, agreement
-    from unioncam.engine_file import import_tensorrt
+    from unioncam.runtime.backends.tensorrt.engine_file import import_tensorrt
 
     trt, flavour = import_tensorrt()
     if trt is not None:  # the backward MatMuls parse and build in TensorRT's ONNX parser too

@@ -128,7 +128,7 @@ def test_exports_respect_the_umask(tiny_art, tmp_path):
     assert art.stat().st_mode & 0o777 == 0o777 & ~mask
     for p in art.iterdir():
         assert p.stat().st_mode & 0o777 == 0o666 & ~mask, p.name
-    from unioncam.engine_file import read_engine, write_engine
+    from unioncam.runtime.backends.tensorrt.engine_file import read_engine, write_engine
 
     old = os.umask(0o022)
     try:

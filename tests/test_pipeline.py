@@ -237,7 +237,7 @@ def test_warm_up_calls_each_session_at_its_one_shape(tiny_art):
 
 def test_precision_and_provider_options_are_checked_in_one_place(tiny_art):
     from unioncam import BackendUnavailableError, InvalidInputError
-    from unioncam.runtime.loaders import SessionFromOnnx
+    from unioncam.runtime.backends.onnxruntime.loader import SessionFromOnnx
     from unioncam.validation import check_provider_options
 
     _, art = tiny_art

@@ -11,9 +11,9 @@ import pytest
 from tiny import tiny_images
 from unioncam import BackendUnavailableError, RunnerStateError
 from unioncam.runtime import Explainer
-from unioncam.runtime.backends.device_memory import BufferPool, DeviceBuffer, cuda_memory
-from unioncam.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
-from unioncam.runtime.loaders import SessionFromOnnx
+from unioncam.runtime.backends.tensorrt.device_memory import BufferPool, DeviceBuffer, cuda_memory
+from unioncam.runtime.backends.onnxruntime.runner import OnnxRuntimeRunner
+from unioncam.runtime.backends.onnxruntime.loader import SessionFromOnnx
 
 BLOCK_TORCH = """
 import builtins, sys
@@ -30,7 +30,7 @@ def runtime_modules():
     import unioncam.runtime
 
     names = ["unioncam.runtime", "unioncam.algebra", "unioncam.validation", "unioncam.explanation",
-             "unioncam.artifacts", "unioncam.engine_file", "unioncam.errors"]
+             "unioncam.artifacts", "unioncam.runtime.backends.tensorrt.engine_file", "unioncam.errors"]
     for info in pkgutil.walk_packages(unioncam.runtime.__path__, "unioncam.runtime."):
         names.append(info.name)
     return names
@@ -38,7 +38,7 @@ def runtime_modules():
 
 def test_every_runtime_module_imports_without_torch():
     names = runtime_modules()
-    assert "unioncam.runtime.backends.tensorrt_runner" in names and "unioncam.runtime.loaders" in names
+    assert "unioncam.runtime.backends.tensorrt.runner" in names and "unioncam.runtime.backends.onnxruntime.loader" in names
     code = BLOCK_TORCH + textwrap.dedent(f"""
         import importlib
         for name in {names!r}:
@@ -161,7 +161,7 @@ def test_buffers_need_cuda_and_say_what_to_install():
 
 
 def _cuda_free_bytes():
-    from unioncam.runtime.backends.device_memory import _cudart
+    from unioncam.runtime.backends.tensorrt.device_memory import _cudart
 
     cudart = _cudart()
     err, free, total = cudart.cudaMemGetInfo()

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from unioncam import ArtifactError
-from unioncam.engine_file import check_header, import_tensorrt, read_engine
+from unioncam.runtime.backends.tensorrt.engine_file import check_header, import_tensorrt, read_engine
 
 trt, flavour = import_tensorrt()
 pytestmark = [
@@ -77,7 +77,7 @@ def test_engine_loader_checks_the_gpu_it_finds(engines, monkeypatch):
     """The loader asks which GPU this is and refuses an engine built for another compute capability;
     with no GPU to ask (no cuda-python, no device) it refuses, rather than skipping the check."""
     from unioncam import BackendUnavailableError
-    from unioncam.runtime import loaders
+    from unioncam.runtime.backends.tensorrt import loader as loaders
 
     art, headers = engines
     engine = art / "gradient.engine"

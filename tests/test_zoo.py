@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from unioncam import UnionCAM
-from unioncam.engine_file import import_tensorrt
+from unioncam.runtime.backends.tensorrt.engine_file import import_tensorrt
 from unioncam.export.verify import gradient_agreement
 from zoo import ARCHITECTURES, zoo_images
 

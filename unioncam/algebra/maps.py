@@ -2,7 +2,7 @@
 and the duplicate-mask test. Array-API: NumPy, torch and CuPy arrays alike."""
 from __future__ import annotations
 
-from .namespace import is_concrete, namespace, to_numpy
+from .namespace import is_concrete, namespace
 
 
 def bilinear_matrix(n_in, n_out: int, *, xp, dtype, device=None):

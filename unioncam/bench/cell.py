@@ -78,7 +78,7 @@ def _one_graph(spec: dict):
     from types import SimpleNamespace
 
     from ..errors import UnionCAMError
-    from ..runtime.loaders import SessionFromOnnx
+    from ..runtime.backends.onnxruntime.loader import SessionFromOnnx
 
     if spec["backend"] != "onnxruntime":
         raise UnionCAMError(f"--onnx runs on backend onnxruntime, not {spec['backend']!r}")

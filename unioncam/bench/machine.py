@@ -32,7 +32,7 @@ def cpu_model() -> str:
 
 def machine_facts() -> dict:
     """CPU model, cores, GPU (name, compute capability) and package versions."""
-    from ..engine_file import current_gpu
+    from ..runtime.backends.tensorrt.engine_file import current_gpu
 
     return {
         "cpu": cpu_model(),

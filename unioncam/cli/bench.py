@@ -158,7 +158,7 @@ def _one_graph_facts(path: Path) -> dict:
         facts = json.loads(info.read_text())
         return {"model": facts.get("model") or path.name, "layer": facts.get("layer", "?"),
                 "input_size": facts["input_size"]}
-    from ..runtime.loaders import SessionFromOnnx
+    from ..runtime.backends.onnxruntime.loader import SessionFromOnnx
 
     shape = next((i.shape for i in SessionFromOnnx(path)().get_inputs() if i.name == "image"), None)
     if not shape or not all(isinstance(d, int) for d in shape[2:]):

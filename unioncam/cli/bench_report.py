@@ -72,7 +72,7 @@ def print_list() -> None:
     import os
     import platform
 
-    from ..engine_file import current_gpu
+    from ..runtime.backends.tensorrt.engine_file import current_gpu
 
     print(f"CPU: {platform.machine()}, {os.cpu_count()} cores")
     try:
@@ -84,7 +84,7 @@ def print_list() -> None:
     except ImportError:
         print("onnxruntime: not installed (pip install onnxruntime)")
     try:
-        from ..engine_file import import_tensorrt
+        from ..runtime.backends.tensorrt.engine_file import import_tensorrt
 
         trt, flavour = import_tensorrt()
         print(f"TensorRT: {flavour} {trt.__version__}" if trt else "TensorRT: not installed "

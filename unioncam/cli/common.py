@@ -140,7 +140,7 @@ def open_runtime(args, model_spec, **kwargs):
         return Explainer(args.artifacts, **kwargs), model_spec.default_layer
     engines = backend_info(kwargs.get("backend") or "onnxruntime").needs_engines
     if engines:
-        from ..engine_file import current_gpu
+        from ..runtime.backends.tensorrt.engine_file import current_gpu
         from ..errors import BackendUnavailableError
 
         if current_gpu() is None:

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
               f"{info['nodes']} nodes, up to {info['channels']} masked passes in chunks of {info['chunk']}, "
               f"{info['export_s']:.0f} s")
         if args.engine:
-            from ..export.tensorrt_engine import parse_check
+            from ..runtime.backends.tensorrt.builder import parse_check
 
             print(f"  TensorRT: {parse_check(info['path'], compute_capability=args.compute_capability)}")
         return 0

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 from unioncam.artifacts import GRADIENT_ONNX, MASKED_ONNX, Manifest, sha256_file
-from unioncam.engine_file import current_gpu, import_tensorrt, write_engine
 from unioncam.errors import BackendUnavailableError, ExportError
+
+from .engine_file import current_gpu, import_tensorrt, write_engine
 
 
 def _profiles(onnx_name: str, manifest: Manifest, max_batch: int) -> dict[str, tuple[tuple, tuple, tuple]]:
@@ -51,7 +52,7 @@ def build_engine(
     """Build a TensorRT engine from ``gradient.onnx`` or ``masked_forward.onnx``.
 
     Args:
-        onnx_path: an ONNX file inside an artifact folder written by :func:`unioncam.export.export`.
+        onnx_path: an ONNX file inside an artifact folder written by ``unioncam export`` (or the exporter's ``export()``).
         engine_path: output file (default: ``<onnx stem>.engine`` beside it), written atomically with
             a header recording the TensorRT version, the GPU and the ONNX SHA-256.
         fp16: allow FP16 kernels (standard TensorRT; TensorRT-RTX is strongly typed and refuses).

@@ -14,9 +14,9 @@ import numpy as np
 
 from unioncam.errors import BackendUnavailableError, InvalidInputError
 
-from ..loaders import EngineFromFile
-from .base import Runner
+from ..base import Runner
 from .device_memory import BufferPool, cuda_memory
+from .loader import EngineFromFile
 
 
 class _Resident:

@@ -14,8 +14,8 @@ import threading
 
 import numpy as np
 
-from ..loaders import SessionFromOnnx
-from .base import Runner
+from ..base import Runner
+from .loader import SessionFromOnnx
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64"}
 

@@ -1,16 +1,15 @@
-"""Lazy loaders (after Polygraphy's ``SessionFromOnnx`` / ``EngineFromBytes``): cheap to create,
-they check what can be checked at once and load when called. A runner takes a loader, so the way a
-session or engine is made is separate from the way it is run."""
+"""The ONNX Runtime backend's lazy loader (after Polygraphy's ``SessionFromOnnx``): cheap to create,
+it checks what can be checked at once and loads when called. A runner takes a loader, so the way a
+session is made is separate from the way it is run."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from unioncam.engine_file import check_header, current_gpu, import_tensorrt, read_engine
 from unioncam.errors import ArtifactError, BackendUnavailableError
 from unioncam.validation import check_ort_options, check_provider_options
 
-from .devices import ORT_PROVIDERS
+from ...devices import ORT_PROVIDERS
 
 #: ``opt=`` values -> ONNX Runtime's graph optimisation levels (names, so no import at module load).
 _OPT_LEVELS_NAMES = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
@@ -82,41 +81,3 @@ class SessionFromOnnx:
             return ort.InferenceSession(str(self.path), so, providers=self.provider_list())
         except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise ArtifactError(f"onnxruntime cannot load {self.path}: {str(e).splitlines()[0]}; re-export the model") from None
-
-
-class EngineFromFile:
-    """``EngineFromFile(path, onnx_sha256=...)()`` -> a deserialised TensorRT ``ICudaEngine``.
-
-    The engine's header is checked at construction (cheap: the header only): a stale engine (built
-    from another ONNX), or one built by another TensorRT version or for another GPU, is refused with
-    the command that rebuilds it. ``header`` holds the profile's ``max_batch``.
-    """
-
-    def __init__(self, path: str | Path, *, onnx_sha256: str):
-        self.path = Path(path)
-        self.trt, self.flavour = import_tensorrt()
-        if self.trt is None:
-            raise BackendUnavailableError(
-                "backend 'tensorrt' needs NVIDIA's tensorrt Python package on a CUDA machine; available here: onnxruntime"
-            )
-        self.header, _ = read_engine(self.path, header_only=True)
-        gpu = current_gpu()
-        if gpu is None:
-            # Without the GPU's identity the compute-capability check cannot run; an engine has no
-            # use without a GPU anyway, so say so here instead of skipping the check.
-            raise BackendUnavailableError(
-                "a TensorRT engine runs on an NVIDIA GPU, and none was found (or cuda-python is missing: "
-                "pip install cuda-python); use backend 'onnxruntime' on this machine")
-        check_header(self.path, self.header, onnx_sha256=onnx_sha256, trt_version=str(self.trt.__version__), gpu=gpu)
-        self.logger = self.runtime = None
-
-    def __call__(self):
-        trt = self.trt
-        _, blob = read_engine(self.path)
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        # Held by the loader: a TensorRT runtime must outlive the engines it deserialised.
-        self.runtime = trt.Runtime(self.logger)
-        engine = self.runtime.deserialize_cuda_engine(blob)
-        if engine is None:
-            raise ArtifactError(f"TensorRT could not deserialize {self.path}; rebuild it with `unioncam export ... --engine`")
-        return engine

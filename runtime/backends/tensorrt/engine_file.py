@@ -10,7 +10,8 @@ import json
 import struct
 from pathlib import Path
 
-from .errors import ArtifactError
+from unioncam.atomic import atomic_file
+from unioncam.errors import ArtifactError, BackendUnavailableError
 
 MAGIC = b"UNIONCAM-TRT\x00v1\x00"
 assert len(MAGIC) == 16
@@ -27,8 +28,6 @@ def import_tensorrt():
         BackendUnavailableError: a TensorRT module is installed but fails to import (a broken install
         must not look like an absent one).
     """
-    from .errors import BackendUnavailableError
-
     for name in ("tensorrt", "tensorrt_rtx"):
         try:
             module = __import__(name)
@@ -66,8 +65,6 @@ def current_gpu() -> dict | None:
 
 def write_engine(path: str | Path, header: dict, engine: bytes) -> None:
     """Write header + engine atomically (temporary file, then rename)."""
-    from .atomic import atomic_file
-
     blob = json.dumps(header, sort_keys=True).encode()
     with atomic_file(path, "wb") as f:
         f.write(MAGIC)
