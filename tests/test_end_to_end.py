@@ -210,3 +210,20 @@ def test_c_example_under_valgrind(c_binary, tiny_e2e, tmp_path):
              str(tmp_path / "v.pgm")], capture_output=True, text=True, timeout=600)
         assert proc.returncode == code, proc.stderr[-3000:]  # 9 would be a memory error or a leak
         assert "Invalid" not in proc.stderr and "definitely lost" not in proc.stderr
+
+
+def test_theta_is_baked_into_the_graph(tmp_path):
+    """The one graph exported at theta 90 denoises at 90: its map is the eager reference's at 90, and
+    not the one at the default 10 (TinyCNN's max-pool head leaves 3 of 4 gradients 0, so only a
+    threshold above the 75th percentile moves the map)."""
+    from tiny import TinyCNN
+
+    from unioncam.export.end_to_end import export_end_to_end
+
+    model = TinyCNN()
+    info = export_end_to_end(model, "features.3", tmp_path, input_size=(32, 32), theta=90.0, chunk=3)
+    x = tiny_images(1, seed=6)
+    out = run_graph(info["path"], x.numpy())
+    at90, at10 = UnionCAM(model, "features.3", theta=90.0)(x), UnionCAM(model, "features.3", theta=10.0)(x)
+    assert_matches(out, at90)
+    assert np.abs(at90.denoising - at10.denoising).max() > 1e-2
