@@ -207,3 +207,19 @@ def test_a_resumed_run_redoes_an_image_replaced_in_place(tmp_path):
     shutil.copy(sample_image_path("coffee"), photo)  # replaced in place, same name
     assert finished_report(out, "photo", photo, settings) is None
     assert np.load(out / "photo_cam.npy").shape == (32, 32)
+
+
+def test_the_cache_key_is_the_weights_content_and_the_input_size(tmp_path, monkeypatch):
+    """A weights file changed in place under the same name is a new cache entry (never the stale
+    export of the old weights); so is another input size."""
+    from unioncam.cache import artifact_dir
+
+    monkeypatch.setenv("UNIONCAM_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"first weights")
+    a = artifact_dir("vgg16", "features.29", (224, 224), weights, None)
+    assert artifact_dir("vgg16", "features.29", (224, 224), weights, None) == a
+    weights.write_bytes(b"other weights")
+    assert artifact_dir("vgg16", "features.29", (224, 224), weights, None) != a
+    assert artifact_dir("vgg16", "features.29", (256, 256), weights, None) != artifact_dir(
+        "vgg16", "features.29", (224, 224), weights, None)
