@@ -6,7 +6,8 @@ convolution-algorithm search at every new shape, see :mod:`unioncam.pipeline`):
 - ``gradient``: (``gradient_batch``, 3, H, W) images, and the black image at construction;
 - ``region``: (1, ``batch_size``, h, w) activation maps of one image (the precision variant);
 - ``fusion``: (1, ``fusion_batch``, H, W) full-size maps, on the FP32 graph: the 3 fusion passes
-  decide the betas and AMS's selection (measured: INT8 fusion passes flip selections).
+  decide the betas and AMS's selection (measured: INT8 fusion passes flip selections);
+- ``tail`` (the CPU): (1, 1, h, w), the region map's last partial chunk of each image, one map a call.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ class RunnerPasses:
         num_classes, input_size, feature_size: the manifest's.
         batch_size: maps per region call; gradient_batch: images per gradient call.
         pad: pad every call to its fixed size (True in the runtime; see :mod:`unioncam.pipeline`).
+        tail: a fourth runner of the region graph for the remainder, one map per call, instead of
+            padding it (the CPU: a padded pass costs a real one there, a call little).
         describe: stats entries naming the path.
     """
 
@@ -38,8 +41,11 @@ class RunnerPasses:
 
     def __init__(self, gradient: Runner, region: Runner, fusion: Runner, *, num_classes: int,
                  input_size: tuple[int, int], feature_size: tuple[int, int], batch_size: int, gradient_batch: int,
-                 pad: bool = True, describe: dict | None = None):
+                 pad: bool = True, tail: Runner | None = None, describe: dict | None = None):
         self.runners = {"gradient": gradient, "region": region, "fusion": fusion}
+        if tail is not None:
+            self.runners["tail"] = tail
+        self.tail = tail is not None
         self.num_classes, self.input_size, self._feature_size = num_classes, tuple(input_size), tuple(feature_size)
         self.batch_size, self.gradient_batch, self.pad = batch_size, gradient_batch, pad
         self._describe = dict(describe or {})

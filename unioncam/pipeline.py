@@ -12,7 +12,10 @@ model passes; this module runs the method around them:
 
 Why padding: a GPU session re-runs cuDNN's algorithm search whenever the shape of a call changes
 (0.4-1.3 s each on an H100, ``shared/notes/gpu-device.md``), so a session that sees one shape only
-searches once. The padding's scores are dropped; ``masked_passes`` counts the real passes.
+searches once. The padding's scores are dropped; ``masked_passes`` counts the real passes. Where a
+padded pass costs as much as a real one and a call little (the CPU), a path sets ``passes.tail``
+instead: the last partial chunk of an image goes one map per call to a "tail" stage, a session of
+its own with the one shape (1 map), so no session changes shape and no pass is wasted.
 
 Torch-free: the arrays are whatever the passes return (NumPy, torch, CuPy), through
 :mod:`unioncam.algebra`.
@@ -34,8 +37,8 @@ from .validation import check_classes
 
 #: The stages a masked pass belongs to. A backend may give each its own session with its own
 #: fixed shape: "region" scores activation maps (h, w) of one channel each, "fusion" scores the
-#: three full-size (H, W) maps of AMU and AMS.
-STAGES = ("region", "fusion")
+#: three full-size (H, W) maps of AMU and AMS, "tail" the region map's remainder one map a call.
+STAGES = ("region", "fusion", "tail")
 
 
 @dataclass
@@ -61,6 +64,8 @@ class Passes(Protocol):
         fusion_batch: maps per :meth:`scores` call of the "fusion" stage.
         gradient_batch: images per :meth:`gradient` call (None: all at once).
         pad: pad every call to its stage's fixed size (one shape per session), dropping the padding.
+        tail: send the last partial chunk of the "region" stage one map per call to the "tail"
+            stage instead of padding it (optional; False when absent).
     """
 
     num_classes: int | None
@@ -127,11 +132,16 @@ def score_maps(passes: Passes, images, image_index, maps, classes, *, stage: str
         pos = np.flatnonzero(index == b)
         rows = maps[xp.asarray(pos, device=getattr(maps, "device", None))] if pos.size != index.size else maps
         image = passes.image(images, int(b), stage)
+        tail = stage == "region" and getattr(passes, "tail", False)
         for s in range(0, pos.size, size):
             chunk = rows[s:s + size]
             n = chunk.shape[0]
-            out = passes.scores(image, _pad(xp, chunk, size) if passes.pad else chunk, int(cls[b]), stage)
-            parts.append(out[:n])
+            if n < size and tail:
+                last = passes.image(images, int(b), "tail")
+                parts += [passes.scores(last, chunk[j:j + 1], int(cls[b]), "tail") for j in range(n)]
+            else:
+                out = passes.scores(image, _pad(xp, chunk, size) if passes.pad else chunk, int(cls[b]), stage)
+                parts.append(out[:n])
             if bar is not None:
                 bar.update(n)
         order.append(pos)

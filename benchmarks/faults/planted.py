@@ -47,6 +47,8 @@ FAULTS = [
     ("no-padding", "runtime", "unioncam/pipeline.py",
      "out = passes.scores(image, _pad(xp, chunk, size) if passes.pad else chunk, int(cls[b]), stage)",
      "out = passes.scores(image, chunk, int(cls[b]), stage)", "tests/test_pipeline.py"),
+    ("cpu-remainder-padded", "runtime", "unioncam/pipeline.py",
+     "tail = stage == \"region\" and getattr(passes, \"tail\", False)", "tail = False", "tests/test_pipeline.py"),
     ("padding-scores-kept", "runtime", "unioncam/pipeline.py", "            parts.append(out[:n])\n",
      "            parts.append(out[-n:])\n", "tests/test_pipeline.py tests/test_runtime.py"),
     ("class-ignored", "runtime", "runtime/passes.py",
