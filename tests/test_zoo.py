@@ -69,23 +69,31 @@ def _like_onnxruntime_1_31(convert):
     return converted
 
 
+def _copy_with_an_old_converter(result, tmp_path, monkeypatch):
+    """A copy of a zoo family's full export, with the fp16 converter made to behave as 1.31's."""
+    import shutil
+
+    import unioncam.export.precision as precision
+
+    if isinstance(result, Exception):
+        raise result
+    (_, _, late), exported = result
+    d = tmp_path / "art"
+    shutil.copytree(exported / late, d)
+    real = precision.float16_converter
+    monkeypatch.setattr(precision, "float16_converter", lambda: _like_onnxruntime_1_31(real()))
+    return d
+
+
 @pytest.mark.parametrize("name", ["vgg", "resnet"])
 def test_fp16_and_int8_variants_load_whatever_the_converter(name, zoo_exports, tmp_path, monkeypatch):
-    import shutil
 
     import onnx
 
-    import unioncam.export.precision as precision
     from unioncam.export import add_precision
     from unioncam.runtime import Explainer
 
-    result = zoo_exports[name]
-    if isinstance(result, Exception):
-        raise result
-    (model, _, late), exported = result
-    d = tmp_path / "art"
-    shutil.copytree(exported / late, d)
-    monkeypatch.setattr(precision, "float16_converter", lambda real=precision.float16_converter: _like_onnxruntime_1_31(real()))
+    d = _copy_with_an_old_converter(zoo_exports[name], tmp_path, monkeypatch)
     add_precision(d, "fp16")
     add_precision(d, "int8", calibration_images=zoo_images(2, seed=3).numpy())
     for variant in ("masked_forward.fp16.onnx", "masked_forward.int8.onnx"):
@@ -104,20 +112,13 @@ def test_a_graph_onnx_runtime_refuses_is_never_written(name, zoo_exports, tmp_pa
     """With the repair off, the 1.31-style graph is refused by the load check: ExportError, and the
     folder and its manifest are as before (no variant listed, no file, no temporary file)."""
     import hashlib
-    import shutil
 
     import unioncam.export.precision as precision
     from unioncam import ExportError
     from unioncam.export import add_precision
 
-    result = zoo_exports[name]
-    if isinstance(result, Exception):
-        raise result
-    (_, _, late), exported = result
-    d = tmp_path / "art"
-    shutil.copytree(exported / late, d)
+    d = _copy_with_an_old_converter(zoo_exports[name], tmp_path, monkeypatch)
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()}
-    monkeypatch.setattr(precision, "float16_converter", lambda real=precision.float16_converter: _like_onnxruntime_1_31(real()))
     monkeypatch.setattr(precision, "repair_graph", lambda model: 0)
     with pytest.raises(ExportError, match="does not load in ONNX Runtime"):
         add_precision(d, "fp16")
