@@ -220,3 +220,13 @@ def ensure_exported(args, model_spec, *, engines: bool = False, force: bool = Fa
                 if not (directory / f"{name}.engine").is_file():
                     build_engine(directory / f"{name}.onnx", max_batch=64)
     return directory, layer
+
+
+def report_settings(args, model_spec, layer: str) -> dict:
+    """The run's options as its reports record them (and a resumed run compares them)."""
+    weights = (f"exported folder {args.artifacts}" if getattr(args, "artifacts", None) else str(args.weights)
+               if args.weights else ("bundled ImageNet" if model_spec.bundled_weights else "random (untrained)"))
+    return {"model": args.model, "weights": weights, "layer": layer, "theta": args.theta, "method": args.method,
+            "max_passes": args.max_passes, "precision": args.precision or "fp32", "class_requested": args.class_idx,
+            "input_size": list(model_spec.input_size), "backend": args.backend, "device": args.device,
+            "lenient": bool(args.lenient)}

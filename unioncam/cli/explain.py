@@ -11,8 +11,8 @@ from ..registry import METHODS, method_info
 from ..runtime.backends import BACKENDS, devices
 from ..explain_files import LazyExplainer, explain_file, failure_message
 from ..outputs import collect_images, output_stems, own_outputs
-from .common import (add_model_options, check_model_options, ensure_out, open_runtime, positive_int, require_layer,
-                     resolve_model_spec)
+from .common import (add_model_options, check_model_options, ensure_out, open_runtime, positive_int, report_settings,
+                     require_layer, resolve_model_spec)
 
 #: From this many images on, ``explain`` runs on Ray when Ray is installed (README, "Whole data sets").
 RAY_THRESHOLD = 256
@@ -83,16 +83,6 @@ def _explainer(args, model_spec):
     return (lambda x: runtime(x, args.class_idx)), layer
 
 
-def settings(args, model_spec, layer: str) -> dict:
-    """The run's options as its reports record them (and a resumed run compares them)."""
-    weights = (f"exported folder {args.artifacts}" if getattr(args, "artifacts", None) else str(args.weights)
-               if args.weights else ("bundled ImageNet" if model_spec.bundled_weights else "random (untrained)"))
-    return {"model": args.model, "weights": weights, "layer": layer, "theta": args.theta, "method": args.method,
-            "max_passes": args.max_passes, "precision": args.precision or "fp32", "class_requested": args.class_idx,
-            "input_size": list(model_spec.input_size), "backend": args.backend, "device": args.device,
-            "lenient": bool(args.lenient)}
-
-
 def run(args: argparse.Namespace) -> int:
     from ..image_io import sample_image_path
 
@@ -119,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     for path, stem in zip(images, output_stems([Path(p) for p in images], args.out)):
         try:
             rep, _, _ = explain_file(path, stem, args.out, explain=explain, size=model_spec.input_size,
-                                     settings=lambda: settings(args, model_spec, explain.layer), lenient=args.lenient,
+                                     settings=lambda: report_settings(args, model_spec, explain.layer), lenient=args.lenient,
                                      timings=lambda: {"load": explain.load_ms})
         except Exception as e:  # one image never stops the others; --debug shows the traceback
             if explain.load_error is not None:

@@ -11,8 +11,7 @@ from ..runtime.backends import backend_info
 def run_distributed(args, model_spec, images) -> int:
     from ..distributed import explain_dataset
     from ..distributed.dataset import import_ray
-    from .common import ensure_exported, ensure_out, ensure_precision
-    from .explain import settings
+    from .common import ensure_exported, ensure_out, ensure_precision, report_settings
 
     import_ray()  # the one-line error naming the extra comes before any export
     if args.backend == "torch":
@@ -26,7 +25,7 @@ def run_distributed(args, model_spec, images) -> int:
     else:
         directory, layer = ensure_exported(args, model_spec, engines=backend_info(args.backend).needs_engines)
         ensure_precision(directory, args.precision or "fp32")
-    run_settings = {**settings(args, model_spec, layer), "batch_size": args.batch_size}
+    run_settings = {**report_settings(args, model_spec, layer), "batch_size": args.batch_size}
     summary = explain_dataset(images, directory, args.out, workers=args.workers, ray_address=args.ray_address,
                               settings=run_settings, gpus_per_worker=args.gpus_per_worker,
                               progress=not args.no_progress)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .state_dicts import load_strict
+
 # The TF-Lite training preprocessing, (x * 255 - 127) / 128: the top-1 on real photos is right and
 # more confident than with ImageNet's mean/std (espresso 0.92 vs 0.70 on scikit-image's coffee.png).
 MEAN = (127.0 / 255.0,) * 3
@@ -45,13 +47,6 @@ def efficientnet_lite(name: str, state_dict: dict, source: str = "the state_dict
     upstream package's key layout. All three share the TF-Lite preprocessing."""
     from efficientnet_lite_pytorch import EfficientNet
 
-    from .registry import load_strict
-
     net = EfficientNet.from_name(name.replace("_", "-"))
     load_strict(net, state_dict, source, name)
     return EfficientNetLite(net)
-
-
-def efficientnet_lite0(state_dict: dict, source: str = "the state_dict") -> EfficientNetLite:
-    """EfficientNet-Lite0 (the default model)."""
-    return efficientnet_lite("efficientnet_lite0", state_dict, source)

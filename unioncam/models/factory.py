@@ -17,6 +17,7 @@ import sys
 from torch import nn
 
 from ..errors import InvalidInputError, ModelNotFoundError
+from .state_dicts import load_strict, read_state_dict
 
 
 def is_factory(name: str) -> bool:
@@ -51,7 +52,6 @@ def load_library_model(library: str, arch: str, weights=None) -> nn.Module:
                            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); with no "
                            "internet, give --weights FILE (a state_dict of this architecture)") from None
     if weights is not None:
-        from .registry import load_strict, read_state_dict
 
         load_strict(net, read_state_dict(weights), str(weights), f"{library}:{arch}")
     return Normalized(net, mean, std).eval()
@@ -85,7 +85,6 @@ def load_factory(name: str, weights=None) -> tuple[nn.Module, str | None]:
         raise InvalidInputError(f"--model {name!r}: the factory must return an nn.Module or (nn.Module, layer name), "
                                 f"got {type(out).__name__}")
     if weights is not None:
-        from .registry import load_strict, read_state_dict
 
         load_strict(model, read_state_dict(weights), str(weights), name)
     return model.eval(), layer
