@@ -114,12 +114,14 @@ def test_choice_is_deterministic_and_estimates_interpolate():
 
 
 def test_budget_on_a_real_photo_is_close_to_exact(lite0_artifacts, lite0_eager, photos):
-    """64 passes instead of ~400-900 on the real model: the region map stays close to exact."""
+    """64 passes instead of ~400-900 on the real model: the region map stays close to exact. The
+    threshold sits just under the fault-free figures (r 0.99894 and 0.99942, measured 2026-11-27), where
+    an estimator with its weighting broken (r 0.9715) fails."""
     ex = Explainer(lite0_artifacts, max_passes=64)
     out = ex(photos)
     for i in range(2):
         r = np.corrcoef(out.region[i].ravel(), lite0_eager.region[i].ravel())[0, 1]
-        assert r >= 0.97, r
+        assert r >= 0.998, r
         assert out.stats["region_error_estimate"][i] < out.stats["region_error_bound"][i]
     assert out.stats["masked_passes"] <= 2 * (64 + 3)
     np.testing.assert_array_equal(out.class_idx, lite0_eager.class_idx)

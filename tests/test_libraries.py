@@ -32,10 +32,20 @@ CASES = [
 
 
 def _library(name: str):
+    """The library, or a skip where it is absent or its compiled ops do not load with this torch (PyPI's
+    torchvision beside a CPU torch: "operator torchvision::nms does not exist"); any other failure fails."""
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"{name} is not installed here; runs where it is (benchmarks/gpu/run.sh)")
     try:
         return importlib.import_module(name if name == "timm" else "torchvision.models")
-    except Exception as e:  # their compiled ops fail to load on CPU-only torch with more than ImportError
-        pytest.skip(f"{name} does not import here ({type(e).__name__}); runs where it does (benchmarks/gpu/run.sh)")
+    except ImportError as e:
+        pytest.skip(f"{name} is installed without what it needs here ({e}); runs where it imports")
+    except RuntimeError as e:
+        if "torchvision::" not in str(e):
+            raise
+        pytest.skip(f"{name}'s compiled ops do not load with this torch ({e}); runs where they do")
 
 
 def _weights_file(library: str, arch: str, lib, path):
