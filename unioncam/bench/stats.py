@@ -3,10 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Keys of every stage's summary, in milliseconds.
-STAT_KEYS = ("min_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")
-
-
 def summarize(times_ms) -> dict[str, float]:
     """min, mean, std (population), p50, p90, p99 (linear interpolation, NumPy's default) and max.
 

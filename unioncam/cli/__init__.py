@@ -15,6 +15,7 @@ def _plain_warning(message, category, filename, lineno, file=None, line=None):
 def build_parser() -> argparse.ArgumentParser:
     from . import bench, explain
     from . import eval as eval_cmd
+    from . import export as export_cmd
 
     parser = argparse.ArgumentParser(prog="unioncam", description="UnionCAM explanations for CNN classifiers.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
@@ -22,12 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_parser(sub)
     eval_cmd.add_parser(sub)
     bench.add_parser(sub)
-    try:
-        from . import export as export_cmd
-    except ImportError:  # pragma: no cover - the exporter is optional at import time
-        export_cmd = None
-    if export_cmd is not None:
-        export_cmd.add_parser(sub)
+    export_cmd.add_parser(sub)
     return parser
 
 

@@ -19,8 +19,8 @@ class UnionCAM(RegionMapMethod):
     - AMU: ``DR = minmax(beta_den N(L_den) + beta_reg N(L_reg))``, ``beta_x = p_c(N(L_x) * I0) - b``;
     - AMS: the map is ``DR`` if ``beta_dr > beta_reg``, else ``N(L_reg)``.
 
-    The README ("The method") and ``shared/spec/UNIONCAM.md`` state it exactly; the algebra is
-    :mod:`unioncam.algebra`, the sequence :func:`unioncam.pipeline.explain`.
+    The README ("The method") states it exactly; the algebra is :mod:`unioncam.algebra`, the
+    sequence :func:`unioncam.pipeline.explain`.
 
     Example::
 
