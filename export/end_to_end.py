@@ -36,9 +36,10 @@ from unioncam.artifacts import END_TO_END_CHUNK, MANIFEST, sha256_file
 from unioncam.errors import ExportError, InvalidInputError, OutputPathError, UnwritableError
 from unioncam.methods.hooks import eval_mode, resolve_layer
 from unioncam.methods.passes import logit_gradient, masked_probs
+from unioncam.methods.reshape import parse_reshape
 from unioncam.validation import check_positive_int, check_theta
 
-from .graphs import MaskedForward
+from .graphs import MaskedForward, trace
 from .onnx_export import check_loads, export_onnx
 
 E2E_ONNX = "unioncam.onnx"
@@ -85,9 +86,9 @@ class Front(nn.Module):
     """(image, class_idx) -> the tensors of ``_FRONT_OUT``: checks, gradient pass, AMD, pass plan."""
 
     def __init__(self, model, layer_name, layer, input_size, theta: float, chunk: int, num_classes: int,
-                 black_probs: torch.Tensor):
+                 black_probs: torch.Tensor, reshape=None):
         super().__init__()
-        self.model, self.layer_name, self.layer = model, layer_name, layer
+        self.model, self.layer_name, self.layer, self.reshape = model, layer_name, layer, reshape
         self.input_size, self.theta, self.chunk, self.num_classes = tuple(input_size), theta, chunk, num_classes
         # p_c(Ib) for every class: the black image's softmax does not depend on the input.
         self.register_buffer("black_probs", black_probs)
@@ -108,7 +109,7 @@ class Front(nn.Module):
         # reaches the network or a Gather; the outputs are zeroed in Back.
         x = torch.where(ok.reshape(1, 1, 1, 1), image, torch.zeros_like(image))
         class_idx = torch.where(ok, class_idx, torch.full_like(class_idx, -1))
-        logits, A, G, cls = logit_gradient(self.model, self.layer_name, self.layer, x, class_idx)
+        logits, A, G, cls = logit_gradient(self.model, self.layer_name, self.layer, x, class_idx, reshape=self.reshape)
         A, G = A.detach(), G.detach()
         with torch.no_grad():
             score_c = torch.softmax(logits, dim=1).gather(1, cls[:, None])[:, 0]
@@ -159,16 +160,8 @@ class _Traced(nn.Module):
 
 def _trace_and_export(fn: nn.Module, args: tuple, path: Path, input_names, output_names, *, opset, model, layer_name,
                       what: str):
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    from .decompositions import decomposition_table
-
     try:
-        gm = make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="fake",
-                     _allow_non_fake_inputs=True)(*args)
-        from .restride import simplify_restrides
-
-        simplify_restrides(gm)
+        gm = trace(fn, args, dynamic=False)
     except (InvalidInputError, ExportError):
         raise
     except Exception as e:
@@ -211,7 +204,7 @@ def _stitch(front, body, back, out_path: Path) -> None:
 
 def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, input_size=(224, 224),
                       theta: float = 10.0, chunk: int = DEFAULT_CHUNK, opset: int = 18, log=None,
-                      model_name: str | None = None) -> dict:
+                      model_name: str | None = None, reshape: str | None = None) -> dict:
     """Write ``unioncam.onnx`` into ``out_dir`` (atomically, replacing the folder).
 
     ``log``: called with one line per stage (tracing, ONNX conversion, checks) and its elapsed time,
@@ -220,6 +213,7 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
     Args:
         model: ``nn.Module`` taking RGB in [0, 1] and returning (B, C) logits.
         theta: AMD's percentile, baked into the graph.
+        reshape: a transformer's tokens as (B, D, h, w) maps (:mod:`unioncam.methods.reshape`).
         chunk: masked passes per loop iteration (peak memory ~ ``chunk`` forward passes; README,
             "One ONNX file" has the measured table).
 
@@ -232,6 +226,7 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
     theta = check_theta(theta)
     chunk = check_positive_int(chunk, "chunk")
     layer_name, layer = resolve_layer(model, target_layer)
+    reshape = parse_reshape(reshape)
     H, W = int(input_size[0]), int(input_size[1])
     t = time.perf_counter()
     out_dir = Path(out_dir)
@@ -248,7 +243,7 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
         raise UnwritableError(f"cannot write into {out_dir}: {e.strerror}; choose a writable --out folder") from None
     with eval_mode(model), work as tmp:
         tmp = Path(tmp)
-        _, C, K, (h, w) = _probe(model, layer_name, layer, (H, W))
+        _, C, K, (h, w) = _probe(model, layer_name, layer, (H, W), reshape)
         chunk = min(chunk, K)
         say = log or (lambda line: None)
         x = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0))
@@ -257,7 +252,7 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
             black = torch.softmax(model(torch.zeros(1, 3, H, W)), dim=1)[0].detach().float()
         kw = {"opset": opset, "model": model, "layer_name": layer_name}
         say("tracing the gradient pass and the pass plan ...")
-        front = _trace_and_export(Front(model, layer_name, layer, (H, W), theta, chunk, C, black), (x, c),
+        front = _trace_and_export(Front(model, layer_name, layer, (H, W), theta, chunk, C, black, reshape), (x, c),
                                   tmp / "front.onnx", ["image", "class_idx"], _FRONT_OUT, what="gradient pass", **kw)
         say(f"tracing the masked passes (loop body, {chunk} per iteration) ...")
         maps = torch.rand(1, chunk, h, w, generator=torch.Generator().manual_seed(1))

@@ -12,6 +12,7 @@ from unioncam.artifacts import GRADIENT_ONNX, MANIFEST, MASKED_ONNX, Manifest, a
 from unioncam.errors import ExportError, InvalidInputError, LayerNotFoundError, UnsupportedOpError
 from unioncam.methods.hooks import ActivationTap, check_model, eval_mode, resolve_layer
 from unioncam.methods.passes import check_logits
+from unioncam.methods.reshape import parse_reshape
 
 from .graphs import GradientFunction, MaskedForward, trace
 from .onnx_export import check_loads, export_onnx
@@ -43,12 +44,12 @@ class _Call3(nn.Module):
         return self.gm(image, maps, class_idx)
 
 
-def _probe(model: nn.Module, layer_name: str, layer: nn.Module, input_size: tuple[int, int]):
+def _probe(model: nn.Module, layer_name: str, layer: nn.Module, input_size: tuple[int, int], reshape=None):
     """One forward pass on a small batch to learn C, K, h, w and catch unusable models early."""
     H, W = input_size
     x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(0))
     try:
-        with torch.no_grad(), ActivationTap(layer_name, layer, requires_grad=False) as tap:
+        with torch.no_grad(), ActivationTap(layer_name, layer, requires_grad=False, reshape=reshape) as tap:
             logits = check_logits(model(x), 2)
     except (LayerNotFoundError, InvalidInputError):
         raise
@@ -71,6 +72,7 @@ def export(
     model_name: str | None = None,
     mean=None,
     std=None,
+    reshape: str | None = None,
 ) -> Manifest:
     """Export ``model`` around ``target_layer`` into ``out_dir`` (written atomically).
 
@@ -84,6 +86,8 @@ def export(
         target_layer: dotted name or module; its output must be (B, K, h, w).
         input_size: (H, W) the graphs are specialised to.
         mean, std: recorded in the manifest (the normalisation baked into ``model``), if known.
+        reshape: a transformer's layer output as (B, D, h, w) maps (:mod:`unioncam.methods.reshape`);
+            part of the gradient graph, so the runtime needs nothing new; recorded in the manifest.
 
     Returns:
         The written :class:`Manifest`.
@@ -97,17 +101,18 @@ def export(
     if H < 1 or W < 1:
         raise InvalidInputError(f"input_size must be positive, got {input_size}")
     layer_name, layer = resolve_layer(model, target_layer)
+    reshape = parse_reshape(reshape)
     timings = {}
     param = next(model.parameters(), None)
     if param is not None and param.dtype != torch.float32:
         raise ExportError(f"export needs a float32 model, got {param.dtype}: call model.float()")
     with eval_mode(model), atomic_directory(out_dir) as tmp:
-        x, C, K, (h, w) = _probe(model, layer_name, layer, (H, W))
+        x, C, K, (h, w) = _probe(model, layer_name, layer, (H, W), reshape)
         c = torch.tensor([0, min(1, C - 1)], dtype=torch.int64)
         batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
 
         t = time.perf_counter()
-        grad_fn = GradientFunction(model, layer_name, layer)
+        grad_fn = GradientFunction(model, layer_name, layer, reshape)
         try:
             gm = trace(grad_fn, (x, c))
         except (LayerNotFoundError, InvalidInputError):
@@ -163,7 +168,8 @@ def export(
             files={n: sha256_file(tmp / n) for n in (GRADIENT_ONNX, MASKED_ONNX)},
             exporter_version=__version__,
             torch_version=torch.__version__,
-            extra={"export_timings_s": timings, "forward_flops": forward_flops(model, x[:1])},
+            extra={"export_timings_s": timings, "forward_flops": forward_flops(model, x[:1]),
+                   **({"reshape": reshape.spec} if reshape is not None else {})},
         )
         (tmp / MANIFEST).write_text(manifest.to_json())
     return manifest

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from unioncam import algebra
 from unioncam.methods.passes import class_probs, logit_gradient
@@ -26,14 +27,16 @@ class GradientFunction(nn.Module):
     runtime needs one pass whether or not the class is given.
     """
 
-    def __init__(self, model: nn.Module, layer_name: str, layer: nn.Module):
+    def __init__(self, model: nn.Module, layer_name: str, layer: nn.Module, reshape=None):
         super().__init__()
         self.model = model
         self.layer_name = layer_name
         self.layer = layer
+        self.reshape = reshape
 
     def forward(self, image: torch.Tensor, class_idx: torch.Tensor):
-        logits, A, G, _ = logit_gradient(self.model, self.layer_name, self.layer, image, class_idx)
+        logits, A, G, _ = logit_gradient(self.model, self.layer_name, self.layer, image, class_idx,
+                                         reshape=self.reshape)
         return logits, A, G
 
 
@@ -64,12 +67,13 @@ def trace(fn: nn.Module, example_inputs: tuple, *, dynamic: bool = True) -> torc
     from torch.fx.experimental.proxy_tensor import make_fx
 
     from .decompositions import decomposition_table
-
     from .restride import simplify_restrides
 
-    gm = make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="symbolic" if dynamic else "fake",
-                 _allow_non_fake_inputs=True)(
-        *example_inputs
-    )
+    # Attention in its math form (matmuls and a softmax): the fused CPU kernels' backward
+    # (``_scaled_dot_product_flash_attention_for_cpu_backward``) has no ONNX translation, the math
+    # form's backward is plain ops. The same function, computed the textbook way.
+    with sdpa_kernel([SDPBackend.MATH]):
+        gm = make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="symbolic" if dynamic else "fake",
+                     _allow_non_fake_inputs=True)(*example_inputs)
     simplify_restrides(gm)  # ONNX has no strides: see restride.py
     return gm

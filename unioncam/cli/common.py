@@ -35,6 +35,8 @@ def add_model_options(p, *, out_default: str) -> None:
                    help="H [W] of the model input (default: the model's; 224 for a factory model)")
     p.add_argument("--weights", type=Path, help="checkpoint file (torchvision state_dict for vgg16/resnet50)")
     p.add_argument("--layer", help="target layer, dotted module name (default: the model's documented default)")
+    p.add_argument("--reshape", help="a vision transformer's layer output as maps: tokens (B, N, D; class tokens "
+                                     "dropped), tokens:C:HxW, or bhwc (Swin); default: found with the layer")
     p.add_argument("--theta", type=float, default=10.0, help="AMD percentile threshold in [0, 100] (default 10)")
     p.add_argument("--batch-size", type=positive_int, help="masked forward passes per call (default: per backend)")
     add_budget_option(p)
@@ -91,20 +93,27 @@ def resolve_model_spec(args):
                      f"exported folder {args.artifacts}", False)
 
 
-def require_layer(layer, model: str, net=None, input_size=(224, 224)) -> str:
-    """The target layer a command will use: the given one, else (for a factory or library model
-    ``net``) the last feature map before pooling, said on stderr so that the choice is never silent."""
+def require_layer(layer, model: str, net=None, input_size=(224, 224), reshape: str | None = None) -> tuple[str, str | None]:
+    """(target layer, reshape) a command will use: the given ones, else (for a factory or library model
+    ``net``) the last feature map before pooling, or a vision transformer's last block input with
+    its reshape (:func:`unioncam.models.target_layer.default_target`), said on stderr so that the
+    choice is never silent."""
     if layer:
-        return layer
+        return layer, reshape
     if net is None:
         raise UsageError(f"--model {model}: give --layer (a name from model.named_modules()), or return "
                          "(model, layer) from the factory")
-    from ..models.target_layer import last_feature_map
+    from ..models.target_layer import default_target
 
-    name, shape = last_feature_map(net, input_size)
-    print(f"unioncam: target layer {name} (output {shape[1]}x{shape[2]}x{shape[3]}, the last feature map before "
-          "pooling; choose another with --layer)", file=sys.stderr)
-    return name
+    name, shape, auto = default_target(net, input_size)
+    if auto is None:
+        print(f"unioncam: target layer {name} (output {shape[1]}x{shape[2]}x{shape[3]}, the last feature map before "
+              "pooling; choose another with --layer)", file=sys.stderr)
+    else:
+        print(f"unioncam: target layer {name} (output {'x'.join(map(str, shape[1:]))}, a vision transformer's "
+              f"last block input), reshape {reshape or auto}; choose others with --layer and --reshape",
+              file=sys.stderr)
+    return name, reshape or auto
 
 
 def check_model_options(args) -> None:
@@ -191,12 +200,14 @@ def ensure_exported(args, model_spec, *, engines: bool = False, force: bool = Fa
         from ..models.factory import state_key
 
         model, factory_layer = load(args.model, args.weights)
-        layer = require_layer(args.layer or factory_layer, args.model, model, model_spec.input_size)
+        layer, reshape = require_layer(args.layer or factory_layer, args.model, model, model_spec.input_size,
+                                       getattr(args, "reshape", None))
         bundled = "factory:" + state_key(model)
     else:
         bundled = bundled_weights_path(args.model) if args.weights is None else None
-        layer = args.layer or model_spec.default_layer
-    directory = artifact_dir(args.model.replace(":", "_"), layer, model_spec.input_size, args.weights, bundled)
+        layer, reshape = args.layer or model_spec.default_layer, getattr(args, "reshape", None)
+    key_layer = layer if reshape is None else f"{layer}@{reshape}"  # another reshape is another export
+    directory = artifact_dir(args.model.replace(":", "_"), key_layer, model_spec.input_size, args.weights, bundled)
     with cache_lock(directory):
         # Under the lock: another run may have exported while this one waited.
         if force or not (directory / MANIFEST).is_file():
@@ -209,7 +220,7 @@ def ensure_exported(args, model_spec, *, engines: bool = False, force: bool = Fa
                 model, _ = load(args.model, args.weights)
             try:
                 export(model, layer, directory, input_size=model_spec.input_size, model_name=args.model,
-                       mean=model_spec.mean, std=model_spec.std)
+                       mean=model_spec.mean, std=model_spec.std, reshape=reshape)
             except UnwritableError:
                 raise UnwritableError(f"the export cache {directory.parent} is not writable; set UNIONCAM_CACHE "
                                       "to a writable folder") from None

@@ -68,12 +68,13 @@ def _explainer(args, model_spec):
             raise UsageError(f"--device {args.device}: the eager reference runs on {' or '.join(BACKENDS['torch'].devices)}")
         device = check_torch_device(args.device)
         model, default_layer = load(args.model, args.weights)
-        layer = require_layer(args.layer or default_layer, args.model, model, model_spec.input_size)  # on the CPU
+        layer, reshape = require_layer(args.layer or default_layer, args.model, model, model_spec.input_size,
+                                       args.reshape)  # on the CPU
         model.to(device)
         options = method_info(args.method).options(batch_size=args.batch_size or BACKENDS["torch"].default_batch[args.device],
                                                    progress=not args.no_progress, max_passes=args.max_passes,
                                                    theta=args.theta)
-        explainer = method_class(args.method)(model, layer, **options)
+        explainer = method_class(args.method)(model, layer, reshape=reshape, **options)
         return (lambda x: explainer(torch.from_numpy(x).to(device), args.class_idx)), layer
 
     runtime, layer = open_runtime(args, model_spec, backend=args.backend, device=args.device,

@@ -19,6 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="efficientnet_lite0", help="registered model name (default: efficientnet_lite0)")
     p.add_argument("--weights", type=Path, help="checkpoint file (torchvision state_dict for vgg16/resnet50)")
     p.add_argument("--layer", help="target layer (default: the model's documented default)")
+    p.add_argument("--reshape", help="a vision transformer's layer output as maps: tokens, tokens:C:HxW or bhwc "
+                                     "(default: found with the layer)")
     p.add_argument("--input-size", type=int, nargs="+", help="H [W] of the input (default: the model's)")
     p.add_argument("--out", type=Path, required=True, help="artifact folder to write: a new or empty folder, or a previous export (replaced atomically); "
                         "anything else is refused")
@@ -61,12 +63,12 @@ def run(args: argparse.Namespace) -> int:
     from .common import require_layer
 
     model, default_layer = load(args.model, args.weights)
-    default_layer = require_layer(args.layer or default_layer, args.model, model, size)
+    default_layer, reshape = require_layer(args.layer or default_layer, args.model, model, size, args.reshape)
     if args.end_to_end:
         from ..export.end_to_end import export_end_to_end
 
         info = export_end_to_end(model, args.layer or default_layer, args.out, input_size=size, theta=args.theta,
-                                 chunk=args.chunk, opset=args.opset, model_name=args.model,
+                                 chunk=args.chunk, opset=args.opset, model_name=args.model, reshape=reshape,
                                  log=lambda line: print(f"unioncam: {line}", file=sys.stderr, flush=True))
         print(f"exported {args.model} layer {info['layer']} end to end to {info['path']}: {info['bytes'] / 1e6:.1f} MB, "
               f"{info['nodes']} nodes, up to {info['channels']} masked passes in chunks of {info['chunk']}, "
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     t = time.perf_counter()
     manifest = export(model, args.layer or default_layer, args.out, input_size=size, opset=args.opset,
-                      model_name=args.model, mean=s.mean, std=s.std)
+                      model_name=args.model, mean=s.mean, std=s.std, reshape=reshape)
     print(f"exported {args.model} layer {manifest.layer} (K={manifest.channels}, {manifest.feature_size[0]}x"
           f"{manifest.feature_size[1]}) to {args.out} in {time.perf_counter() - t:.1f} s")
     for precision in dict.fromkeys(args.precision):

@@ -11,6 +11,7 @@ from ..explanation import Explanation
 from ..validation import check_batch_size, check_images, check_max_passes
 from .hooks import check_model, eval_mode, resolve_layer
 from .passes import TorchPasses
+from .reshape import parse_reshape
 
 # Re-exported: the eager path's gradient pass result is the pipeline's.
 GradientPass = pipeline.GradientPass
@@ -27,16 +28,19 @@ class CAMMethod:
         target_layer: dotted module name (``"features.29"``) or the module itself.
         batch_size: forward passes per chunk of masked passes.
         progress: show a progress bar over masked passes (it appears only after one second).
+        reshape: a transformer's layer output as (B, D, h, w) maps: ``"tokens"`` ((B, N, D), class
+            tokens dropped), ``"tokens:C:HxW"``, or ``"bhwc"`` (Swin); see :mod:`unioncam.methods.reshape`.
     """
 
     method = ""
 
     def __init__(self, model: nn.Module, target_layer: str | nn.Module, *, batch_size: int = 64,
-                 progress: bool = False):
+                 progress: bool = False, reshape: str | None = None):
         self.model = check_model(model)
         self.layer_name, self.layer = resolve_layer(model, target_layer)
         self.batch_size = check_batch_size(batch_size)
         self.progress = bool(progress)
+        self.reshape = parse_reshape(reshape)
 
     def options(self) -> pipeline.PassOptions:
         """The pipeline options this method runs with."""
@@ -44,7 +48,8 @@ class CAMMethod:
 
     def passes(self, images: torch.Tensor) -> TorchPasses:
         """The model passes for a batch like ``images`` (the pipeline's seam)."""
-        return TorchPasses(self.model, self.layer_name, self.layer, batch_size=self.batch_size, like=images[:1])
+        return TorchPasses(self.model, self.layer_name, self.layer, batch_size=self.batch_size, like=images[:1],
+                           reshape=self.reshape)
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images, library="torch")
@@ -72,8 +77,8 @@ class RegionMapMethod(CAMMethod):
 
     def __init__(self, model: nn.Module, target_layer: str | nn.Module, *, batch_size: int = 64,
                  skip_constant: bool = True, skip_duplicates: bool = False, max_passes: int | None = None,
-                 progress: bool = False):
-        super().__init__(model, target_layer, batch_size=batch_size, progress=progress)
+                 progress: bool = False, reshape: str | None = None):
+        super().__init__(model, target_layer, batch_size=batch_size, progress=progress, reshape=reshape)
         self.skip_constant = bool(skip_constant)
         self.skip_duplicates = bool(skip_duplicates)
         self.max_passes = check_max_passes(max_passes, skip_constant=self.skip_constant)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidTypeError, LayerNotFoundError
+from .reshape import parse_reshape
 
 
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
@@ -61,10 +62,14 @@ class ActivationTap:
     layer (``out += identity`` in a ResNet block) cannot overwrite the captured activations.
     """
 
-    def __init__(self, name: str, module: nn.Module, *, requires_grad: bool = True):
+    def __init__(self, name: str, module: nn.Module, *, requires_grad: bool = True, reshape=None):
+        """``reshape``: a :class:`unioncam.methods.reshape.Reshape` (or its string) that lays a
+        transformer's tokens out as (B, D, h, w); the leaf is the laid-out map, and the network
+        continues on its inverse."""
         self.name = name
         self.module = module
         self.requires_grad = requires_grad
+        self.reshape = parse_reshape(reshape)
         self.activations: torch.Tensor | None = None
         self.calls = 0
         self._handle = None
@@ -76,10 +81,16 @@ class ActivationTap:
                 f"layer {self.name!r} runs more than once per forward pass (a shared module such as a "
                 "reused ReLU); choose a module that runs once, e.g. its parent block"
             )
+        if self.reshape is not None and isinstance(output, torch.Tensor):
+            leaf = self.reshape.to_maps(output).detach().requires_grad_(self.requires_grad)
+            self.activations = leaf
+            return self.reshape.to_output(leaf.clone() if self.requires_grad else leaf, output.detach())
         if not isinstance(output, torch.Tensor) or output.dim() != 4:
             got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            hint = (" (transformer tokens: give reshape='tokens', or 'bhwc' for (B, h, w, D))"
+                    if isinstance(output, torch.Tensor) and output.dim() == 3 else "")
             raise LayerNotFoundError(
-                f"layer {self.name!r} outputs {got}; a CAM target layer must output a (B, K, h, w) tensor"
+                f"layer {self.name!r} outputs {got}; a CAM target layer must output a (B, K, h, w) tensor{hint}"
             )
         leaf = output.detach().requires_grad_(self.requires_grad)
         self.activations = leaf

@@ -39,14 +39,15 @@ def resolve_classes(class_idx, logits: torch.Tensor) -> torch.Tensor:
 
 
 def logit_gradient(model: nn.Module, layer_name: str, layer: nn.Module, image: torch.Tensor,
-                   class_idx: torch.Tensor, *, gradients: bool = True):
+                   class_idx: torch.Tensor, *, gradients: bool = True, reshape=None):
     """The spec's step 1 in traceable ops: (logits (B, C), A (B, K, h, w), G = d logit_c / dA or None,
     classes (B,) int64).
 
     A negative class index selects the arg-max of the image's logits (first maximum). The caller
-    enables autograd (the exporter traces this below it).
+    enables autograd (the exporter traces this below it). ``reshape``: a transformer's tokens as
+    (B, D, h, w) maps (:mod:`unioncam.methods.reshape`).
     """
-    with ActivationTap(layer_name, layer, requires_grad=gradients) as tap:
+    with ActivationTap(layer_name, layer, requires_grad=gradients, reshape=reshape) as tap:
         logits = model(image)
     if tap.activations is None:
         raise InvalidInputError(
@@ -130,9 +131,10 @@ class TorchPasses:
     pad = False
 
     def __init__(self, model: nn.Module, layer_name: str, layer: nn.Module, *, batch_size: int,
-                 like: torch.Tensor):
-        """``like``: a (1, 3, H, W) tensor of the images' size, device and dtype (the black image's)."""
-        self.model, self.layer_name, self.layer = model, layer_name, layer
+                 like: torch.Tensor, reshape=None):
+        """``like``: a (1, 3, H, W) tensor of the images' size, device and dtype (the black image's);
+        ``reshape``: how the layer's output becomes (B, K, h, w) maps (None: it is already)."""
+        self.model, self.layer_name, self.layer, self.reshape = model, layer_name, layer, reshape
         self.batch_size = batch_size
         self.like = like
 
@@ -141,7 +143,8 @@ class TorchPasses:
         with torch.enable_grad() if gradients else torch.no_grad():
             # Checked before the classes resolve: a wrong output must not reach argmax.
             logits, A, G, classes = logit_gradient(lambda x: check_logits(self.model(x), x.shape[0]),
-                                                   self.layer_name, self.layer, images, req, gradients=gradients)
+                                                   self.layer_name, self.layer, images, req, gradients=gradients,
+                                                   reshape=self.reshape)
         check_classes(requested[requested >= 0], int((requested >= 0).sum()), logits.shape[1])
         A = A.detach()
         G = G.detach() if G is not None else None

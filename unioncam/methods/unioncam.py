@@ -41,15 +41,16 @@ class UnionCAM(RegionMapMethod):
         skip_constant, skip_duplicates, max_passes: the region map's passes, see
             :class:`RegionMapMethod` (``max_passes`` trades exactness for fewer passes).
         progress: show a progress bar over masked passes.
+        reshape: a vision transformer's tokens as maps (``"tokens"``, ``"bhwc"``; see :class:`CAMMethod`).
     """
 
     method = "unioncam"
 
     def __init__(self, model: nn.Module, target_layer: str | nn.Module, *, theta: float = 10.0,
                  batch_size: int = 64, skip_constant: bool = True, skip_duplicates: bool = False,
-                 max_passes: int | None = None, progress: bool = False):
+                 max_passes: int | None = None, progress: bool = False, reshape: str | None = None):
         super().__init__(model, target_layer, batch_size=batch_size, skip_constant=skip_constant,
-                         skip_duplicates=skip_duplicates, max_passes=max_passes, progress=progress)
+                         skip_duplicates=skip_duplicates, max_passes=max_passes, progress=progress, reshape=reshape)
         self.theta = check_theta(theta)
 
     def options(self) -> pipeline.PassOptions:

@@ -63,3 +63,83 @@ def last_feature_map(model: nn.Module, input_size=(224, 224)) -> tuple[str, tupl
     if inner and name.startswith(inner + "."):
         name = name[len(inner) + 1:]
     return name, records[-1][3]
+
+
+def default_target(model: nn.Module, input_size=(224, 224)) -> tuple[str, tuple[int, ...], str | None]:
+    """(dotted name, output shape, reshape or None): the layer a CAM explains when nobody named one.
+
+    A CNN's is :func:`last_feature_map`. A vision transformer's is found when its last spatial
+    outputs come after the last (B, K, h, w) map:
+
+    - tokens (B, N, D) with N a square grid after 0-2 class tokens (ViT, DeiT): the last block's
+      input norm (``*.norm1``, the layer pytorch-grad-cam's users pick: the last block's output
+      reaches the class token's head through no attention, so its patch tokens get no gradient),
+      with ``reshape="tokens"``;
+    - channels-last maps (B, h, w, D) that permute an earlier (B, D, h, w) map (Swin): the last
+      block's (a module with children; a final norm's only where no block's is), with ``reshape="bhwc"``.
+
+    Raises:
+        LayerNotFoundError: neither a feature map nor tokens (give --layer and --reshape).
+    """
+    import math
+
+    records = []  # (order, name, module type, id, shape)
+    alive, hooks = [], []
+
+    def hook(name):
+        def fn(m, _i, out):
+            if isinstance(out, torch.Tensor) and out.dim() in (3, 4):
+                kind = type(m).__name__ + ("/block" if any(True for _ in m.children()) else "")
+                records.append((len(records), name, kind, id(out), tuple(out.shape)))
+                alive.append(out)
+        return fn
+
+    for name, mod in model.named_modules():
+        if name:
+            hooks.append(mod.register_forward_hook(hook(name)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.rand(1, 3, int(input_size[0]), int(input_size[1]), generator=torch.Generator().manual_seed(0)))
+    except RuntimeError as e:
+        raise ExportError(f"the model cannot run on a (1, 3, {input_size[0]}, {input_size[1]}) input "
+                          f"({str(e).splitlines()[0]}); check --input-size") from None
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    alive.clear()
+    convs = {(s[1], s[2], s[3]) for _, _, kind, _, s in records if len(s) == 4 and "Conv" in kind}
+
+    def is_tokens(s):
+        # The probe's one image: a window batch inside a Swin block ((windows, k*k, D)) is not tokens of it.
+        return len(s) == 3 and s[0] == 1 and any(
+            s[1] - c > 0 and math.isqrt(s[1] - c) ** 2 == s[1] - c for c in (1, 2, 0))
+
+    def is_channels_last(s):
+        return len(s) == 4 and (s[3], s[1], s[2]) in convs and s[1] * s[2] > 1
+
+    spatial_cnn = [r for r in records if len(r[4]) == 4 and not is_channels_last(r[4]) and r[4][2] * r[4][3] > 1]
+    transformer = [r for r in records if is_tokens(r[4]) or is_channels_last(r[4])]
+    if not transformer or (spatial_cnn and spatial_cnn[-1][0] > transformer[-1][0]):
+        name, shape = last_feature_map(model, input_size)
+        return name, shape, None
+    inner = getattr(model, "unioncam_inner", None)
+
+    def strip(name):
+        return name[len(inner) + 1:] if inner and name.startswith(inner + ".") else name
+
+    norms = [r for r in records if is_tokens(r[4]) and r[1].split(".")[-1] == "norm1"]
+    last = [r for r in records if is_channels_last(r[4])]
+    # A block's output, not a final norm's: the last block is what a Swin user explains.
+    last = [r for r in last if r[2].endswith("/block")] or last
+    if norms and not (last and last[-1][0] > norms[-1][0]):
+        r = norms[-1]
+        return strip(r[1]), r[4], "tokens"
+    if last:
+        same = [r for r in last if r[3] == last[-1][3]]
+        r = min(same, key=lambda r: (r[1].count("."), -r[0]))
+        return strip(r[1]), last[-1][4], "bhwc"
+    raise LayerNotFoundError("this model's tokens have no block input norm (*.norm1) to explain at; give --layer "
+                             "(e.g. the last block's input) and --reshape tokens")

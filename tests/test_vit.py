@@ -1,0 +1,146 @@
+"""Vision transformers (issue 27): token maps as activation maps, exported and explained like any CNN.
+Three small families from ``zoo_vit.py`` (ViT with scaled_dot_product_attention, DeiT with class and
+distillation tokens, Swin with windowed attention and (B, h, w, D) outputs): the exported gradients
+against autograd laid out by hand, the runtime against the eager reference, the one graph against
+the runtime, and the automatic layer and reshape."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from test_runtime import assert_agree
+from zoo import zoo_images
+from zoo_vit import FAMILIES, build
+from unioncam import InvalidInputError, UnionCAM
+from unioncam.methods.reshape import parse_reshape
+from unioncam.runtime import Explainer
+
+
+@pytest.fixture(scope="module")
+def vit_exports(tmp_path_factory):
+    """{family: (model, layer, reshape, folder)}: each family exported at its block input."""
+    from unioncam.export import export
+
+    out = {}
+    for name in FAMILIES:
+        model, layer, reshape = build(name)
+        d = tmp_path_factory.mktemp(name) / "art"
+        export(model, layer, d, input_size=(32, 32), reshape=reshape)
+        out[name] = (model, layer, reshape, d)
+    return out
+
+
+def layout_by_hand(tokens: np.ndarray, reshape: str) -> np.ndarray:
+    """(B, N, D) tokens or (B, h, w, D) maps as (B, D, h, w), element by element: the class tokens
+    are the first ones, the patch tokens row-major on a square grid."""
+    if reshape == "bhwc":
+        B, h, w, D = tokens.shape
+        out = np.empty((B, D, h, w), tokens.dtype)
+        for i in range(h):
+            for j in range(w):
+                out[:, :, i, j] = tokens[:, i, j, :]
+        return out
+    B, N, D = tokens.shape
+    side = next(s for s in range(1, N + 1) if s * s in (N - 1, N - 2, N))
+    prefix = N - side * side
+    out = np.empty((B, D, side, side), tokens.dtype)
+    for i in range(side):
+        for j in range(side):
+            out[:, :, i, j] = tokens[:, prefix + i * side + j, :]
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_exported_token_gradients_match_autograd(name, vit_exports):
+    """The gradient graph through LayerNorm, GELU, (scaled dot product) attention, patch and position
+    embeddings: activations and gradients equal autograd's on the raw block output, laid out by hand
+    (relative 1e-4)."""
+    model, layer, reshape, d = vit_exports[name]
+    x = zoo_images(2, seed=7)
+    classes = np.array([1, 4])
+    acts, grads = ort.InferenceSession(str(d / "gradient.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["activations", "gradients"], {"image": x.numpy(), "class_idx": classes})
+    store = {}
+    module = dict(model.named_modules())[layer]
+
+    def keep(_m, _i, out):
+        out.retain_grad()
+        store["out"] = out
+
+    h = module.register_forward_hook(keep)
+    try:
+        logits = model(x)
+    finally:
+        h.remove()
+    logits.gather(1, torch.from_numpy(classes)[:, None]).sum().backward()
+    ref_a = layout_by_hand(store["out"].detach().numpy(), reshape)
+    ref_g = layout_by_hand(store["out"].grad.numpy(), reshape)
+    assert acts.shape == ref_a.shape == (2, 24, 8, 8)
+    assert np.abs(acts - ref_a).max() <= 1e-4 * np.abs(ref_a).max()
+    assert np.abs(grads - ref_g).max() <= 1e-4 * np.abs(ref_g).max()
+    assert np.abs(ref_g).max() > 0  # the target layer reaches the class score
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_runtime_explains_transformers_like_eager(name, vit_exports):
+    model, layer, reshape, d = vit_exports[name]
+    x = zoo_images(2, seed=7)
+    ref = UnionCAM(model, layer, reshape=reshape)(x)
+    # The seeded network must respond to its input, or the betas compared would be noise.
+    assert max(np.abs(ref.beta_denoising).max(), np.abs(ref.beta_region).max()) > 1e-3
+    assert_agree(Explainer(d)(x.numpy()), ref)
+
+
+def test_the_one_graph_explains_a_transformer_like_the_runtime(vit_exports, tmp_path):
+    from test_end_to_end import run_graph
+
+    from unioncam.export.end_to_end import export_end_to_end
+
+    model, layer, reshape, d = vit_exports["vit"]
+    info = export_end_to_end(model, layer, tmp_path, input_size=(32, 32), reshape=reshape, chunk=8)
+    x = zoo_images(1, seed=9).numpy()
+    rt = Explainer(d)(x)
+    out = run_graph(info["path"], x)
+    for key in ("cam", "denoising", "region"):
+        assert np.abs(out[key][0] - getattr(rt, key)[0]).max() <= 1e-3, key
+    assert np.abs(out["betas"] - [rt.beta_denoising[0], rt.beta_region[0], rt.beta_de_region[0]]).max() <= 1e-4
+
+
+def test_the_layer_and_reshape_are_found_and_said(capsys):
+    from tiny import TinyCNN
+
+    from unioncam.cli.common import require_layer
+    from unioncam.models.target_layer import default_target
+
+    for name, (_, layer, reshape) in FAMILIES.items():
+        model, _, _ = build(name)
+        got = default_target(model, (32, 32))
+        # Swin: the outermost module whose output is the last block's (as layer4 for a ResNet).
+        want_layer = "blocks.1.norm1" if reshape == "tokens" else "blocks"
+        assert got[0] == want_layer and got[2] == reshape, (name, got)
+    assert default_target(TinyCNN(), (32, 32)) == ("head.3", (1, 12, 4, 4), None)
+    model, _, _ = build("deit")
+    assert require_layer(None, "mod:deit", model, (32, 32)) == ("blocks.1.norm1", "tokens")
+    err = capsys.readouterr().err
+    assert "target layer blocks.1.norm1" in err and "reshape tokens" in err
+
+
+def test_reshape_by_hand_and_round_trip():
+    g = np.random.default_rng(0)
+    for spec, shape in (("tokens", (2, 1 + 16, 5)), ("tokens", (2, 2 + 16, 5)), ("tokens:0", (2, 16, 5)),
+                        ("bhwc", (2, 4, 4, 5))):
+        x = torch.from_numpy(g.random(shape))
+        r = parse_reshape(spec)
+        maps = r.to_maps(x)
+        np.testing.assert_array_equal(maps.numpy(), layout_by_hand(x.numpy(), "bhwc" if spec == "bhwc" else "tokens"))
+        np.testing.assert_array_equal(r.to_output(maps, x).numpy(), x.numpy())
+    grid = parse_reshape("tokens:1:2x3")
+    x = torch.arange(1 * 7 * 1, dtype=torch.float64).reshape(1, 7, 1)
+    np.testing.assert_array_equal(grid.to_maps(x).numpy()[0, 0], [[1, 2, 3], [4, 5, 6]])
+    for bad in ("tokens:x", "grid", "tokens:1:2x", "tokens:-1"):
+        with pytest.raises(InvalidInputError, match="unknown reshape"):
+            parse_reshape(bad)
+    with pytest.raises(InvalidInputError, match="no square grid"):
+        parse_reshape("tokens:0").to_maps(torch.zeros(1, 15, 4))
