@@ -19,8 +19,11 @@ def _minmax(z: np.ndarray) -> np.ndarray:
     return (z - lo) / (hi - lo) if hi > lo else np.zeros_like(z)
 
 
-def independent_unioncam(model, layer, image: torch.Tensor, theta: float = 10.0, cls: int | None = None) -> dict:
-    """image: (1, 3, H, W) tensor in the model's dtype."""
+def independent_unioncam(model, layer, image: torch.Tensor, theta: float = 10.0, cls: int | None = None,
+                         layout=None) -> dict:
+    """image: (1, 3, H, W) tensor in the model's dtype. ``layout``: for a transformer, a NumPy
+    function from the layer's raw output (tokens) to (B, K, h, w) maps, applied to the activations
+    and their gradients alike."""
     store = {}
 
     def hook(_m, _i, out):
@@ -34,8 +37,10 @@ def independent_unioncam(model, layer, image: torch.Tensor, theta: float = 10.0,
         h.remove()
     c = int(logits[0].argmax()) if cls is None else cls
     logits[0, c].backward()
-    A = store["a"][0].detach().numpy()
-    G = store["a"].grad[0].numpy()
+    A, G = store["a"].detach().numpy(), store["a"].grad.numpy()
+    if layout is not None:
+        A, G = layout(A), layout(G)
+    A, G = A[0], G[0]
     H, W = image.shape[-2:]
     x0 = image[0].detach()
 

@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from independent import independent_unioncam
 from test_runtime import assert_agree
 from zoo import zoo_images
 from zoo_vit import FAMILIES, build
@@ -83,14 +84,33 @@ def test_exported_token_gradients_match_autograd(name, vit_exports):
     assert np.abs(ref_g).max() > 0  # the target layer reaches the class score
 
 
+def by_hand(model, layer, reshape, x):
+    """The independent implementation (tests/independent.py) on the tokens laid out by hand."""
+    module = dict(model.named_modules())[layer]
+    return [independent_unioncam(model, module, x[i:i + 1], layout=lambda t: layout_by_hand(t, reshape))
+            for i in range(x.shape[0])]
+
+
+def assert_like(out, refs, i0=0):
+    for i, ref in enumerate(refs):
+        for key in ("denoising", "region", "de_region", "cam"):
+            assert np.abs(np.asarray(out[key])[i0 + i] - ref[key]).max() <= 1e-3, key
+        got = [float(np.asarray(out[k])[i0 + i]) for k in ("beta_denoising", "beta_region", "beta_de_region")]
+        assert np.abs(np.array(got) - [ref["beta_denoising"], ref["beta_region"], ref["beta_de_region"]]).max() <= 1e-4
+
+
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_runtime_explains_transformers_like_eager(name, vit_exports):
+    """The runtime against the eager reference (maps 1e-3, betas 1e-4), and both against the
+    independent implementation on tokens laid out by hand (so a fault in the shared reshape fails)."""
     model, layer, reshape, d = vit_exports[name]
     x = zoo_images(2, seed=7)
     ref = UnionCAM(model, layer, reshape=reshape)(x)
     # The seeded network must respond to its input, or the betas compared would be noise.
     assert max(np.abs(ref.beta_denoising).max(), np.abs(ref.beta_region).max()) > 1e-3
-    assert_agree(Explainer(d)(x.numpy()), ref)
+    rt = Explainer(d)(x.numpy())
+    assert_agree(rt, ref)
+    assert_like(vars(rt), by_hand(model, layer, reshape, x))
 
 
 def test_the_one_graph_explains_a_transformer_like_the_runtime(vit_exports, tmp_path):
@@ -106,6 +126,8 @@ def test_the_one_graph_explains_a_transformer_like_the_runtime(vit_exports, tmp_
     for key in ("cam", "denoising", "region"):
         assert np.abs(out[key][0] - getattr(rt, key)[0]).max() <= 1e-3, key
     assert np.abs(out["betas"] - [rt.beta_denoising[0], rt.beta_region[0], rt.beta_de_region[0]]).max() <= 1e-4
+    betas = dict(zip(("beta_denoising", "beta_region", "beta_de_region"), out["betas"][:, None]))
+    assert_like({**out, **betas}, by_hand(model, layer, reshape, torch.from_numpy(x)))
 
 
 def test_the_layer_and_reshape_are_found_and_said(capsys):
