@@ -81,8 +81,23 @@ def zoo_exports(name: str, out: str):
     return (model, early, late), export_family(model, early, late, out)
 
 
+def vit_exports(name: str, out: str):
+    """(model, layer, reshape, folder, one graph): a transformer family (``zoo_vit.py``) exported at its
+    block input, as the runtime's graphs and as one graph."""
+    from zoo_vit import build
+
+    from unioncam.export import export
+    from unioncam.export.end_to_end import export_end_to_end
+
+    model, layer, reshape = build(name)
+    out = Path(out)
+    export(model, layer, out / "art", input_size=(32, 32), reshape=reshape)
+    info = export_end_to_end(model, layer, out / "e2e", input_size=(32, 32), reshape=reshape, chunk=8)
+    return model, layer, reshape, out / "art", Path(info["path"])
+
+
 BACKGROUND = ("lite0_artifacts", "lite0_stem_cache", "lite0_e2e")
-ON_DEMAND = ("registry_exports", "zoo_exports")
+ON_DEMAND = ("registry_exports", "zoo_exports", "vit_exports")
 
 
 # --- the queue ---------------------------------------------------------------------------------------

@@ -20,16 +20,13 @@ from unioncam.runtime import Explainer
 
 
 @pytest.fixture(scope="module")
-def vit_exports(tmp_path_factory):
-    """{family: (model, layer, reshape, folder)}: each family exported at its block input."""
-    from unioncam.export import export
-
-    out = {}
-    for name in FAMILIES:
-        model, layer, reshape = build(name)
-        d = tmp_path_factory.mktemp(name) / "art"
-        export(model, layer, d, input_size=(32, 32), reshape=reshape)
-        out[name] = (model, layer, reshape, d)
+def vit_exports(request, _prewarm):
+    """{family: (model, layer, reshape, folder, one graph)}: each selected family exported at its block
+    input, two at a time in worker processes (``prewarm.py``)."""
+    out = _prewarm.for_module(request, "vit_exports")
+    for result in out.values():
+        if isinstance(result, Exception):
+            raise result
     return out
 
 
@@ -58,7 +55,7 @@ def test_exported_token_gradients_match_autograd(name, vit_exports):
     """The gradient graph through LayerNorm, GELU, (scaled dot product) attention, patch and position
     embeddings: activations and gradients equal autograd's on the raw block output, laid out by hand
     (relative 1e-4)."""
-    model, layer, reshape, d = vit_exports[name]
+    model, layer, reshape, d, _ = vit_exports[name]
     x = zoo_images(2, seed=7)
     classes = np.array([1, 4])
     acts, grads = ort.InferenceSession(str(d / "gradient.onnx"), providers=["CPUExecutionProvider"]).run(
@@ -103,7 +100,7 @@ def assert_like(out, refs, i0=0):
 def test_runtime_explains_transformers_like_eager(name, vit_exports):
     """The runtime against the eager reference (maps 1e-3, betas 1e-4), and both against the
     independent implementation on tokens laid out by hand (so a fault in the shared reshape fails)."""
-    model, layer, reshape, d = vit_exports[name]
+    model, layer, reshape, d, _ = vit_exports[name]
     x = zoo_images(2, seed=7)
     ref = UnionCAM(model, layer, reshape=reshape)(x)
     # The seeded network must respond to its input, or the betas compared would be noise.
@@ -113,16 +110,14 @@ def test_runtime_explains_transformers_like_eager(name, vit_exports):
     assert_like(vars(rt), by_hand(model, layer, reshape, x))
 
 
-def test_the_one_graph_explains_a_transformer_like_the_runtime(vit_exports, tmp_path):
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_the_one_graph_explains_a_transformer_like_the_runtime(name, vit_exports):
     from test_end_to_end import run_graph
 
-    from unioncam.export.end_to_end import export_end_to_end
-
-    model, layer, reshape, d = vit_exports["vit"]
-    info = export_end_to_end(model, layer, tmp_path, input_size=(32, 32), reshape=reshape, chunk=8)
+    model, layer, reshape, d, graph = vit_exports[name]
     x = zoo_images(1, seed=9).numpy()
     rt = Explainer(d)(x)
-    out = run_graph(info["path"], x)
+    out = run_graph(graph, x)
     for key in ("cam", "denoising", "region"):
         assert np.abs(out[key][0] - getattr(rt, key)[0]).max() <= 1e-3, key
     assert np.abs(out["betas"] - [rt.beta_denoising[0], rt.beta_region[0], rt.beta_de_region[0]]).max() <= 1e-4
