@@ -49,13 +49,12 @@ def lite0_e2e(out: str) -> Path:
 
 def lite0_stem_cache(cache: str) -> Path:
     """The CLI's cache entry for ``unioncam explain --layer stem`` (the default model), made by the
-    CLI's own code path, so that its key is the one the CLI tests look up."""
+    export cache the CLI calls, so that its key is the one the CLI tests look up."""
     os.environ["UNIONCAM_CACHE"] = cache
-    from unioncam.cli import build_parser
-    from unioncam.cli.common import ensure_exported, resolve_model_spec
+    from unioncam.export_cache import ModelRequest, exported
+    from unioncam.model_specs import spec
 
-    args = build_parser().parse_args(["explain", "unused.png", "--layer", "stem"])
-    return ensure_exported(args, resolve_model_spec(args))[0]
+    return exported(ModelRequest("efficientnet_lite0", spec("efficientnet_lite0"), layer="stem"))[0]
 
 
 def registry_exports(name: str, out: str):

@@ -8,7 +8,7 @@ saved to a file (no weights can be downloaded offline): the CLI exports it into 
 target layer chosen automatically and explains a real photo, the exported gradients match
 autograd, and the runtime's explanation matches the eager reference.
 """
-import importlib
+import importlib.util
 import json
 
 import numpy as np
@@ -34,8 +34,6 @@ CASES = [
 def _library(name: str):
     """The library, or a skip where it is absent or its compiled ops do not load with this torch (PyPI's
     torchvision beside a CPU torch: "operator torchvision::nms does not exist"); any other failure fails."""
-    import importlib.util
-
     if importlib.util.find_spec(name) is None:
         pytest.skip(f"{name} is not installed here; runs where it is (benchmarks/gpu/run.sh)")
     try:

@@ -128,7 +128,7 @@ def test_the_one_graph_explains_a_transformer_like_the_runtime(name, vit_exports
 def test_the_layer_and_reshape_are_found_and_said(capsys):
     from tiny import TinyCNN
 
-    from unioncam.cli.common import require_layer
+    from unioncam.export_cache import choose_layer
     from unioncam.models.target_layer import default_target
 
     for name, (_, layer, reshape) in FAMILIES.items():
@@ -139,7 +139,7 @@ def test_the_layer_and_reshape_are_found_and_said(capsys):
         assert got[0] == want_layer and got[2] == reshape, (name, got)
     assert default_target(TinyCNN(), (32, 32)) == ("head.3", (1, 12, 4, 4), None)
     model, _, _ = build("deit")
-    assert require_layer(None, "mod:deit", model, (32, 32)) == ("blocks.1.norm1", "tokens")
+    assert choose_layer(None, "mod:deit", model, (32, 32)) == ("blocks.1.norm1", "tokens")
     err = capsys.readouterr().err
     assert "target layer blocks.1.norm1" in err and "reshape tokens" in err
 

@@ -129,14 +129,15 @@ def run(args: argparse.Namespace) -> int:
     if args.onnx is not None:
         return _run(args, images, None, _one_graph_facts(args.onnx))
     if artifacts is None:
-        from .common import ensure_exported, ensure_precision, resolve_model_spec
+        from ..export_cache import ensure_precision, exported
+        from .common import model_request, resolve_model_spec
 
         model_spec = resolve_model_spec(args)
         if set(args.backend) == {"torch"} and ":" not in args.model:
             # The eager reference alone needs no export (a factory model still loads, to pick its layer).
             return _run(args, images, None, {"model": args.model, "layer": args.layer or model_spec.default_layer,
                                              "input_size": list(model_spec.input_size)})
-        artifacts, _ = ensure_exported(args, model_spec)
+        artifacts, _ = exported(model_request(args, model_spec))
         for precision in args.precision or []:
             ensure_precision(artifacts, precision)
     from ..artifacts import Manifest

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ..errors import UnwritableError, UsageError
 from ..atomic import remove_stale_temporaries
-from ..runtime.backends import backend_info
-from ..validation import PRECISION_GRAPH, PRECISIONS, PROVIDER_OPTIONS
+from ..export_cache import ModelRequest, open_explainer
+from ..validation import PRECISIONS, PROVIDER_OPTIONS
 
 
 def positive_int(text: str) -> int:
@@ -93,27 +93,9 @@ def resolve_model_spec(args):
                      f"exported folder {args.artifacts}", False)
 
 
-def require_layer(layer, model: str, net=None, input_size=(224, 224), reshape: str | None = None) -> tuple[str, str | None]:
-    """(target layer, reshape) a command will use: the given ones, else (for a factory or library model
-    ``net``) the last feature map before pooling, or a vision transformer's last block input with
-    its reshape (:func:`unioncam.models.target_layer.default_target`), said on stderr so that the
-    choice is never silent."""
-    if layer:
-        return layer, reshape
-    if net is None:
-        raise UsageError(f"--model {model}: give --layer (a name from model.named_modules()), or return "
-                         "(model, layer) from the factory")
-    from ..models.target_layer import default_target
-
-    name, shape, auto = default_target(net, input_size)
-    if auto is None:
-        print(f"unioncam: target layer {name} (output {shape[1]}x{shape[2]}x{shape[3]}, the last feature map before "
-              "pooling; choose another with --layer)", file=sys.stderr)
-    else:
-        print(f"unioncam: target layer {name} (output {'x'.join(map(str, shape[1:]))}, a vision transformer's "
-              f"last block input), reshape {reshape or auto}; choose others with --layer and --reshape",
-              file=sys.stderr)
-    return name, reshape or auto
+def model_request(args, model_spec) -> ModelRequest:
+    """The export cache's typed request from the parsed options."""
+    return ModelRequest(args.model, model_spec, args.weights, args.layer, getattr(args, "reshape", None))
 
 
 def check_model_options(args) -> None:
@@ -140,97 +122,8 @@ def ensure_out(out: Path) -> None:
 
 
 def open_runtime(args, model_spec, **kwargs):
-    """(runtime Explainer on the cached export, layer). The Explainer verifies every file's SHA-256;
-    a cache entry it refuses (corrupt, tampered, stale engine) is exported again, once."""
-    from ..errors import ArtifactError
-    from ..runtime import Explainer
-
-    if getattr(args, "artifacts", None) is not None:  # the user's folder: verified, never re-exported
-        return Explainer(args.artifacts, **kwargs), model_spec.default_layer
-    engines = backend_info(kwargs.get("backend") or "onnxruntime").needs_engines
-    if engines:
-        from ..runtime.backends.tensorrt.engine_file import current_gpu
-        from ..errors import BackendUnavailableError
-
-        if current_gpu() is None:
-            raise BackendUnavailableError(
-                "--backend tensorrt runs TensorRT engines on an NVIDIA GPU, and none was found here (or cuda-python "
-                "is missing); use --backend onnxruntime (the default) or --backend torch on this machine")
-    directory, layer = ensure_exported(args, model_spec, engines=engines)
-    ensure_precision(directory, kwargs.get("precision") or "fp32")
-    try:
-        return Explainer(directory, **kwargs), layer
-    except ArtifactError as e:
-        print(f"unioncam: cached export is unusable ({e}); exporting again", file=sys.stderr)
-        ensure_exported(args, model_spec, engines=engines, force=True)
-        ensure_precision(directory, kwargs.get("precision") or "fp32")
-        return Explainer(directory, **kwargs), layer
-
-
-def ensure_precision(directory: Path, precision: str) -> None:
-    """Add a precision's masked-forward graph to a cached export that lacks it (under the cache lock)."""
-    precision = PRECISION_GRAPH[precision]
-    if precision == "fp32":
-        return
-    from ..artifacts import Manifest
-    from ..cache import cache_lock
-
-    with cache_lock(directory):
-        if precision not in Manifest.load(directory).extra.get("precisions", {}):
-            from ..export.precision import add_precision
-
-            print(f"unioncam: adding {precision} masked passes to {directory} (first use)", file=sys.stderr)
-            add_precision(directory, precision)
-
-
-def ensure_exported(args, model_spec, *, engines: bool = False, force: bool = False) -> tuple[Path, str]:
-    """The model's artifact folder in the cache, exported (atomically, replacing the folder) on first
-    use or when ``force``."""
-    from ..artifacts import MANIFEST
-    from ..cache import artifact_dir, cache_lock
-    from ..errors import WeightsError
-    from ..model_specs import bundled_weights_path
-
-    if args.weights is not None and not Path(args.weights).is_file():
-        raise WeightsError(f"weights file not found: {args.weights}")
-    model = None
-    if ":" in args.model:
-        # A factory's weights come from anywhere: the cache key is a hash of the built model's state.
-        from ..models import load
-        from ..models.factory import state_key
-
-        model, factory_layer = load(args.model, args.weights)
-        layer, reshape = require_layer(args.layer or factory_layer, args.model, model, model_spec.input_size,
-                                       getattr(args, "reshape", None))
-        bundled = "factory:" + state_key(model)
-    else:
-        bundled = bundled_weights_path(args.model) if args.weights is None else None
-        layer, reshape = args.layer or model_spec.default_layer, getattr(args, "reshape", None)
-    key_layer = layer if reshape is None else f"{layer}@{reshape}"  # another reshape is another export
-    directory = artifact_dir(args.model.replace(":", "_"), key_layer, model_spec.input_size, args.weights, bundled)
-    with cache_lock(directory):
-        # Under the lock: another run may have exported while this one waited.
-        if force or not (directory / MANIFEST).is_file():
-            from ..export import export
-            from ..models import load
-
-            print(f"unioncam: exporting {args.model} (layer {layer}) to {directory} (first use; later runs reuse it)",
-                  file=sys.stderr)
-            if model is None:
-                model, _ = load(args.model, args.weights)
-            try:
-                export(model, layer, directory, input_size=model_spec.input_size, model_name=args.model,
-                       mean=model_spec.mean, std=model_spec.std, reshape=reshape)
-            except UnwritableError:
-                raise UnwritableError(f"the export cache {directory.parent} is not writable; set UNIONCAM_CACHE "
-                                      "to a writable folder") from None
-        if engines:
-            from ..export import build_engine
-
-            for name in ("gradient", "masked_forward"):
-                if not (directory / f"{name}.engine").is_file():
-                    build_engine(directory / f"{name}.onnx", max_batch=64)
-    return directory, layer
+    """(runtime Explainer, layer) for the parsed options (:func:`unioncam.export_cache.open_explainer`)."""
+    return open_explainer(model_request(args, model_spec), artifacts=getattr(args, "artifacts", None), **kwargs)
 
 
 def report_settings(args, model_spec, layer: str) -> dict:

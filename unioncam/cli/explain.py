@@ -11,8 +11,9 @@ from ..registry import METHODS, method_info
 from ..runtime.backends import BACKENDS, devices
 from ..explain_files import LazyExplainer, explain_file, failure_message
 from ..outputs import collect_images, output_stems, own_outputs
+from ..export_cache import choose_layer
 from .common import (add_model_options, check_model_options, ensure_out, open_runtime, positive_int, report_settings,
-                     require_layer, resolve_model_spec)
+                     resolve_model_spec)
 
 #: From this many images on, ``explain`` runs on Ray when Ray is installed (README, "Whole data sets").
 RAY_THRESHOLD = 256
@@ -68,8 +69,8 @@ def _explainer(args, model_spec):
             raise UsageError(f"--device {args.device}: the eager reference runs on {' or '.join(BACKENDS['torch'].devices)}")
         device = check_torch_device(args.device)
         model, default_layer = load(args.model, args.weights)
-        layer, reshape = require_layer(args.layer or default_layer, args.model, model, model_spec.input_size,
-                                       args.reshape)  # on the CPU
+        layer, reshape = choose_layer(args.layer or default_layer, args.model, model, model_spec.input_size,
+                                      args.reshape)  # on the CPU
         model.to(device)
         options = method_info(args.method).options(batch_size=args.batch_size or BACKENDS["torch"].default_batch[args.device],
                                                    progress=not args.no_progress, max_passes=args.max_passes,

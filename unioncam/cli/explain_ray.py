@@ -11,7 +11,8 @@ from ..runtime.backends import backend_info
 def run_distributed(args, model_spec, images) -> int:
     from ..distributed import explain_dataset
     from ..distributed.dataset import import_ray
-    from .common import ensure_exported, ensure_out, ensure_precision, report_settings
+    from ..export_cache import ensure_precision, exported
+    from .common import ensure_out, model_request, report_settings
 
     import_ray()  # the one-line error naming the extra comes before any export
     if args.backend == "torch":
@@ -23,7 +24,7 @@ def run_distributed(args, model_spec, images) -> int:
     if args.artifacts is not None:
         directory, layer = args.artifacts, model_spec.default_layer
     else:
-        directory, layer = ensure_exported(args, model_spec, engines=backend_info(args.backend).needs_engines)
+        directory, layer = exported(model_request(args, model_spec), engines=backend_info(args.backend).needs_engines)
         ensure_precision(directory, args.precision or "fp32")
     run_settings = {**report_settings(args, model_spec, layer), "batch_size": args.batch_size}
     summary = explain_dataset(images, directory, args.out, workers=args.workers, ray_address=args.ray_address,

@@ -60,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
         size = (size[0], size[0])
     if len(size) != 2:
         raise InvalidInputError(f"--input-size takes H or H W, got {args.input_size}")
-    from .common import require_layer
+    from ..export_cache import choose_layer
 
     model, default_layer = load(args.model, args.weights)
-    default_layer, reshape = require_layer(args.layer or default_layer, args.model, model, size, args.reshape)
+    default_layer, reshape = choose_layer(args.layer or default_layer, args.model, model, size, args.reshape)
     if args.end_to_end:
         from ..export.end_to_end import export_end_to_end
 
