@@ -83,15 +83,12 @@ def parse_reshape(spec: str | None) -> Reshape | None:
     if not isinstance(spec, str):
         raise InvalidInputError(f"reshape must be a string such as 'tokens' or 'bhwc', got {type(spec).__name__}")
     parts = spec.strip().lower().split(":")
-    try:
-        if parts == ["bhwc"]:
-            return Reshape("bhwc")
-        if parts[0] == "tokens" and len(parts) <= 3:
-            prefix = int(parts[1]) if len(parts) > 1 else None
-            grid = tuple(int(v) for v in parts[2].split("x")) if len(parts) > 2 else None
-            if (prefix is not None and prefix < 0) or (grid is not None and (len(grid) != 2 or min(grid) < 1)):
-                raise ValueError(spec)
-            return Reshape("tokens", prefix, grid)
-    except ValueError:
-        pass
+    if parts == ["bhwc"]:
+        return Reshape("bhwc")
+    grid_parts = parts[2].split("x") if len(parts) == 3 else []
+    numbers = parts[1:2] + grid_parts
+    if parts[0] == "tokens" and len(parts) <= 3 and all(n.isdigit() for n in numbers) and len(grid_parts) in (0, 2):
+        grid = tuple(int(v) for v in grid_parts) if grid_parts else None
+        if grid is None or min(grid) >= 1:
+            return Reshape("tokens", int(parts[1]) if len(parts) > 1 else None, grid)
     raise InvalidInputError(f"unknown reshape {spec!r}; use 'tokens', 'tokens:C', 'tokens:C:HxW' or 'bhwc'")
