@@ -114,7 +114,8 @@ def score_maps(passes: Passes, images, image_index, maps, classes, *, stage: str
     """The algebra's ``ScoreFn`` on ``passes``: ``p_c(N(map) * I0)`` for N (image, map) pairs.
 
     Pairs are grouped by image (each image is moved to the device once) and sent in calls of the
-    stage's batch, the last one padded where ``passes.pad``.
+    stage's batch; an image's last partial chunk goes one map a call to the "tail" stage where
+    ``passes.tail``, else is padded where ``passes.pad``.
 
     Args:
         images: (B, 3, H, W); image_index: (N,) int64; maps: (N, h', w'); classes: (B,) int64.
