@@ -8,6 +8,23 @@ from torch import nn
 from ..errors import ExportError, LayerNotFoundError
 
 
+def _probe(model: nn.Module, input_size, hooks: list) -> None:
+    """One forward pass on a seeded (1, 3, H, W) input, in eval mode, under ``no_grad``; the
+    ``hooks`` are removed and the train flag restored afterwards."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.rand(1, 3, int(input_size[0]), int(input_size[1]), generator=torch.Generator().manual_seed(0)))
+    except RuntimeError as e:
+        raise ExportError(f"the model cannot run on a (1, 3, {input_size[0]}, {input_size[1]}) input "
+                          f"({str(e).splitlines()[0]}); check --input-size") from None
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+
 def last_feature_map(model: nn.Module, input_size=(224, 224)) -> tuple[str, tuple[int, ...]]:
     """(dotted name, output shape) of the module whose output is the last (B, K, h, w) tensor with
     h * w > 1 that the forward pass produces, pooling outputs left out (a pooled map is a resampled
@@ -38,18 +55,7 @@ def last_feature_map(model: nn.Module, input_size=(224, 224)) -> tuple[str, tupl
     for name, mod in model.named_modules():
         if name:
             hooks.append(mod.register_forward_hook(hook(name, "Pool" in type(mod).__name__)))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.rand(1, 3, int(input_size[0]), int(input_size[1]), generator=torch.Generator().manual_seed(0)))
-    except RuntimeError as e:
-        raise ExportError(f"the model cannot run on a (1, 3, {input_size[0]}, {input_size[1]}) input "
-                          f"({str(e).splitlines()[0]}); check --input-size") from None
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    _probe(model, input_size, hooks)
     # ``alive`` held every recorded output during the pass, so no id was reused by a new tensor.
     alive.clear()
     records = [r for r in records if r[2] not in pooled]
@@ -97,18 +103,7 @@ def default_target(model: nn.Module, input_size=(224, 224)) -> tuple[str, tuple[
     for name, mod in model.named_modules():
         if name:
             hooks.append(mod.register_forward_hook(hook(name)))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.rand(1, 3, int(input_size[0]), int(input_size[1]), generator=torch.Generator().manual_seed(0)))
-    except RuntimeError as e:
-        raise ExportError(f"the model cannot run on a (1, 3, {input_size[0]}, {input_size[1]}) input "
-                          f"({str(e).splitlines()[0]}); check --input-size") from None
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    _probe(model, input_size, hooks)
     alive.clear()
     convs = {(s[1], s[2], s[3]) for _, _, kind, _, s in records if len(s) == 4 and "Conv" in kind}
 
