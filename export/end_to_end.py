@@ -37,7 +37,7 @@ from unioncam.errors import ExportError, InvalidInputError, OutputPathError, Unw
 from unioncam.methods.hooks import eval_mode, resolve_layer
 from unioncam.methods.passes import logit_gradient, masked_probs
 from unioncam.methods.reshape import parse_reshape
-from unioncam.validation import check_positive_int, check_theta
+from unioncam.validation import check_input_size, check_opset, check_positive_int, check_theta
 
 from .graphs import MaskedForward, trace
 from .onnx_export import check_loads, export_onnx
@@ -227,7 +227,8 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
     chunk = check_positive_int(chunk, "chunk")
     layer_name, layer = resolve_layer(model, target_layer)
     reshape = parse_reshape(reshape)
-    H, W = int(input_size[0]), int(input_size[1])
+    H, W = check_input_size(input_size, "input_size")
+    opset = check_opset(opset)
     t = time.perf_counter()
     out_dir = Path(out_dir)
     for name in (E2E_ONNX, "unioncam.json"):

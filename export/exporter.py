@@ -13,6 +13,7 @@ from unioncam.errors import ExportError, InvalidInputError, LayerNotFoundError, 
 from unioncam.methods.hooks import ActivationTap, check_model, eval_mode, resolve_layer
 from unioncam.methods.passes import check_logits
 from unioncam.methods.reshape import parse_reshape
+from unioncam.validation import check_input_size, check_opset
 
 from .graphs import GradientFunction, MaskedForward, trace
 from .onnx_export import check_loads, export_onnx
@@ -97,9 +98,8 @@ def export(
         input too small), ArtifactError.
     """
     check_model(model)
-    H, W = (int(input_size[0]), int(input_size[1]))
-    if H < 1 or W < 1:
-        raise InvalidInputError(f"input_size must be positive, got {input_size}")
+    H, W = check_input_size(input_size, "input_size")
+    opset = check_opset(opset)
     layer_name, layer = resolve_layer(model, target_layer)
     reshape = parse_reshape(reshape)
     timings = {}

@@ -34,10 +34,12 @@ def _schema_problem(d: dict) -> str | None:
     """What is wrong with a manifest's fields, or None. Checked before any field is used."""
     import re
 
+    from .validation import MAX_INPUT_SIDE
+
     checks = [
         ("model", lambda v: isinstance(v, str)),
         ("layer", lambda v: isinstance(v, str) and v != ""),
-        ("input_size", lambda v: _positive_ints(v, 2)),
+        ("input_size", lambda v: _positive_ints(v, 2) and max(v) <= MAX_INPUT_SIDE),
         ("feature_size", lambda v: _positive_ints(v, 2)),
         ("channels", lambda v: type(v) is int and v > 0),
         ("num_classes", lambda v: type(v) is int and v > 1),
@@ -48,7 +50,8 @@ def _schema_problem(d: dict) -> str | None:
                                                         and re.fullmatch(r"[0-9a-f]{64}", h) for k, h in v.items())),
         ("exporter_version", lambda v: isinstance(v, str)),
         ("torch_version", lambda v: isinstance(v, str)),
-        ("extra", lambda v: isinstance(v, dict)),
+        ("extra", lambda v: isinstance(v, dict) and isinstance(v.get("precisions", {}), dict)
+                   and all(isinstance(k, str) and isinstance(f, str) for k, f in v.get("precisions", {}).items())),
     ]
     for key, ok in checks:
         if key not in d and key != "extra":
@@ -108,7 +111,7 @@ class Manifest:
             raise ArtifactError(f"no {MANIFEST} in {directory}: export the model first with `unioncam export --out {directory}`")
         try:
             d = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as e:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
             raise ArtifactError(f"{path} is corrupt ({type(e).__name__}: {e}); re-export the model") from None
         if not isinstance(d, dict):
             raise ArtifactError(f"{path} is corrupt (not a JSON object); re-export the model")
@@ -229,6 +232,11 @@ def atomic_directory(final: str | Path):
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, final)
+        except OSError as e:  # a full disk while the graphs were written: say where
+            shutil.rmtree(tmp, ignore_errors=True)
+            from .atomic import write_error
+
+            raise write_error(e, final) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -8,6 +8,7 @@ process's umask, so a shared export stays readable by the service that loads it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import socket
@@ -75,15 +76,37 @@ def default_mode(directory: bool = False) -> int:
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_error(e, path) from None
     try:
         with os.fdopen(fd, mode) as f:
             yield f
         os.chmod(tmp, default_mode())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(e, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+#: Errors that say the destination cannot take the bytes, not that the data is wrong.
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def write_error(error: OSError, path: str | Path):
+    """The typed error for an OSError while writing ``path``: its path, its cause, what to do."""
+    from .errors import UnwritableError
+
+    cause = error.strerror or str(error)
+    if error.errno in _FULL:
+        hint = "the disk (or a quota, or a file-size limit) is full: free space, or write elsewhere"
+    else:
+        hint = "choose a folder you can write"
+    return UnwritableError(f"cannot write {path}: {cause}; {hint}")
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

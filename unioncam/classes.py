@@ -1,4 +1,4 @@
-"""ImageNet-1k class names, offline. Torch-free."""
+"""ImageNet-1k class names, offline, and ``--class`` by index or name. Torch-free."""
 from __future__ import annotations
 
 import json
@@ -25,3 +25,36 @@ def class_name(idx: int, num_classes: int = 1000) -> str:
     if num_classes == 1000 and 0 <= idx < 1000:
         return imagenet_class_names()[idx]
     return f"class {idx}"
+
+
+def _synonyms(name: str) -> list[str]:
+    return [part.strip().lower() for part in name.split(",") if part.strip()]
+
+
+def class_index(text: str) -> int:
+    """``--class``: an index (``281``) or an ImageNet class name, any of its synonyms, any case
+    (``"tabby"``, ``"Egyptian cat"``). Whether the index is in the model's range is checked once
+    the model's class count is known (:func:`unioncam.validation.check_class_option`).
+
+    Raises:
+        UsageError: a negative index, or a name that is no ImageNet class (the closest names said).
+    """
+    import difflib
+
+    from .errors import UsageError
+
+    text = str(text).strip()
+    if text.lstrip("+-").isdigit():
+        value = int(text)
+        if value < 0:
+            raise UsageError(f"--class {value}: a class index is 0 or more (leave --class out for the predicted class)")
+        return value
+    wanted = text.lower()
+    names = imagenet_class_names()
+    for i, name in enumerate(names):
+        if wanted in _synonyms(name):
+            return i
+    pool = sorted({s for name in names for s in _synonyms(name)})
+    close = difflib.get_close_matches(wanted, pool, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise UsageError(f"--class {text!r} is not an ImageNet class name or an index{hint}")

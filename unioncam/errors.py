@@ -36,6 +36,10 @@ class ModelNotFoundError(UnionCAMError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class ModelLoadError(UnionCAMError, RuntimeError):
+    """A model factory raised, or cannot be called without arguments."""
+
+
 class WeightsError(UnionCAMError, ValueError):
     """A weights file is missing, unreadable or does not fit the model."""
 

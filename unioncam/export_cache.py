@@ -35,6 +35,9 @@ class ModelRequest:
     weights: Path | None = None
     layer: str | None = None
     reshape: str | None = None
+    #: ``--class``, checked against the built model's class count before a factory model is exported.
+    class_idx: int | None = None
+    class_by_name: bool = False
 
 
 def choose_layer(layer: str | None, model: str, net=None, input_size=(224, 224), reshape: str | None = None,
@@ -73,6 +76,11 @@ def exported(req: ModelRequest, *, engines: bool = False, force: bool = False,
         from .models.factory import state_key
 
         model, factory_layer = load(req.model, req.weights)
+        if req.class_idx is not None:
+            from .models.target_layer import output_classes
+            from .validation import check_class_option
+
+            check_class_option(req.class_idx, output_classes(model, size), by_name=req.class_by_name)
         layer, reshape = choose_layer(req.layer or factory_layer, req.model, model, size, req.reshape, say)
         bundled = "factory:" + state_key(model)
     else:
@@ -136,9 +144,11 @@ def open_explainer(req: ModelRequest, *, artifacts: Path | None = None, say: Cal
                 "--backend tensorrt runs TensorRT engines on an NVIDIA GPU, and none was found here (or cuda-python "
                 "is missing); use --backend onnxruntime (the default) or --backend torch on this machine")
     directory, layer = exported(req, engines=engines, say=say)
-    ensure_precision(directory, kwargs.get("precision") or "fp32", say)
     try:
+        ensure_precision(directory, kwargs.get("precision") or "fp32", say)
         return Explainer(directory, **kwargs), layer
+    except UnwritableError:
+        raise  # exporting again would not help
     except ArtifactError as e:
         say(f"unioncam: cached export is unusable ({e}); exporting again")
         exported(req, engines=engines, force=True, say=say)

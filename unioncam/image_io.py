@@ -1,20 +1,42 @@
 """Reading images and drawing heatmaps with OpenCV. Torch-free (the runtime and the CLI share it)."""
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-import threading
 from importlib import resources
 from pathlib import Path
+from struct import error as struct_error
 
 import cv2
 import numpy as np
 
 from .errors import ImageReadError, InvalidInputError
+from .verbosity import native_stderr, verbose
 
 #: OpenCV's default decode limit (2**30 pixels), unless OPENCV_IO_MAX_IMAGE_PIXELS says otherwise.
 MAX_PIXELS = 1 << 30
+#: Peak bytes per pixel of reading, resizing and drawing one photo at its own resolution (decode 3-4,
+#: RGB copy 3, float32 copy 12, the overlay's map, colours and blend 13): 20000x20000 measured 6.5 GB.
+BYTES_PER_PIXEL = 32
+
+
+def pixel_ceiling() -> int:
+    """Most pixels a photo may have: OpenCV's limit, and the peak of reading it within half of this
+    machine's memory (:data:`BYTES_PER_PIXEL`)."""
+    from .validation import machine_memory
+
+    return int(min(MAX_PIXELS, machine_memory() // 2 // BYTES_PER_PIXEL))
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header, nothing decoded; None where the format is not one
+    ``imagesize`` reads (OpenCV's own limit still applies when decoding)."""
+    import imagesize
+
+    try:
+        w, h = imagesize.get(str(path))
+    except (OSError, ValueError, struct_error):
+        return None
+    return (int(w), int(h)) if w > 0 and h > 0 else None
 
 #: Real photos bundled with the package (CC0, from scikit-image's data folder).
 SAMPLE_IMAGES = {"chelsea": "chelsea.png", "coffee": "coffee.png"}
@@ -31,36 +53,12 @@ def sample_image_path(name: str = "chelsea") -> Path:
 #: picture they return then is not what the file was meant to hold.
 CORRUPTION_SIGNS = ("corrupt jpeg data", "premature end", "bogus marker", "libpng error", "crc error", "read error")
 
-# The C libraries' stderr is the process's: one decode at a time captures it.
-_STDERR_LOCK = threading.Lock()
-
 #: Decode flags: any depth and colour format (16-bit, float and grey stay as they are; alpha is
 #: dropped), and the EXIF orientation applied, as browsers and phones show the photo.
 _FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 
-@contextlib.contextmanager
-def _codec_messages():
-    """Capture what C code writes to file descriptor 2 meanwhile; yields a list that receives the
-    text (the codecs print warnings about damaged data there, bypassing Python and OpenCV's log)."""
-    out: list[str] = []
-    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
-        try:
-            saved = os.dup(2)
-        except OSError:  # no stderr to capture (a daemon): decode without the check
-            yield out
-            return
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield out
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            out.append(sink.read().decode("utf-8", "replace"))
-
-
-def _decode(data: np.ndarray, path: Path, *, lenient: bool = False) -> np.ndarray:
+def _decode(data: np.ndarray, path: Path, *, lenient: bool = False, flags: int = _FLAGS) -> np.ndarray:
     """Decode bytes with OpenCV, its own log and the codecs' messages captured (they would print
     "libpng error: ..." lines that say less than our message). Damaged data the codec reports makes
     an ImageReadError unless ``lenient``. A picture above OpenCV's pixel limit is decoded at 1/8 size
@@ -70,9 +68,9 @@ def _decode(data: np.ndarray, path: Path, *, lenient: bool = False) -> np.ndarra
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
-        with _codec_messages() as messages:
+        with native_stderr() as messages:
             try:
-                img = cv2.imdecode(data, _FLAGS)
+                img = cv2.imdecode(data, flags)
             except cv2.error as e:
                 if "pixels" not in str(e):
                     raise ImageReadError(f"cannot decode {path}: {_first_line(e)}") from None
@@ -88,11 +86,31 @@ def _decode(data: np.ndarray, path: Path, *, lenient: bool = False) -> np.ndarra
     if img is None or img.size == 0:
         raise ImageReadError(f"cannot decode {path} as an image (corrupt, truncated or not an image file)")
     said = [ln.strip() for ln in "".join(messages).splitlines() if ln.strip()]
+    if said and verbose():
+        import sys
+
+        print("\n".join(f"unioncam: {path}: decoder: {ln}" for ln in said), file=sys.stderr)
     damaged = [ln for ln in said if any(sign in ln.lower() for sign in CORRUPTION_SIGNS)]
     if damaged and not lenient:
         raise ImageReadError(f"{path} is damaged: the decoder reported \"{damaged[0]}\"; the picture it gives is "
                              "not the photo (repair or re-export the file, or pass --lenient to explain it anyway)")
     return img
+
+
+def _flags_within_ceiling(path: Path, data: np.ndarray) -> int:
+    """Decode flags for ``path``, its size read from the header first: above :func:`pixel_ceiling` a
+    JPEG is decoded at 1/8 of each side (the codec does it while decoding, as a thumbnail would be;
+    the model needs only its input size), anything else is refused before a byte is decoded."""
+    size = _header_size(path)
+    limit = pixel_ceiling()
+    if size is None or size[0] * size[1] <= limit:
+        return _FLAGS
+    w, h = size
+    if data[:2].tobytes() == b"\xff\xd8" and (w // 8) * (h // 8) <= limit:
+        return cv2.IMREAD_REDUCED_COLOR_8
+    raise ImageReadError(f"{path} is too large to decode: {w}x{h} = {w * h:,} pixels, above this machine's limit of "
+                         f"{limit:,} (OpenCV's limit, and half the memory at {BYTES_PER_PIXEL} bytes a pixel); "
+                         "downscale it first (the model needs only its input size)")
 
 
 def _first_line(e: Exception) -> str:
@@ -117,7 +135,13 @@ def read_rgb(path: str | Path, *, lenient: bool = False) -> np.ndarray:
     """
     path = Path(path)
     if path.is_dir():
-        raise ImageReadError(f"{path} is a folder, not an image file (give the image files, or a glob)")
+        try:
+            with os.scandir(path) as entries:
+                next(entries, None)
+        except OSError as e:
+            raise ImageReadError(f"cannot list the folder {path}: {e.strerror or e} (check its permissions)") from None
+        raise ImageReadError(f"{path} is a folder with no image files in it (give image files, a folder of them, "
+                             "or a glob)")
     if path.is_symlink() and not path.exists():
         raise ImageReadError(f"{path} is a broken symlink or a symlink loop; point it at an image file")
     if not path.exists():
@@ -128,7 +152,7 @@ def read_rgb(path: str | Path, *, lenient: bool = False) -> np.ndarray:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as e:
         raise ImageReadError(f"cannot read {path}: {e.strerror or e}") from None
-    img = _decode(data, path, lenient=lenient)
+    img = _decode(data, path, lenient=lenient, flags=_flags_within_ceiling(path, data))
     if img.dtype == np.uint16:
         img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):

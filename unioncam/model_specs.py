@@ -18,6 +18,9 @@ class ModelSpec:
     std: tuple[float, ...]
     description: str
     bundled_weights: bool
+    #: Logits the model returns: the registered models are ImageNet-1k; None for a factory (known
+    #: once it is built).
+    num_classes: int | None = 1000
 
 
 SPECS: dict[str, ModelSpec] = {
@@ -63,7 +66,7 @@ def spec(name: str) -> ModelSpec:
     """The registered model's facts; for ``pkg.module:factory`` models, defaults the CLI overrides
     (input 224x224, no known layer: ``--layer`` or the factory's own choice)."""
     if ":" in name:
-        return ModelSpec(name, "", (224, 224), (), (), f"factory {name}", False)
+        return ModelSpec(name, "", (224, 224), (), (), f"factory {name}", False, None)
     try:
         return SPECS[name]
     except KeyError:

@@ -29,7 +29,10 @@ def collect_images(paths) -> list[Path]:
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            try:
+                found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            except OSError:
+                found = []  # unreadable: kept, so the reader reports it as that input's error row
             # A folder without images stays in the list, so the reader reports it as that input's error.
             out += found or [p]
         elif not p.exists() and glob.has_magic(str(p)):
@@ -51,17 +54,18 @@ def output_stems(paths: list[Path], out: Path) -> list[str]:
     different folders. Deterministic in the order of ``paths``, so a resumed run names alike.
     """
     inputs = {os.path.realpath(p) for p in paths}
+    name_max = _name_max(out)
 
     def clashes_with_input(stem: str) -> bool:
         return any(os.path.realpath(out / f"{stem}{suffix}") in inputs for suffix in (".png", "_cam.npy", ".json"))
 
-    stems = [Path(p).stem for p in paths]
+    stems = [_fitting(Path(p).stem, name_max) for p in paths]
     counts: dict[str, int] = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1
     chosen, taken = [], set()
     for p, s in zip(paths, stems):
-        stem = s if counts[s] == 1 and not clashes_with_input(s) else Path(p).name
+        stem = s if counts[s] == 1 and not clashes_with_input(s) else _fitting(Path(p).name, name_max)
         base, n = stem, 1
         while stem in taken or clashes_with_input(stem):
             n += 1
@@ -69,6 +73,34 @@ def output_stems(paths: list[Path], out: Path) -> list[str]:
         taken.add(stem)
         chosen.append(stem)
     return chosen
+
+
+#: The longest suffix an output adds to its stem (``_cam.npy``), and a counter's room (``-99``).
+_SUFFIX_ROOM = len("_cam.npy") + 3
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name the folder's file system takes, in bytes (255 where it cannot say)."""
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return int(os.pathconf(probe, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def _fitting(stem: str, name_max: int) -> str:
+    """``stem`` itself, or where its outputs' names would be too long for the file system, its start
+    and a hash of the whole (``<start>~<8 hex>``): distinct and deterministic, so a resumed run
+    finds them."""
+    import hashlib
+
+    raw = os.fsencode(stem)
+    if len(raw) + _SUFFIX_ROOM <= name_max:
+        return stem
+    keep = raw[: name_max - _SUFFIX_ROOM - 9]
+    return os.fsdecode(keep).rstrip("\udcff") + "~" + hashlib.sha256(raw).hexdigest()[:8]
 
 
 def top5(logits: np.ndarray, names) -> list[dict]:
@@ -181,10 +213,11 @@ def own_outputs(paths: list[Path]) -> set[Path]:
             continue
         stem = p.name[: -len(p.suffix)]
         rep, npy = p.with_name(stem + ".json"), p.with_name(stem + "_cam.npy")
-        if npy.is_file() and rep.is_file():
-            try:
-                if "image" in json.loads(rep.read_text()) and "class_idx" in json.loads(rep.read_text()):
+        try:
+            if npy.is_file() and rep.is_file():
+                d = json.loads(rep.read_text())
+                if isinstance(d, dict) and "image" in d and "class_idx" in d:
                     own.add(p)
-            except (OSError, ValueError, TypeError):
-                pass
+        except (OSError, ValueError, TypeError):  # a name too long for its outputs is no output of ours
+            pass
     return own

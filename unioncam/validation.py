@@ -8,7 +8,7 @@ import os
 import numpy as np
 from array_api_compat import array_namespace, is_array_api_obj, is_numpy_array, is_torch_array
 
-from .errors import InvalidInputError, InvalidTypeError
+from .errors import InvalidInputError, InvalidTypeError, UsageError
 from .registry import method_info
 
 
@@ -28,6 +28,53 @@ def check_positive_int(value, name: str):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
     return int(value)
+
+
+def check_class_option(class_idx: int | None, num_classes: int | None, *, by_name: bool = False) -> None:
+    """``--class`` against the model's class count (None: not known yet, nothing checked); a class
+    given by name needs an ImageNet-1k model."""
+    if class_idx is None or num_classes is None:
+        return
+    if by_name and num_classes != 1000:
+        raise UsageError(f"--class by name means an ImageNet class; this model has {num_classes} classes: give an "
+                         f"index 0..{num_classes - 1}")
+    if not 0 <= class_idx < num_classes:
+        raise UsageError(f"--class {class_idx} is out of range: the model has {num_classes} classes "
+                         f"(0..{num_classes - 1})")
+
+
+#: The oldest ONNX opset the exporter writes (torch's dynamo exporter starts at 18: asked for less it
+#: writes 18 anyway, so a manifest would claim an opset its graphs do not have).
+MIN_OPSET = 18
+
+
+def check_opset(opset) -> int:
+    """An ONNX opset the exporter can write: from :data:`MIN_OPSET` to the installed onnx's newest."""
+    import onnx
+
+    value = check_positive_int(opset, "opset")
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= value <= newest:
+        raise UsageError(f"--opset {value} is not one the exporter writes: choose {MIN_OPSET} to {newest} (the "
+                         f"installed onnx {onnx.__version__}'s newest); leave it out for the default, 18")
+    return value
+
+
+#: The largest input side a model may have (an exported folder's manifest, or --input-size): a
+#: (1, 3, H, W) float32 input and its masked passes must fit a machine.
+MAX_INPUT_SIDE = 8192
+
+
+def check_input_size(size, where: str = "--input-size") -> tuple[int, int]:
+    """(H, W) of a model's input: one or two positive ints, each at most :data:`MAX_INPUT_SIDE`."""
+    size = tuple(size)
+    if len(size) not in (1, 2):
+        raise UsageError(f"{where} takes H or H W, got {list(size)}")
+    for v in size:
+        check_positive_int(v, where)
+        if v > MAX_INPUT_SIDE:
+            raise UsageError(f"{where} {v} is above {MAX_INPUT_SIDE} pixels a side; models take at most that")
+    return (int(size[0]), int(size[-1]))
 
 
 def check_batch_size(batch_size) -> int:

@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="unioncam", description="UnionCAM explanations for CNN classifiers.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show third-party libraries' own messages (image codecs, Ray's core worker)")
     sub = parser.add_subparsers(dest="command", required=True)
     explain.add_parser(sub)
     eval_cmd.add_parser(sub)
@@ -32,6 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.showwarning = _plain_warning
+    from ..verbosity import set_verbose
+
+    set_verbose(args.verbose)
+    for stream in (sys.stdout, sys.stderr):
+        # A file name that is not valid UTF-8 (or a strict ASCII terminal) prints escaped, never raises.
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
     try:
         return int(args.func(args) or 0)
     except UnionCAMError as e:

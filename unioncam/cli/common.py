@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import UnwritableError, UsageError
+from ..errors import UnwritableError
 from ..atomic import remove_stale_temporaries
 from ..export_cache import ModelRequest, open_explainer
 from ..validation import PRECISIONS, PROVIDER_OPTIONS
@@ -76,9 +76,9 @@ def resolve_model_spec(args):
         s = spec(args.model)
         size = getattr(args, "input_size", None)
         if size:
-            if len(size) > 2:
-                raise UsageError(f"--input-size takes H or H W, got {size}")
-            s = dataclasses.replace(s, input_size=(size[0], size[-1]))
+            from ..validation import check_input_size
+
+            s = dataclasses.replace(s, input_size=check_input_size(size))
         return s
     from ..artifacts import Manifest
     from ..errors import InvalidInputError
@@ -90,12 +90,13 @@ def resolve_model_spec(args):
     m = Manifest.load(args.artifacts)
     args.model = m.model
     return ModelSpec(m.model, m.layer, tuple(m.input_size), tuple(m.mean or ()), tuple(m.std or ()),
-                     f"exported folder {args.artifacts}", False)
+                     f"exported folder {args.artifacts}", False, m.num_classes)
 
 
 def model_request(args, model_spec) -> ModelRequest:
     """The export cache's typed request from the parsed options."""
-    return ModelRequest(args.model, model_spec, args.weights, args.layer, getattr(args, "reshape", None))
+    return ModelRequest(args.model, model_spec, args.weights, args.layer, getattr(args, "reshape", None),
+                        getattr(args, "class_idx", None), getattr(args, "class_by_name", False))
 
 
 def check_model_options(args) -> None:

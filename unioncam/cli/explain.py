@@ -12,6 +12,8 @@ from ..runtime.backends import BACKENDS, devices
 from ..explain_files import LazyExplainer, explain_file, failure_message
 from ..outputs import collect_images, output_stems, own_outputs
 from ..export_cache import choose_layer
+from ..classes import class_index
+from ..validation import check_class_option
 from .common import (add_model_options, check_model_options, ensure_out, open_runtime, positive_int, report_settings,
                      resolve_model_spec)
 
@@ -35,7 +37,9 @@ def add_parser(sub) -> None:
     p.add_argument("images", nargs="*", type=Path,
                    help="image files (any format OpenCV reads), folders, or quoted globs; default: bundled chelsea.png")
     add_model_options(p, out_default="unioncam_out")
-    p.add_argument("--class", dest="class_idx", type=int, help="class to explain (default: the predicted class)")
+    p.add_argument("--class", dest="class_text", metavar="CLASS",
+                   help="class to explain: an index (281) or an ImageNet name, any synonym, any case (\"tabby\"); "
+                        "default: the predicted class")
     p.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime",
                    help="onnxruntime (default; exports the model into the cache on first use), tensorrt, "
                         "or torch (the eager reference)")
@@ -69,6 +73,10 @@ def _explainer(args, model_spec):
             raise UsageError(f"--device {args.device}: the eager reference runs on {' or '.join(BACKENDS['torch'].devices)}")
         device = check_torch_device(args.device)
         model, default_layer = load(args.model, args.weights)
+        if args.class_idx is not None:
+            from ..models.target_layer import output_classes
+
+            check_class_option(args.class_idx, output_classes(model, model_spec.input_size), by_name=args.class_by_name)
         layer, reshape = choose_layer(args.layer or default_layer, args.model, model, model_spec.input_size,
                                       args.reshape)  # on the CPU
         model.to(device)
@@ -82,6 +90,7 @@ def _explainer(args, model_spec):
                                   batch_size=args.batch_size, theta=args.theta, progress=not args.no_progress,
                                   max_passes=args.max_passes, precision=args.precision or "fp32",
                                   method=args.method, provider_options=args.provider_options)
+    check_class_option(args.class_idx, runtime.manifest.num_classes, by_name=args.class_by_name)
     return (lambda x: runtime(x, args.class_idx)), layer
 
 
@@ -90,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
 
     model_spec = resolve_model_spec(args)
     check_model_options(args)  # before any image is read or model exported
+    args.class_by_name = args.class_text is not None and not args.class_text.strip().lstrip("+-").isdigit()
+    args.class_idx = None if args.class_text is None else class_index(args.class_text)
+    check_class_option(args.class_idx, model_spec.num_classes, by_name=args.class_by_name)
     images = collect_images(args.images) if args.images else [sample_image_path("chelsea")]
     own = own_outputs(images)
     if own:

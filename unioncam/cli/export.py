@@ -42,12 +42,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InvalidInputError
     from ..model_specs import spec
     from ..models import load
     from ..export import export, graph_stats
 
-    from ..validation import check_positive_int, check_theta
+    from ..validation import check_input_size, check_opset, check_positive_int, check_theta
 
     s = spec(args.model)
     if not args.end_to_end:
@@ -55,11 +54,8 @@ def run(args: argparse.Namespace) -> int:
     check_theta(args.theta)  # before the model is loaded
     check_positive_int(args.chunk, "--chunk")
     check_positive_int(args.max_batch, "--max-batch")
-    size = tuple(args.input_size) if args.input_size else s.input_size
-    if len(size) == 1:
-        size = (size[0], size[0])
-    if len(size) != 2:
-        raise InvalidInputError(f"--input-size takes H or H W, got {args.input_size}")
+    check_opset(args.opset)
+    size = check_input_size(args.input_size) if args.input_size else s.input_size
     from ..export_cache import choose_layer
 
     model, default_layer = load(args.model, args.weights)

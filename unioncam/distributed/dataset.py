@@ -136,24 +136,37 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
     t0 = time.perf_counter()
     n_workers, start_s = 0, 0.0
     if todo:
-        started = False
-        if not ray.is_initialized():
-            import logging
+        from ..verbosity import native_stderr, verbose
 
-            quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
-            if ray_address:
-                check_reachable(ray_address)
-                ray.init(address=ray_address, **quiet)
-            else:
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
-            started = True
-        start_s = time.perf_counter() - t0
+        # Ray's C++ core worker and raylet log notes on runs that succeed (an actor's constructor
+        # arguments in the object store); they are shown with --verbose, or when the run fails.
+        failed, said = True, []
         try:
-            n_workers = _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpus_per_worker,
-                             progress)
+            with native_stderr(python_to_terminal=True) as said:
+                started = False
+                if not ray.is_initialized():
+                    import logging
+
+                    quiet = {"log_to_driver": verbose(), "logging_level": logging.INFO if verbose() else logging.WARNING}
+                    if not verbose():
+                        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+                    if ray_address:
+                        check_reachable(ray_address)
+                        ray.init(address=ray_address, **quiet)
+                    else:
+                        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
+                    started = True
+                start_s = time.perf_counter() - t0
+                try:
+                    n_workers = _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpus_per_worker,
+                                     progress)
+                finally:
+                    if started:
+                        ray.shutdown()
+                failed = False
         finally:
-            if started:
-                ray.shutdown()
+            if said and said[0].strip() and (verbose() or failed):
+                print(said[0].rstrip(), file=sys.stderr)
     elapsed = time.perf_counter() - t0
 
     import io

@@ -22,6 +22,10 @@ def check_logits(out, batch: int) -> torch.Tensor:
         )
     if out.dim() != 2 or out.shape[0] != batch:
         raise InvalidInputError(f"the model must return (B, C) logits with B={batch}, got {tuple(out.shape)}")
+    if out.shape[1] < 2:
+        # A softmax over one logit is 1 whatever the image: every class-score gain would be 0.
+        raise InvalidInputError("the model returns one logit; UnionCAM scores a class by its softmax over at least "
+                                "2 logits: return two for a binary classifier, e.g. torch.cat([torch.zeros_like(z), z], 1)")
     return out
 
 

@@ -16,7 +16,7 @@ import sys
 
 from torch import nn
 
-from ..errors import InvalidInputError, ModelNotFoundError
+from ..errors import InvalidInputError, ModelLoadError, ModelNotFoundError
 from .state_dicts import load_strict, read_state_dict
 
 
@@ -57,6 +57,26 @@ def load_library_model(library: str, arch: str, weights=None) -> nn.Module:
     return Normalized(net, mean, std).eval()
 
 
+def _call_factory(factory, name: str):
+    """``factory()``, its failures as :class:`ModelLoadError` naming the factory and the cause."""
+    import inspect
+
+    try:
+        required = [p.name for p in inspect.signature(factory).parameters.values()
+                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    except (TypeError, ValueError):  # a builtin without a signature: call it and see
+        required = []
+    if required:
+        raise ModelLoadError(f"--model {name!r}: the factory needs the argument(s) {', '.join(required)}; give a "
+                             "factory that takes none (e.g. def build(): return make_model(...))")
+    try:
+        return factory()
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ModelLoadError(f"--model {name!r}: the factory raised {type(e).__name__}: {first} "
+                             "(rerun with --debug for its traceback)") from e
+
+
 def load_factory(name: str, weights=None) -> tuple[nn.Module, str | None]:
     """(model in eval mode, its declared target layer or None) from ``"pkg.module:callable"`` (the
     state_dict in ``weights`` loaded into it), or from a ``timm:`` / ``torchvision:`` shorthand."""
@@ -79,7 +99,7 @@ def load_factory(name: str, weights=None) -> tuple[nn.Module, str | None]:
             raise ModelNotFoundError(f"--model {name!r}: {module_name} has no attribute {attr!r}")
     if not callable(factory):
         raise ModelNotFoundError(f"--model {name!r}: {attr} is not callable")
-    out = factory()
+    out = _call_factory(factory, name)
     model, layer = (out if isinstance(out, tuple) and len(out) == 2 else (out, None))
     if not isinstance(model, nn.Module) or (layer is not None and not isinstance(layer, str)):
         raise InvalidInputError(f"--model {name!r}: the factory must return an nn.Module or (nn.Module, layer name), "

@@ -138,3 +138,14 @@ def default_target(model: nn.Module, input_size=(224, 224)) -> tuple[str, tuple[
         return strip(r[1]), last[-1][4], "bhwc"
     raise LayerNotFoundError("this model's tokens have no block input norm (*.norm1) to explain at; give --layer "
                              "(e.g. the last block's input) and --reshape tokens")
+
+
+def output_classes(model: nn.Module, input_size=(224, 224)) -> int:
+    """C of the model's (1, C) logits: one forward pass (:func:`_probe`'s input, eval mode, no_grad)."""
+    seen = []
+    hook = model.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    _probe(model, input_size, [hook])
+    out = seen[-1] if seen else None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise ExportError(f"the model must return (B, C) logits, got {getattr(out, 'shape', type(out).__name__)}")
+    return int(out.shape[1])
