@@ -11,7 +11,7 @@ import numpy as np
 
 from unioncam import algebra, pipeline
 from unioncam.artifacts import GRADIENT_ONNX, MASKED_ONNX, Manifest
-from unioncam.errors import ArtifactError, BackendUnavailableError, InvalidInputError, RunnerStateError
+from unioncam.errors import ArtifactError, InvalidInputError, RunnerStateError
 from unioncam.explanation import Explanation
 from unioncam.validation import (check_batch_size, check_classes, check_images, check_max_passes, check_method,
                                  check_batch_ceiling, check_ort_options, check_precision, check_provider_options,
@@ -82,13 +82,10 @@ class Explainer:
         self.max_passes = check_max_passes(max_passes, skip_constant=self.skip_constant)
         self.backend, self.device = backend, device
         self.progress = progress
-        self.precision = check_precision(precision)
+        self.precision = check_precision(precision, device)
         masked = self.manifest.masked_graph(self.directory, self.precision)
         self.session_options = check_ort_options(session_options)
         self.provider_options = check_provider_options(provider_options)
-        if self.precision == "tf32" and device == "cpu":
-            raise BackendUnavailableError("precision 'tf32' is a GPU math mode (TensorFloat-32 convolutions); on the "
-                                          "CPU use 'fp32', which computes the same values")
         info = backend_info(backend)
         options = {"threads": threads, "buffers": buffers, "session_options": self.session_options}
         if self.provider_options:
@@ -189,6 +186,15 @@ class Explainer:
         self._check_open()
         images = check_images(images, library="numpy", size=self.manifest.input_size)
         return pipeline.explain(self.passes, images, class_idx, method, self.options)
+
+    def explain_methods(self, images: np.ndarray, methods, class_idx=None) -> dict[str, Explanation]:
+        """Several methods on the same images from one set of passes (:func:`unioncam.pipeline.explain_methods`):
+        UnionCAM with every baseline costs one UnionCAM explanation. Returns {method: Explanation},
+        each equal to that method run alone; its ``timings_ms["total"]`` is what it costs alone."""
+        methods = [check_method(m) for m in methods]
+        self._check_open()
+        images = check_images(images, library="numpy", size=self.manifest.input_size)
+        return pipeline.explain_methods(self.passes, images, class_idx, methods, self.options)
 
     @property
     def options(self) -> pipeline.PassOptions:

@@ -104,3 +104,17 @@ def mean_ci95(values) -> tuple[float, float | None]:
     df = v.size - 1
     q = t[df - 1] if df <= 30 else 1.96
     return float(v.mean()), float(q * v.std(ddof=1) / np.sqrt(v.size))
+
+
+def format_interval(mean: float, half_width: float | None) -> str:
+    """One rule for every number in ``metrics.md``: the half-width of the 95% interval to 2
+    significant figures and the mean to the same decimal place (``37 ± 82``, ``0.39 ± 0.72``);
+    without an interval (one image) the mean to 3 significant figures."""
+    import math
+
+    if mean != mean:  # NaN: no values
+        return "n/a"
+    if half_width is None or half_width == 0 or not math.isfinite(half_width):
+        return f"{mean:.3g}"
+    decimals = max(0, 1 - int(math.floor(math.log10(abs(half_width)))))
+    return f"{mean:.{decimals}f} ± {half_width:.{decimals}f}"

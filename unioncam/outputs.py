@@ -103,12 +103,22 @@ def _fitting(stem: str, name_max: int) -> str:
     return os.fsdecode(keep).rstrip("\udcff") + "~" + hashlib.sha256(raw).hexdigest()[:8]
 
 
-def top5(logits: np.ndarray, names) -> list[dict]:
-    z = logits.astype(np.float64)
+def _softmax64(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
     p = np.exp(z - z.max())
-    p /= p.sum()
-    order = np.argsort(-p)[:5]
+    return p / p.sum()
+
+
+def top5(logits: np.ndarray, names) -> list[dict]:
+    """The 5 most probable classes of (C,) logits: index, name, softmax probability (float64)."""
+    p = _softmax64(logits)
+    order = np.argsort(-p, kind="stable")[:5]
     return [{"index": int(i), "name": names(int(i)), "probability": float(p[i])} for i in order]
+
+
+def top5_probability(logits: np.ndarray, index: int) -> float:
+    """Class ``index``'s probability by :func:`top5`'s softmax."""
+    return float(_softmax64(logits)[index])
 
 
 def report(settings: dict, path, rgb: np.ndarray, exp, timings_ms: dict, digest: str | None = None) -> dict:
@@ -123,8 +133,16 @@ def report(settings: dict, path, rgb: np.ndarray, exp, timings_ms: dict, digest:
     """
     from .classes import class_name
 
+    from .algebra.budget import PER_IMAGE_STATS
+
     e0 = exp[0]
     num_classes = exp.logits.shape[1]
+    best = top5(exp.logits[0], lambda i: class_name(i, num_classes))
+    # The score as the top-5 lists it (one softmax, float64), so the two never differ in a digit.
+    score = next((t["probability"] for t in best if t["index"] == e0["class_idx"]), None)
+    if score is None:
+        score = top5_probability(exp.logits[0], e0["class_idx"])
+    stats = {k: (v[0] if k in PER_IMAGE_STATS and isinstance(v, list) else v) for k, v in exp.stats.items()}
     return {
         "image": str(path),
         "image_sha256": digest,
@@ -133,15 +151,15 @@ def report(settings: dict, path, rgb: np.ndarray, exp, timings_ms: dict, digest:
                                          "max_passes", "precision", "class_requested")},
         "class_idx": e0["class_idx"],
         "class_name": class_name(e0["class_idx"], num_classes),
-        "score": e0["score"],
-        "top5": top5(exp.logits[0], lambda i: class_name(i, num_classes)),
+        "score": score,
+        "top5": best,
         "selected": e0["selected"],
         "beta_denoising": e0["beta_denoising"],
         "beta_region": e0["beta_region"],
         "beta_de_region": e0["beta_de_region"],
         "backend": settings.get("backend"),
         "device": settings.get("device"),
-        "stats": exp.stats,
+        "stats": stats,
         "timings_ms": {**timings_ms, **exp.timings_ms},
     }
 

@@ -194,53 +194,80 @@ def explain(passes: Passes, images, class_idx, method: str, options: PassOptions
     ``class_idx``: None (arg-max), an int, or one int per image. Returns an
     :class:`unioncam.Explanation`; its ``masked_passes`` counts real passes (padding excluded).
     """
-    info = method_info(method)
-    kind = info.kind
-    t_all = time.perf_counter()
-    timings: dict[str, float] = {}
+    return explain_methods(passes, images, class_idx, [method], options)[method]
+
+
+def explain_methods(passes: Passes, images, class_idx, methods, options: PassOptions) -> dict[str, Explanation]:
+    """Several methods from one set of passes: one gradient pass serves every gradient method and
+    UnionCAM, one set of masked passes serves Score-CAM and UnionCAM (Score-CAM's map is UnionCAM's
+    region map, step 3 of the spec). Each explanation equals its method run alone; its timings count
+    the stages it uses, so ``total`` is what it would cost alone.
+
+    Returns:
+        {method: Explanation}, in the order of ``methods``.
+    """
+    infos = {m: method_info(m) for m in dict.fromkeys(methods)}
+    kinds = {info.kind for info in infos.values()}
     B, _, H, W = images.shape
     requested = check_classes(class_idx, B, passes.num_classes)
     requested = np.full(B, -1, np.int64) if requested is None else requested
+    spent: dict[str, float] = {}
 
     t = time.perf_counter()
-    gp = run_gradient(passes, images, requested, gradients=kind != "region")
+    gp = run_gradient(passes, images, requested, gradients=kinds != {"region"})
     A, classes = gp.activations, gp.class_idx
-    timings["gradient"] = (time.perf_counter() - t) * 1e3
+    spent["gradient"] = (time.perf_counter() - t) * 1e3
     stats = {"channels": int(A.shape[1]), **passes.describe()}
 
-    def finish(L, extra):
-        timings["total"] = (time.perf_counter() - t_all) * 1e3
-        return Explanation.from_map(method, algebra.normalized(L, (H, W)), logits=gp.logits, class_idx=classes,
-                                    timings_ms=timings, stats={**stats, **extra})
+    def timings(stages) -> dict[str, float]:
+        used = {k: spent[k] for k in stages}
+        return {**used, "total": sum(used.values())}
 
-    if kind == "gradient":
-        return finish(algebra.weighted_map(A, getattr(algebra, info.weights)(A, gp.gradients)), {})
+    out: dict[str, Explanation] = {}
+    for m, info in infos.items():
+        if info.kind == "gradient":
+            L = algebra.weighted_map(A, getattr(algebra, info.weights)(A, gp.gradients))
+            out[m] = Explanation.from_map(m, algebra.normalized(L, (H, W)), logits=gp.logits, class_idx=classes,
+                                          timings_ms=timings(["gradient"]), stats=dict(stats))
+    if kinds <= {"gradient"}:
+        return {m: out[m] for m in methods}
 
     t = time.perf_counter()
     xp = namespace(A)
     base = xp.astype(passes.black_probs()[xp.asarray(classes)], A.dtype)
     total = algebra.passes_needed(A, skip_constant=options.skip_constant, max_passes=options.max_passes)
     with _progress_bar(options.progress, total) as bar:
-        cs = algebra.channel_scores(
-            A, base, lambda index, maps: score_maps(passes, images, index, maps, classes, bar=bar),
-            skip_constant=options.skip_constant, skip_duplicates=options.skip_duplicates,
-            max_passes=options.max_passes)
+        def region_scores(index, maps):
+            if bar is not None:  # the exact count, duplicates and budget applied, before any pass runs
+                bar.total = int(maps.shape[0])
+                bar.refresh()
+            return score_maps(passes, images, index, maps, classes, bar=bar)
+
+        cs = algebra.channel_scores(A, base, region_scores, skip_constant=options.skip_constant,
+                                    skip_duplicates=options.skip_duplicates, max_passes=options.max_passes)
     L_reg = algebra.region_map(A, cs.scores)
-    timings["region"] = (time.perf_counter() - t) * 1e3
+    spent["region"] = (time.perf_counter() - t) * 1e3
     counts = {"constant_channels": int(algebra.to_numpy(cs.constant).sum()), "duplicate_channels": cs.duplicates,
               **algebra.budget_stats(A, cs)}
-    if kind == "region":
-        return finish(L_reg, {**counts, "masked_passes": cs.passes})
+    for m, info in infos.items():
+        if info.kind == "region":
+            out[m] = Explanation.from_map(m, algebra.normalized(L_reg, (H, W)), logits=gp.logits, class_idx=classes,
+                                          timings_ms=timings(["gradient", "region"]),
+                                          stats={**stats, **counts, "masked_passes": cs.passes})
+    if "union" in kinds:
+        t = time.perf_counter()
+        L_den = algebra.denoised_map(A, gp.gradients, options.theta)
+        fusion = algebra.union_select(
+            L_den, L_reg, (H, W), base,
+            lambda index, maps: score_maps(passes, images, index, maps, classes, stage="fusion"))
+        spent["fusion"] = (time.perf_counter() - t) * 1e3
+        for m, info in infos.items():
+            if info.kind == "union":
+                out[m] = Explanation.from_fusion(fusion, logits=gp.logits, class_idx=classes,
+                                                 timings_ms=timings(["gradient", "region", "fusion"]),
+                                                 stats={**stats, **counts, "masked_passes": cs.passes + 3 * B})
+    return {m: out[m] for m in methods}
 
-    t = time.perf_counter()
-    L_den = algebra.denoised_map(A, gp.gradients, options.theta)
-    fusion = algebra.union_select(
-        L_den, L_reg, (H, W), base,
-        lambda index, maps: score_maps(passes, images, index, maps, classes, stage="fusion"))
-    timings["fusion"] = (time.perf_counter() - t) * 1e3
-    timings["total"] = (time.perf_counter() - t_all) * 1e3
-    return Explanation.from_fusion(fusion, logits=gp.logits, class_idx=classes, timings_ms=timings,
-                                   stats={**stats, **counts, "masked_passes": cs.passes + 3 * B})
 
-
-__all__ = ["GradientPass", "METHODS", "PassOptions", "Passes", "STAGES", "explain", "run_gradient", "score_maps"]
+__all__ = ["GradientPass", "METHODS", "PassOptions", "Passes", "STAGES", "explain", "explain_methods", "run_gradient",
+           "score_maps"]

@@ -147,10 +147,15 @@ PRECISIONS = tuple(PRECISION_GRAPH)
 GRAPH_PRECISIONS = tuple(dict.fromkeys(PRECISION_GRAPH.values()))
 
 
-def check_precision(precision: str) -> str:
-    """One of :data:`PRECISIONS`."""
+def check_precision(precision: str, device: str | None = None) -> str:
+    """One of :data:`PRECISIONS`; ``tf32`` only on a GPU ``device``."""
     if precision not in PRECISIONS:
         raise InvalidInputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "tf32" and device == "cpu":
+        from .errors import BackendUnavailableError
+
+        raise BackendUnavailableError("precision 'tf32' is a GPU math mode (TensorFloat-32 convolutions); on the "
+                                      "CPU use 'fp32', which computes the same values")
     return precision
 
 

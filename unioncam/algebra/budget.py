@@ -169,6 +169,10 @@ def region_error(activations: np.ndarray, scores: np.ndarray, estimated: np.ndar
         return np.where(est.any(1), bound, 0.0), np.where(est.any(1), estimate, 0.0)
 
 
+#: The entries of :func:`budget_stats` that hold one value per image (a report of one image gives its own).
+PER_IMAGE_STATS = ("estimated_channels", "region_error_bound", "region_error_estimate")
+
+
 def budget_stats(activations, channel_scores) -> dict:
     """The ``Explanation.stats`` entries of a budgeted region map (empty without a budget).
 

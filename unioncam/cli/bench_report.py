@@ -6,6 +6,15 @@ def _f(v, fmt="{:.1f}"):
     return "-" if v is None else fmt.format(v)
 
 
+#: Samples a percentile needs before it means more than the largest samples (trtexec's and MLPerf's
+#: habit): p90 below 10 and p99 below 100 are marked with ``*``.
+RELIABLE_FROM = {"p90_ms": 10, "p99_ms": 100}
+
+
+def _pct(stage: dict, key: str) -> str:
+    return _f(stage[key]) + ("*" if stage.get("n", 0) < RELIABLE_FROM.get(key, 0) else "")
+
+
 def _options(c: dict) -> str:
     """A cell's ONNX Runtime session and CUDA provider options, 'default' where neither is set."""
     parts = [c.get(k) for k in ("ort_options", "provider_options") if c.get(k) not in (None, "default")]
@@ -19,11 +28,12 @@ def _rows(report: dict) -> list[list[str]]:
                 _f(c.get("max_passes"), "{}") if c.get("max_passes") else "exact", c.get("precision") or "fp32",
                 _options(c)]
         if c["status"] != "ok":
-            rows.append(head + [c["status"]] + [""] * 10)
+            rows.append(head + [c["status"]] + [""] * 11)
             continue
         t = c["stages"]["total"]
         m = c["stages"].get("masked")
-        rows.append(head + ["ok", _f(t["p50_ms"]), _f(t["p90_ms"]), _f(t["p99_ms"]), _f(m["p50_ms"] if m else None),
+        rows.append(head + ["ok", _f(t.get("n"), "{}"), _f(t["p50_ms"]), _pct(t, "p90_ms"), _pct(t, "p99_ms"),
+                            _f(m["p50_ms"] if m else None),
                             _f(c["explanations_per_s"], "{:.2f}"), _f(c["gflops_per_s"]),
                             _f(c.get("ceiling_gflops_per_s"), "{:.0f}"),
                             _f(c["fraction_of_ceiling"] * 100 if c.get("fraction_of_ceiling") else None, "{:.0f}%"),
@@ -31,9 +41,13 @@ def _rows(report: dict) -> list[list[str]]:
     return rows
 
 
-HEADER = ["backend", "device", "method", "batch", "threads", "passes", "precision", "options", "status",
+HEADER = ["backend", "device", "method", "batch", "threads", "passes", "precision", "options", "status", "n",
           "total p50 ms", "p90 ms", "p99 ms", "masked p50 ms", "expl/s", "GFLOP/s", "ceiling GFLOP/s", "of ceiling",
           "peak RSS MB", "peak GPU MB"]
+
+
+PERCENTILE_NOTE = ("n: timed explanations per cell; * a percentile from too few of them to mean more than the "
+                   "slowest samples (p90 under 10, p99 under 100): raise --iterations or --duration")
 
 
 def render_table(report: dict) -> str:
@@ -45,6 +59,7 @@ def render_table(report: dict) -> str:
              "cells (each cell's own, measured just before it, in its row)"]
     for r in rows:
         lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    lines.append(PERCENTILE_NOTE)
     return "\n".join(lines)
 
 
@@ -64,6 +79,7 @@ def render_markdown(report: dict) -> str:
              "MatMul, own process, the cell's thread count) and its fraction is taken against that.", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in _rows(report)]
+    lines += ["", PERCENTILE_NOTE]
     return "\n".join(lines) + "\n"
 
 

@@ -39,6 +39,8 @@ def add_model_options(p, *, out_default: str) -> None:
                                      "dropped), tokens:C:HxW, or bhwc (Swin); default: found with the layer")
     p.add_argument("--theta", type=float, default=10.0, help="AMD percentile threshold in [0, 100] (default 10)")
     p.add_argument("--batch-size", type=positive_int, help="masked forward passes per call (default: per backend)")
+    p.add_argument("--threads", type=positive_int,
+                   help="CPU threads of each session (default: every core; on a busy machine fewer can be faster)")
     add_budget_option(p)
     p.add_argument("--out", type=Path, default=Path(out_default), help=f"output folder (default ./{out_default})")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -74,6 +76,13 @@ def resolve_model_spec(args):
 
     if getattr(args, "artifacts", None) is None:
         s = spec(args.model)
+        if ":" not in args.model and not s.bundled_weights and args.weights is None:
+            import warnings
+
+            from ..model_specs import UntrainedWeightsWarning, warn_untrained
+
+            warn_untrained(args.model)  # now, before a minute of export, and once
+            warnings.filterwarnings("ignore", category=UntrainedWeightsWarning)
         size = getattr(args, "input_size", None)
         if size:
             from ..validation import check_input_size
@@ -99,14 +108,26 @@ def model_request(args, model_spec) -> ModelRequest:
                         getattr(args, "class_idx", None), getattr(args, "class_by_name", False))
 
 
-def check_model_options(args) -> None:
-    """The shared options' values, before any image is read or model exported."""
-    from ..errors import InvalidInputError
-    from ..validation import check_theta
+def check_model_options(args, model_spec) -> None:
+    """The shared options' values, before any image is read or model exported: a bad value is a
+    usage error (exit 2) that costs no export."""
+    from ..errors import BackendUnavailableError, InvalidInputError, UsageError
+    from ..validation import (check_batch_ceiling, check_precision, check_provider_options, check_theta,
+                              check_threads)
 
-    check_theta(args.theta)
-    if args.layer is not None and not args.layer.strip():
-        raise InvalidInputError("--layer is empty; give a dotted module name, or leave it out for the model's default")
+    device = getattr(args, "device", "cpu")
+    try:
+        check_theta(args.theta)
+        if args.layer is not None and not args.layer.strip():
+            raise InvalidInputError("--layer is empty; give a dotted module name, or leave it out for the model's default")
+        if args.threads is not None:
+            check_threads(args.threads)
+        if args.batch_size is not None:
+            check_batch_ceiling(args.batch_size, model_spec.input_size, device)
+        check_precision(args.precision or "fp32", device)
+        check_provider_options(args.provider_options)
+    except (InvalidInputError, BackendUnavailableError) as e:
+        raise UsageError(str(e)) from None
 
 
 def ensure_out(out: Path) -> None:

@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import InvalidInputError, UnionCAMError
+from ..errors import InvalidInputError, UnionCAMError, UsageError
 from ..registry import METHODS
 from ..outputs import collect_images
 from .common import add_model_options
+
+#: Side of a grid tile in pixels.
+TILE = 160
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -36,84 +39,103 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
     return np.vstack([bar, img])
 
 
+def _tile(bgr: np.ndarray, side: int = TILE) -> np.ndarray:
+    """``bgr`` fitted into a ``side`` x ``side`` tile, its aspect kept (white bars), as a thumbnail is."""
+    import cv2
+
+    h, w = bgr.shape[:2]
+    scale = side / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    tile = np.full((side, side, 3), 255, np.uint8)
+    top, left = (side - nh) // 2, (side - nw) // 2
+    tile[top:top + nh, left:left + nw] = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_AREA)
+    return tile
+
+
 def run(args: argparse.Namespace) -> int:
     from ..classes import class_name
-    from ..metrics import average_drop, average_increase, insertion_deletion, mean_ci95
+    from ..metrics import average_drop, average_increase, format_interval, insertion_deletion, mean_ci95
     import cv2
 
     from ..image_io import overlay, read_rgb, to_model_input, write_image
     from .common import check_model_options, ensure_out, open_runtime, resolve_model_spec
 
     model_spec = resolve_model_spec(args)
-    check_model_options(args)  # before any image is read or model exported
+    check_model_options(args, model_spec)  # before any image is read or model exported
     if args.steps < 1:
-        raise InvalidInputError(f"--steps must be >= 1, got {args.steps}")
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
     files = collect_images(args.paths)
     if not files:
         raise InvalidInputError("no image files found in the given paths")
     ensure_out(args.out)
-    images, failures = [], 0
-    for f in files:
+    ex = layer = None
+    progress = None
+    rows, grid_rows, failures = [], [], 0
+    # One image at a time: read, explain with every method from one set of passes, score, draw.
+    for path in files:
         try:
-            rgb = read_rgb(f, lenient=args.lenient)
+            rgb = read_rgb(path, lenient=args.lenient)
         except UnionCAMError as e:
             print(f"unioncam: error: {e}", file=sys.stderr)
             failures += 1
             continue
-        images.append((f, rgb, to_model_input(rgb, model_spec.input_size)[None]))
-    if not images:
-        return 1
-    ex, layer = open_runtime(args, model_spec, batch_size=args.batch_size, theta=args.theta, max_passes=args.max_passes,
-                             precision=args.precision or "fp32")
-    progress = None
-    if not args.no_progress:
-        from tqdm.auto import tqdm
+        x = to_model_input(rgb, model_spec.input_size)[None]
+        if ex is None:
+            ex, layer = open_runtime(args, model_spec, batch_size=args.batch_size, theta=args.theta,
+                                     max_passes=args.max_passes, precision=args.precision or "fp32",
+                                     threads=args.threads)
+            if not args.no_progress:
+                from tqdm.auto import tqdm
 
-        progress = tqdm(total=len(images) * len(args.methods), desc="eval", unit="map")
-    rows, grid_rows = [], []
-    for path, rgb, x in images:
+                progress = tqdm(total=len(files) * len(args.methods), desc="eval", unit="map")
         tiles = []
-        for method in args.methods:
-            t = time.perf_counter()
-            exp = ex(x, method=method)
-            elapsed = (time.perf_counter() - t) * 1e3
+        for method, exp in ex.explain_methods(x, args.methods).items():
             c = int(exp.class_idx[0])
             y = float(exp.score[0])
             o = float(ex.class_scores(x, exp.cam, [c])[0, 0])
             ins, dele = insertion_deletion(ex.probabilities, x[0], exp.cam[0], c, steps=args.steps)
             rows.append({"image": str(path), "method": method, "class_idx": c, "class_name": class_name(c),
                          "y": y, "o": o, "drop_pct": max(0.0, y - o) / y * 100.0, "increase": int(o > y),
-                         "insertion_auc": ins, "deletion_auc": dele, "time_ms": elapsed})
-            tiles.append(_label(cv2.resize(overlay(rgb, exp.cam[0]), (160, 160)), method))
+                         "insertion_auc": ins, "deletion_auc": dele, "time_ms": exp.timings_ms["total"]})
+            tiles.append(_label(_tile(overlay(rgb, exp.cam[0])), method))
             if progress is not None:
                 progress.update(1)
-        grid_rows.append(np.hstack([_label(cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (160, 160)),
+        grid_rows.append(np.hstack([_label(_tile(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)),
                                            f"{path.stem}: {class_name(c)}")] + tiles))
     if progress is not None:
         progress.close()
+    if not rows:
+        return 1
 
-    with open(args.out / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    from .. import atomic
+
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic.write_text(args.out / "metrics.csv", text.getvalue())
     write_image(args.out / "grid.png", np.vstack(grid_rows))
 
     def fmt(values):
-        m, h = mean_ci95(values)
-        return f"{m:.3f}" if h is None else f"{m:.3f} ± {h:.3f}"
+        return format_interval(*mean_ci95(values))
 
-    lines = [f"# unioncam eval: {args.model} ({layer}), {len(images)} images, {args.steps} steps\n",
+    n_images = len(grid_rows)
+    lines = [f"# unioncam eval: {args.model} ({layer}), {n_images} images, {args.steps} steps\n",
              "| method | Average Drop % (lower better) | Average Increase % (higher better) | insertion AUC (higher better) "
              "| deletion AUC (lower better) | median ms / map |", "|---|---|---|---|---|---|"]
     for method in args.methods:
         r = [row for row in rows if row["method"] == method]
         y = np.array([row["y"] for row in r])
         o = np.array([row["o"] for row in r])
-        lines.append(f"| {method} | {average_drop(y, o):.2f} (± {mean_ci95([row['drop_pct'] for row in r])[1] or 0:.2f}) | "
-                     f"{average_increase(y, o):.1f} | {fmt([row['insertion_auc'] for row in r])} | "
-                     f"{fmt([row['deletion_auc'] for row in r])} | {np.median([row['time_ms'] for row in r]):.0f} |")
-    lines.append("\n± is the half-width of a 95% t-interval over images (absent with one image).\n")
-    (args.out / "metrics.md").write_text("\n".join(lines))
+        drop = format_interval(average_drop(y, o), mean_ci95([row["drop_pct"] for row in r])[1])
+        lines.append(f"| {method} | {drop} | {format_interval(average_increase(y, o), None)} | "
+                     f"{fmt([row['insertion_auc'] for row in r])} | {fmt([row['deletion_auc'] for row in r])} | "
+                     f"{np.median([row['time_ms'] for row in r]):.0f} |")
+    lines.append("\nmean ± half-width of a 95% t-interval over images (the half-width to 2 significant figures, the "
+                 "mean to the same place; 3 significant figures without an interval). ms / map: what the method costs "
+                 "alone; the methods share one gradient pass and one set of masked passes (Score-CAM's map is "
+                 "UnionCAM's region map).\n")
+    atomic.write_text(args.out / "metrics.md", "\n".join(lines))
     print("\n".join(lines))
     print(f"wrote {args.out / 'metrics.csv'}, {args.out / 'metrics.md'}, {args.out / 'grid.png'}")
     return 1 if failures else 0

@@ -72,6 +72,8 @@ def _explainer(args, model_spec):
         if args.device not in BACKENDS["torch"].devices:
             raise UsageError(f"--device {args.device}: the eager reference runs on {' or '.join(BACKENDS['torch'].devices)}")
         device = check_torch_device(args.device)
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
         model, default_layer = load(args.model, args.weights)
         if args.class_idx is not None:
             from ..models.target_layer import output_classes
@@ -89,7 +91,7 @@ def _explainer(args, model_spec):
     runtime, layer = open_runtime(args, model_spec, backend=args.backend, device=args.device,
                                   batch_size=args.batch_size, theta=args.theta, progress=not args.no_progress,
                                   max_passes=args.max_passes, precision=args.precision or "fp32",
-                                  method=args.method, provider_options=args.provider_options)
+                                  method=args.method, provider_options=args.provider_options, threads=args.threads)
     check_class_option(args.class_idx, runtime.manifest.num_classes, by_name=args.class_by_name)
     return (lambda x: runtime(x, args.class_idx)), layer
 
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from ..image_io import sample_image_path
 
     model_spec = resolve_model_spec(args)
-    check_model_options(args)  # before any image is read or model exported
+    check_model_options(args, model_spec)  # before any image is read or model exported
     args.class_by_name = args.class_text is not None and not args.class_text.strip().lstrip("+-").isdigit()
     args.class_idx = None if args.class_text is None else class_index(args.class_text)
     check_class_option(args.class_idx, model_spec.num_classes, by_name=args.class_by_name)
@@ -134,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             failures += 1
             continue
         explain.load_ms = 0.0  # counted in the first report only
-        print(f"{path}: {rep['class_name']} (class {rep['class_idx']}, p={rep['score']:.3f}), selected "
-              f"{rep['selected']}, {rep['timings_ms']['total'] / 1e3:.1f} s -> {args.out / (stem + '.png')}")
+        selected = f", selected {rep['selected']}" if rep["selected"] is not None else ""
+        print(f"{path}: {rep['class_name']} (class {rep['class_idx']}, p={rep['score']:.3f}){selected}, "
+              f"{rep['timings_ms']['total'] / 1e3:.2f} s -> {args.out / (stem + '.png')}")
     return 1 if failures else 0

@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
     p.add_argument("--theta", type=float, default=10.0, help="--end-to-end: AMD percentile baked into the graph")
     p.add_argument("--chunk", type=int, default=END_TO_END_CHUNK,
                    help="--end-to-end: masked passes per loop iteration inside the graph (peak memory ~ chunk "
-                        "forward passes; README, \"One ONNX file\", has the measured table)")
+                        "forward passes; README, \"One graph, no Python\", has the measured table)")
     p.set_defaults(func=run)
 
 

@@ -1,18 +1,16 @@
 """The model registry: name -> builder, default target layer, input size, normalisation."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ..model_specs import bundled_weights_path, spec
+from ..model_specs import UntrainedWeightsWarning, bundled_weights_path, spec, warn_untrained
 from .state_dicts import load_strict, read_state_dict
 
-class UntrainedWeightsWarning(UserWarning):
-    """A model runs with random weights: its explanations mean nothing about a trained network."""
+__all__ = ["UntrainedWeightsWarning", "load"]
 
 
 def _torchvision_builder(name: str) -> Callable[[], nn.Module] | None:
@@ -66,10 +64,5 @@ def load(name: str, weights: str | Path | None = None) -> tuple[nn.Module, str]:
     if weights is not None:
         load_strict(net, read_state_dict(weights), str(weights), name)
     else:
-        warnings.warn(
-            f"{name} has RANDOM weights (no pretrained weights can be downloaded here): its explanations "
-            f"say nothing about a trained network. Pass weights=... / --weights FILE.pth with a torchvision checkpoint.",
-            UntrainedWeightsWarning,
-            stacklevel=2,
-        )
+        warn_untrained(name, stacklevel=3)
     return Normalized(net, s.mean, s.std).eval(), s.default_layer
