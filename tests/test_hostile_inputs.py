@@ -172,19 +172,19 @@ def test_class_scores_refuse_non_finite_maps(tiny_art):
         Explainer(art).class_scores(x, maps, [0])
 
 
-@pytest.mark.parametrize("extra, match", [
-    (["--class", "99999999999999999999999"], "out of range"),
-    (["--backend", "torch", "--device", "cuda"], "CUDA"),
-    (["--backend", "tensorrt"], "NVIDIA GPU"),
-    (["--theta", "nan"], "[0, 100]"),
+@pytest.mark.parametrize("extra, match, code", [
+    (["--class", "99999999999999999999999"], "out of range", 2),  # usage errors exit 2
+    (["--theta", "nan"], "[0, 100]", 2),
+    (["--backend", "torch", "--device", "cuda"], "CUDA", 1),  # what this machine lacks exits 1
+    (["--backend", "tensorrt"], "NVIDIA GPU", 1),
 ])
 @pytest.mark.usefixtures("lite0_stem_cache")
-def test_cli_errors_are_typed_and_say_the_cause(tmp_path, capsys, extra, match):
+def test_cli_errors_are_typed_and_say_the_cause(tmp_path, capsys, extra, match, code):
     if "cuda" in extra and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     rc = main(["explain", str(sample_image_path("coffee")), "--out", str(tmp_path), *FAST, *extra])
     err = capsys.readouterr().err
-    assert rc == 1 and match in err and "unexpected" not in err, err
+    assert rc == code and match in err and "unexpected" not in err, err
     assert "compute_capability" not in err and "exporting" not in err
 
 
@@ -192,7 +192,7 @@ def test_eval_checks_theta_before_exporting(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("UNIONCAM_CACHE", str(tmp_path / "empty-cache"))
     rc = main(["eval", str(sample_image_path("coffee")), "--theta", "nan", "--out", str(tmp_path), *FAST])
     err = capsys.readouterr().err
-    assert rc == 1 and "[0, 100]" in err and not (tmp_path / "empty-cache").exists()
+    assert rc == 2 and "[0, 100]" in err and not (tmp_path / "empty-cache").exists()
 
 
 def test_image_messages_say_the_true_cause(tmp_path):
