@@ -74,8 +74,12 @@ def export(
     mean=None,
     std=None,
     reshape: str | None = None,
+    owned: bool = False,
 ) -> Manifest:
     """Export ``model`` around ``target_layer`` into ``out_dir`` (written atomically).
+
+    ``out_dir`` is replaced only when absent, empty or a previous export, unless ``owned`` (the
+    export cache's own entry, whose damaged manifest would otherwise make it look like a user's).
 
     Writes ``gradient.onnx`` (image (B,3,H,W) float32 in [0,1], class_idx (B,) int64 -> logits (B,C),
     activations (B,K,h,w), gradients (B,K,h,w) = d logits[b, class_idx[b]] / d activations),
@@ -106,7 +110,7 @@ def export(
     param = next(model.parameters(), None)
     if param is not None and param.dtype != torch.float32:
         raise ExportError(f"export needs a float32 model, got {param.dtype}: call model.float()")
-    with eval_mode(model), atomic_directory(out_dir) as tmp:
+    with eval_mode(model), atomic_directory(out_dir, owned=owned) as tmp:
         x, C, K, (h, w) = _probe(model, layer_name, layer, (H, W), reshape)
         c = torch.tensor([0, min(1, C - 1)], dtype=torch.int64)
         batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)

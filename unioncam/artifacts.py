@@ -200,18 +200,26 @@ def _listing(names: list[str], limit: int = 4) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def atomic_directory(final: str | Path):
+def atomic_directory(final: str | Path, owned: bool = False):
     """Context manager yielding a temporary sibling folder that replaces ``final`` only on success.
 
     A crash or error leaves ``final`` as it was (absent or the previous export): a runtime never
     loads a half-written artifact. Only an absent or empty folder or a previous export is ever
-    replaced (:func:`check_replaceable`, checked before any work and again before the swap).
+    replaced (:func:`check_replaceable`, checked before any work and again before the swap), or with
+    ``owned`` any folder (an entry of the export cache, which no user file lives in).
     """
     import contextlib
     import shutil
 
     final = Path(final)
-    check_replaceable(final)
+
+    def check():
+        if not owned:
+            check_replaceable(final)
+        elif final.exists() and not final.is_dir():
+            raise OutputPathError(f"{final} is not a folder; unioncam will not replace it")
+
+    check()
 
     @contextlib.contextmanager
     def _cm():
@@ -224,7 +232,7 @@ def atomic_directory(final: str | Path):
             raise UnwritableError(f"cannot write into {parent}: {e.strerror}; choose a writable --out folder") from None
         try:
             yield tmp
-            check_replaceable(final)  # the user may have put files there while the export ran
+            check()  # the user may have put files there while the export ran
             if final.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=parent))
                 os.replace(final, old / final.name)

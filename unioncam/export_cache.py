@@ -99,7 +99,7 @@ def exported(req: ModelRequest, *, engines: bool = False, force: bool = False,
                 model, _ = load(req.model, req.weights)
             try:
                 export(model, layer, directory, input_size=size, model_name=req.model, mean=req.spec.mean,
-                       std=req.spec.std, reshape=reshape)
+                       std=req.spec.std, reshape=reshape, owned=True)
             except UnwritableError:
                 raise UnwritableError(f"the export cache {directory.parent} is not writable; set UNIONCAM_CACHE "
                                       "to a writable folder") from None

@@ -52,7 +52,9 @@ def check_opset(opset) -> int:
     """An ONNX opset the exporter can write: from :data:`MIN_OPSET` to the installed onnx's newest."""
     import onnx
 
-    value = check_positive_int(opset, "opset")
+    if isinstance(opset, (bool, np.bool_)) or not isinstance(opset, (int, np.integer)):
+        raise InvalidTypeError(f"opset must be an int, got {opset!r}")
+    value = int(opset)
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= value <= newest:
         raise UsageError(f"--opset {value} is not one the exporter writes: choose {MIN_OPSET} to {newest} (the "

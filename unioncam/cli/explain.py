@@ -137,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         explain.load_ms = 0.0  # counted in the first report only
         selected = f", selected {rep['selected']}" if rep["selected"] is not None else ""
-        print(f"{path}: {rep['class_name']} (class {rep['class_idx']}, p={rep['score']:.3f}){selected}, "
-              f"{rep['timings_ms']['total'] / 1e3:.2f} s -> {args.out / (stem + '.png')}")
+        ms = rep["timings_ms"]["total"]
+        took = f"{ms / 1e3:.1f} s" if ms >= 1000 else f"{ms:.3g} ms"
+        print(f"{path}: {rep['class_name']} (class {rep['class_idx']}, p={rep['score']:.3f}){selected}, {took} -> "
+              f"{args.out / (stem + '.png')}")
     return 1 if failures else 0
