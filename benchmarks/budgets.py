@@ -2,6 +2,11 @@
 
     python benchmarks/budgets.py [--models efficientnet_lite0 efficientnet_lite1 efficientnet_lite2]
                                  [--budgets 16 32 64 128] [--precisions fp16 int8] [--photos 36] [--steps 16]
+                                 [--tag NAME]
+
+A factory model works too, its layer and reshape found as the CLI finds them: the vision
+transformer table is ``--models hybrid_vit:build --budgets 32 64 --precisions --tag vit`` with
+examples/ on PYTHONPATH.
 
 Photos: scikit-image's and matplotlib's (benchmarks/faithfulness.py), each as is, mirrored and
 centre-cropped (3/4 of each side). For every photo and model the exact explanation and each budget
@@ -90,7 +95,10 @@ def run_model(model_name: str, budgets: list[int], precisions: list[str], limit:
     names, X = inputs(size, limit)
     art = Path(tempfile.mkdtemp(prefix="uc-budget-art-")) / "art"
     model, layer = load(model_name)
-    export(model, layer, art, input_size=size, model_name=model_name)
+    from unioncam.export_cache import choose_layer
+
+    layer, reshape = choose_layer(layer, model_name, model, size)  # a factory's: found as the CLI finds it
+    export(model, layer, art, input_size=size, model_name=model_name, reshape=reshape)
     del model
     from unioncam.export import add_precision
 
@@ -214,6 +222,7 @@ def main() -> None:
     p.add_argument("--photos", type=int, default=36)
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tag", help="results file name suffix (budgets-TAG)")
     args = p.parse_args()
     results = []
     for name in args.models:
@@ -224,7 +233,7 @@ def main() -> None:
     payload = {"benchmark": "budgets", "budgets": args.budgets, "precisions": args.precisions, "steps": args.steps, "threads": args.threads,
                "machine": machine(), "results": results}
     md = markdown(payload)
-    j, m = write_results("budgets", payload, md)
+    j, m = write_results(f"budgets-{args.tag}" if args.tag else "budgets", payload, md)
     plot(payload, m.with_suffix(".png"))
     print(md)
     print(f"wrote {j}, {m} and {m.with_suffix('.png')}")

@@ -39,6 +39,32 @@ def _varying_base_channels(x: np.ndarray) -> int:
     return int(sum((c.max() > c.min()).item() for c in z))
 
 
+def _by_hand(x: np.ndarray):
+    """(independent UnionCAM of PlantedCNN on x, Grad-CAM by hand: ReLU(sum_k mean(G_k) A_k), resized, min-max)."""
+    import torch
+
+    from independent import _minmax, _up, independent_unioncam
+
+    model = PlantedCNN()
+    image = torch.from_numpy(x)
+    ind = independent_unioncam(model, model.plant, image)
+    store = {}
+
+    def keep(_m, _i, out):
+        out.retain_grad()
+        store["a"] = out
+
+    h = model.plant.register_forward_hook(keep)
+    try:
+        logits = model(image)
+    finally:
+        h.remove()
+    logits[0, ind["class_idx"]].backward()
+    A, G = store["a"].detach().numpy()[0].astype(np.float64), store["a"].grad.numpy()[0].astype(np.float64)
+    L = np.maximum((G.mean(axis=(1, 2))[:, None, None] * A).sum(0), 0)
+    return ind, _minmax(_up(L, x.shape[-2:]))
+
+
 class _Counting:
     """Counts the masked passes (maps scored) and gradient calls of a runtime Explainer."""
 
@@ -78,6 +104,12 @@ def test_every_method_from_one_set_of_passes_equals_each_alone(planted_art):
     assert passes_alone["scorecam"] == region and passes_alone["unioncam"] == region + 3
     assert passes_alone["gradcam"] == 0
     assert count.maps == region + 3 and count.gradients == 1
+    # Against the independent implementation (tests/independent.py) and Grad-CAM by hand: what is
+    # shared is what the spec says is the same (Score-CAM's map is UnionCAM's region map).
+    ind, gradcam = _by_hand(x)
+    np.testing.assert_allclose(together["scorecam"].cam[0], ind["region"], atol=1e-3)
+    np.testing.assert_allclose(together["unioncam"].cam[0], ind["cam"], atol=1e-3)
+    np.testing.assert_allclose(together["gradcam"].cam[0], gradcam, atol=1e-3)
 
 
 def test_eval_runs_the_methods_from_one_set_of_passes(tmp_path, capsys, monkeypatch):
