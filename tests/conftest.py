@@ -25,7 +25,7 @@ def _where(tmp_path_factory):
     import os
 
     def where(key: str):
-        if key == "lite0_stem_cache":
+        if key in ("lite0_stem_cache", "hybrid_vit_cache"):  # entries of the CLI's cache
             return os.environ["UNIONCAM_CACHE"]
         return tmp_path_factory.mktemp(key.replace(":", "-")) / "out"
 
@@ -49,6 +49,12 @@ def lite0():
     from unioncam.models import load
 
     return load("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def hybrid_vit_cache(_prewarm):
+    """The CLI's cached export of examples/hybrid_vit.py (``--model hybrid_vit:build``, tests/prewarm.py)."""
+    return _prewarm.result("hybrid_vit_cache")
 
 
 @pytest.fixture(scope="session")

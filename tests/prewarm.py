@@ -23,6 +23,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 TESTS = Path(__file__).parent
+EXAMPLES = TESTS.parent / "examples"
 
 
 # --- the jobs (run in the worker, or in the main process when taken back) ---------------------------
@@ -55,6 +56,20 @@ def lite0_stem_cache(cache: str) -> Path:
     from unioncam.model_specs import spec
 
     return exported(ModelRequest("efficientnet_lite0", spec("efficientnet_lite0"), layer="stem"))[0]
+
+
+def hybrid_vit_cache(cache: str) -> Path:
+    """The CLI's cache entry for ``unioncam explain --model hybrid_vit:build`` (examples/hybrid_vit.py),
+    its layer and reshape found as the CLI finds them, so that the CLI test finds it."""
+    import sys
+
+    os.environ["UNIONCAM_CACHE"] = cache
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    from unioncam.export_cache import ModelRequest, exported
+    from unioncam.model_specs import spec
+
+    return exported(ModelRequest("hybrid_vit:build", spec("hybrid_vit:build")), say=lambda line: None)[0]
 
 
 def registry_exports(name: str, out: str):
@@ -95,7 +110,7 @@ def vit_exports(name: str, out: str):
     return model, layer, reshape, out / "art", Path(info["path"])
 
 
-BACKGROUND = ("lite0_artifacts", "lite0_stem_cache", "lite0_e2e")
+BACKGROUND = ("lite0_artifacts", "lite0_stem_cache", "lite0_e2e", "hybrid_vit_cache")
 ON_DEMAND = ("registry_exports", "zoo_exports", "vit_exports")
 
 

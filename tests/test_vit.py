@@ -161,3 +161,33 @@ def test_reshape_by_hand_and_round_trip():
             parse_reshape(bad)
     with pytest.raises(InvalidInputError, match="no square grid"):
         parse_reshape("tokens:0").to_maps(torch.zeros(1, 15, 4))
+
+
+@pytest.mark.usefixtures("hybrid_vit_cache")
+def test_a_vit_factory_needs_no_layer_and_its_map_sits_on_the_object(tmp_path, capsys, monkeypatch):
+    """``unioncam explain --model hybrid_vit:build`` (examples/hybrid_vit.py: trained Lite0 patch
+    features under a transformer block, ImageNet head) on scikit-image's coffee photo, exact."""
+    import json
+    from pathlib import Path
+
+    from unioncam.cli import main
+    from unioncam.image_io import sample_image_path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    rc = main(["explain", str(sample_image_path("coffee")), "--model", "hybrid_vit:build", "--out", str(tmp_path),
+               "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "target layer blocks.0.norm1" in captured.err and "reshape tokens" in captured.err
+    assert "exporting" not in captured.err  # the prewarmed cache entry: the same key as the CLI's
+    rep = json.loads((tmp_path / "coffee.json").read_text())
+    assert rep["class_name"] == "espresso" and rep["layer"] == "blocks.0.norm1"
+    cam = np.load(tmp_path / "coffee_cam.npy")  # (224, 224) over the whole 600x400 photo
+    H, W = cam.shape
+    # The cup, by hand on the 600x400 photo: x 170-420, y 15-300 (30% of the photo; the saucer,
+    # spoon and table outside it).
+    ys, xs = np.mgrid[0:H, 0:W] + 0.5
+    cup = (xs >= 170 * W / 600) & (xs < 420 * W / 600) & (ys >= 15 * H / 400) & (ys < 300 * H / 400)
+    top = cam >= np.quantile(cam, 0.8)
+    inside = (top & cup).sum() / top.sum()
+    assert cup.mean() < 0.31 and inside > 0.75, (cup.mean(), inside)  # measured 0.92

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import InvalidInputError
+from ..errors import UsageError
 from ..runtime.backends import backend_info
 
 
@@ -16,17 +16,17 @@ def run_distributed(args, model_spec, images) -> int:
 
     import_ray()  # the one-line error naming the extra comes before any export
     if args.backend == "torch":
-        raise InvalidInputError("explaining on Ray runs the exported graphs; use --backend onnxruntime or tensorrt "
+        raise UsageError("explaining on Ray runs the exported graphs; use --backend onnxruntime or tensorrt "
                                 "(not torch) with --workers or --ray-address")
     if args.gpus_per_worker is not None and args.device == "cpu":
-        raise InvalidInputError("--gpus-per-worker goes with --device cuda")
+        raise UsageError("--gpus-per-worker goes with --device cuda")
     ensure_out(args.out)
     if args.artifacts is not None:
         directory, layer = args.artifacts, model_spec.default_layer
     else:
         directory, layer = exported(model_request(args, model_spec), engines=backend_info(args.backend).needs_engines)
         ensure_precision(directory, args.precision or "fp32")
-    run_settings = {**report_settings(args, model_spec, layer), "batch_size": args.batch_size}
+    run_settings = {**report_settings(args, model_spec, layer), "batch_size": args.batch_size, "threads": args.threads}
     summary = explain_dataset(images, directory, args.out, workers=args.workers, ray_address=args.ray_address,
                               settings=run_settings, gpus_per_worker=args.gpus_per_worker,
                               progress=not args.no_progress)

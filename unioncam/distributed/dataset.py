@@ -195,7 +195,7 @@ def _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpu
     # Fractional CPUs: whole-CPU actors on a small machine leave none for Ray Data's own tasks and
     # the pipeline stalls. The actors' ONNX Runtime threads share the cores instead.
     num_cpus = max(0.25, min(1.0, (cluster_cpus - 0.5) / n))
-    threads = None if ray_address else max(1, int((os.cpu_count() or 1) // n))
+    threads = settings.get("threads") or (None if ray_address else max(1, int((os.cpu_count() or 1) // n)))
     packed = ray.put(_pack(artifact_dir)) if ray_address else None
     import logging
 
