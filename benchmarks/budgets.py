@@ -140,7 +140,9 @@ def summarise(result: dict) -> list[dict]:
     out = []
     for mode in dict.fromkeys(r["mode"] for r in rows):
         rs = [r for r in rows if r["mode"] == mode]
-        col = lambda k: np.array([r[k] for r in rs], dtype=np.float64)  # noqa: E731
+        # None (no relative error: the approximate region map is all zero) and NaN (r of a constant
+        # map) are left out of the medians and counted instead.
+        col = lambda k: np.array([np.nan if r[k] is None else r[k] for r in rs], dtype=np.float64)  # noqa: E731
         exact_passes = np.array([exact[r["photo"]]["region_passes"] for r in rs], np.float64)
         d = lambda k: float(np.mean(col(k)) - np.mean([exact[r["photo"]][k] for r in rs]))  # noqa: E731
         bound_ok = [r["region_max_abs"] <= r["error_bound"] + 1e-6 for r in rs if r["error_bound"] is not None]
@@ -150,14 +152,15 @@ def summarise(result: dict) -> list[dict]:
             "median_pass_reduction": float(np.median(exact_passes / np.maximum(col("region_passes"), 1))),
             "median_pearson_cam": float(np.median(col("pearson_cam"))), "min_pearson_cam": float(col("pearson_cam").min()),
             "median_spearman_cam": float(np.median(col("spearman_cam"))),
-            "median_pearson_region": float(np.median(col("pearson_region"))),
+            "median_pearson_region": float(np.nanmedian(col("pearson_region"))) if np.isfinite(col("pearson_region")).any() else float("nan"),
+            "constant_region_maps": int(np.isnan(col("pearson_region")).sum()),
             "median_iou20_cam": float(np.median(col("iou20_cam"))), "min_iou20_cam": float(col("iou20_cam").min()),
             "median_abs_dbeta": float(np.median(col("max_abs_dbeta"))),
             "same_selection_pct": float(np.mean(col("same_selection")) * 100),
             "d_average_drop_pct": d("drop_pct"), "d_insertion_auc": d("insertion_auc"),
             "d_deletion_auc": d("deletion_auc"),
             "median_time_s": float(np.median(col("time_s"))), "median_speedup": float(np.median(col("speedup"))),
-            "median_error_estimate": float(np.median(col("error_estimate"))),
+            "median_error_estimate": float(np.nanmedian(col("error_estimate"))) if np.isfinite(col("error_estimate")).any() else float("nan"),
             "median_error_bound": float(np.median([r["error_bound"] for r in rs if r["error_bound"] is not None] or [0])),
             "bound_held_pct": float(np.mean(bound_ok) * 100) if bound_ok else 100.0,
         })
@@ -173,14 +176,14 @@ def markdown(payload: dict) -> str:
     for res in payload["results"]:
         lines += [f"\n## {res['model']} ({res['layer']}), {len(res['photos'])} photos\n",
                   "| mode | region passes (median) | fewer passes | Pearson r median / worst | Spearman r | "
-                  "region r | top-20% IoU median / worst | |dbeta| | same selection | d AD % | d ins AUC | d del AUC | "
+                  "region r (constant) | top-20% IoU median / worst | |dbeta| | same selection | d AD % | d ins AUC | d del AUC | "
                   "s / photo | speed-up | error estimate / bound (median) |",
                   "|" + "---|" * 15]
         for s in res["summary"]:
             lines.append(
                 f"| {s['mode']} | {s['median_region_passes']:.0f} | {s['median_pass_reduction']:.1f}x | "
                 f"{s['median_pearson_cam']:.4f} / {s['min_pearson_cam']:.4f} | {s['median_spearman_cam']:.4f} | "
-                f"{s['median_pearson_region']:.4f} | {s['median_iou20_cam']:.3f} / {s['min_iou20_cam']:.3f} | "
+                f"{s['median_pearson_region']:.4f} ({s.get('constant_region_maps', 0)}) | {s['median_iou20_cam']:.3f} / {s['min_iou20_cam']:.3f} | "
                 f"{s['median_abs_dbeta']:.4f} | {s['same_selection_pct']:.0f}% | {s['d_average_drop_pct']:+.2f} | "
                 f"{s['d_insertion_auc']:+.4f} | {s['d_deletion_auc']:+.4f} | {s['median_time_s']:.2f} | "
                 f"{s['median_speedup']:.1f}x | {s['median_error_estimate']:.3f} / {s['median_error_bound']:.2f} |")

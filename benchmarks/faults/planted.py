@@ -158,6 +158,13 @@ FAULTS = [
      "        if False:\n            check_threads(args.threads)", "tests/test_first_use.py -k usage_errors"),
     ("threads-not-passed", "cli", "unioncam/cli/eval.py", "                                     threads=args.threads)",
      "                                     threads=None)", "tests/test_first_use.py -k threads_reach"),
+    ("ray-lines-shown", "cli", "unioncam/distributed/dataset.py",
+     "            if said and said[0].strip() and (verbose() or failed):", "            if said and said[0].strip():",
+     "tests/test_distributed.py -k killed"),
+    ("vit-grid-transposed", "export", "unioncam/methods/reshape.py",
+     "        return out[:, c:].transpose(1, 2).reshape(out.shape[0], out.shape[2], h, w)\n",
+     "        return out[:, c:].transpose(1, 2).reshape(out.shape[0], out.shape[2], w, h).transpose(2, 3)\n",
+     "tests/test_vit.py -k sits_on_the_object"),
 ]
 
 
