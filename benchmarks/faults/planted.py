@@ -161,10 +161,10 @@ FAULTS = [
     ("ray-lines-shown", "cli", "unioncam/distributed/dataset.py",
      "            if said and said[0].strip() and (verbose() or failed):", "            if said and said[0].strip():",
      "tests/test_distributed.py -k killed"),
-    ("vit-grid-transposed", "export", "unioncam/methods/reshape.py",
-     "        return out[:, c:].transpose(1, 2).reshape(out.shape[0], out.shape[2], h, w)\n",
-     "        return out[:, c:].transpose(1, 2).reshape(out.shape[0], out.shape[2], w, h).transpose(2, 3)\n",
-     "tests/test_vit.py -k sits_on_the_object"),
+    # A transposed grid is not one an overlay can see (the masks move with the maps, so the region
+    # map still lands on the object); the oracle tests of reshape-grid-transposed catch it.
+    ("vit-auto-reshape-dropped", "export", "unioncam/export_cache.py", "    return name, reshape or auto\n",
+     "    return name, reshape\n", "tests/test_vit.py -k sits_on_the_object"),
 ]
 
 
