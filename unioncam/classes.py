@@ -31,6 +31,17 @@ def _synonyms(name: str) -> list[str]:
     return [part.strip().lower() for part in name.split(",") if part.strip()]
 
 
+def parse_class(text: str | None) -> tuple[int | None, bool]:
+    """(``--class`` as an index or None, whether it was given by name): :func:`class_index`."""
+    if text is None:
+        return None, False
+    return class_index(text), not _is_index(text)
+
+
+def _is_index(text: str) -> bool:
+    return str(text).strip().lstrip("+-").isdigit()
+
+
 def class_index(text: str) -> int:
     """``--class``: an index (``281``) or an ImageNet class name, any of its synonyms, any case
     (``"tabby"``, ``"Egyptian cat"``). Whether the index is in the model's range is checked once
@@ -44,7 +55,7 @@ def class_index(text: str) -> int:
     from .errors import UsageError
 
     text = str(text).strip()
-    if text.lstrip("+-").isdigit():
+    if _is_index(text):
         value = int(text)
         if value < 0:
             raise UsageError(f"--class {value}: a class index is 0 or more (leave --class out for the predicted class)")

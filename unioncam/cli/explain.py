@@ -12,7 +12,7 @@ from ..runtime.backends import BACKENDS, devices
 from ..explain_files import LazyExplainer, explain_file, failure_message
 from ..outputs import collect_images, output_stems, own_outputs
 from ..export_cache import choose_layer
-from ..classes import class_index
+from ..classes import parse_class
 from ..validation import check_class_option
 from .common import (add_model_options, check_model_options, ensure_out, open_runtime, positive_int, report_settings,
                      resolve_model_spec)
@@ -101,8 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     model_spec = resolve_model_spec(args)
     check_model_options(args, model_spec)  # before any image is read or model exported
-    args.class_by_name = args.class_text is not None and not args.class_text.strip().lstrip("+-").isdigit()
-    args.class_idx = None if args.class_text is None else class_index(args.class_text)
+    args.class_idx, args.class_by_name = parse_class(args.class_text)
     check_class_option(args.class_idx, model_spec.num_classes, by_name=args.class_by_name)
     images = collect_images(args.images) if args.images else [sample_image_path("chelsea")]
     own = own_outputs(images)
