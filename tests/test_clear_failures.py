@@ -86,6 +86,7 @@ def test_a_bad_class_is_a_usage_error_before_any_export(tmp_path, capsys, monkey
     assert not cache.exists() or not any(cache.iterdir())  # nothing was exported
 
 
+@pytest.mark.usefixtures("lite0_stem_cache")
 def test_a_class_by_name_is_the_imagenet_index(tmp_path, capsys):
     from unioncam.classes import class_index
 
@@ -126,7 +127,7 @@ def test_a_full_disk_names_the_path(tmp_path):
     assert not out.exists() and temporaries(tmp_path) == []
 
 
-def test_a_name_that_is_not_utf8_prints_and_the_next_image_is_explained(tmp_path):
+def test_a_name_that_is_not_utf8_prints_and_the_next_image_is_explained(tmp_path, tiny_art):
     folder = tmp_path / "in"
     folder.mkdir()
     photo(Path(os.fsdecode(bytes(folder) + b"/caf\xe9.png")))
@@ -134,8 +135,9 @@ def test_a_name_that_is_not_utf8_prints_and_the_next_image_is_explained(tmp_path
     before = tree(folder)
     env = {**os.environ, "PYTHONIOENCODING": "ascii:strict", "LC_ALL": "C",
            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    code = ("import sys; from unioncam.cli import main; sys.exit(main(['explain', 'in', '--model', 'factories:tiny', "
-            "'--input-size', '32', '--no-progress', '--out', 'out']))")
+    # --artifacts: the torch-free CLI, as quick to start as a user's.
+    code = ("import sys; from unioncam.cli import main; sys.exit(main(['explain', 'in', '--artifacts', "
+            f"{str(tiny_art[1])!r}, '--no-progress', '--out', 'out']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert "caf\\udce9.png" in r.stdout and "z.png" in r.stdout, r.stdout

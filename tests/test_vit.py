@@ -166,7 +166,8 @@ def test_reshape_by_hand_and_round_trip():
 @pytest.mark.usefixtures("hybrid_vit_cache")
 def test_a_vit_factory_needs_no_layer_and_its_map_sits_on_the_object(tmp_path, capsys, monkeypatch):
     """``unioncam explain --model hybrid_vit:build`` (examples/hybrid_vit.py: trained Lite0 patch
-    features under a transformer block, ImageNet head) on scikit-image's coffee photo, exact."""
+    features under a transformer block, ImageNet head) on scikit-image's coffee photo, at 64 passes
+    (r 0.999 to the exact map on this photo, benchmarks/results/2026-11-27-cpu2-budgets-vit.json)."""
     import json
     from pathlib import Path
 
@@ -175,7 +176,7 @@ def test_a_vit_factory_needs_no_layer_and_its_map_sits_on_the_object(tmp_path, c
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
     rc = main(["explain", str(sample_image_path("coffee")), "--model", "hybrid_vit:build", "--out", str(tmp_path),
-               "--no-progress"])
+               "--no-progress", "--max-passes", "64"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "target layer blocks.0.norm1" in captured.err and "reshape tokens" in captured.err
@@ -190,4 +191,4 @@ def test_a_vit_factory_needs_no_layer_and_its_map_sits_on_the_object(tmp_path, c
     cup = (xs >= 170 * W / 600) & (xs < 420 * W / 600) & (ys >= 15 * H / 400) & (ys < 300 * H / 400)
     top = cam >= np.quantile(cam, 0.8)
     inside = (top & cup).sum() / top.sum()
-    assert cup.mean() < 0.31 and inside > 0.75, (cup.mean(), inside)  # measured 0.92
+    assert cup.mean() < 0.31 and inside > 0.75, (cup.mean(), inside)  # measured 0.92 exact
