@@ -159,7 +159,7 @@ FAULTS = [
     ("threads-not-passed", "cli", "unioncam/cli/eval.py", "                                     threads=args.threads)",
      "                                     threads=None)", "tests/test_first_use.py -k threads_reach"),
     ("ray-lines-shown", "cli", "unioncam/distributed/dataset.py",
-     "            if said and said[0].strip() and (verbose() or failed):", "            if said and said[0].strip():",
+     "        if said and said[0].strip() and (verbose() or failed):", "        if said and said[0].strip():",
      "tests/test_distributed.py -k killed"),
     # A transposed grid is not one an overlay can see (the masks move with the maps, so the region
     # map still lands on the object); the oracle tests of reshape-grid-transposed catch it.

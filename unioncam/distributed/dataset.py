@@ -2,6 +2,7 @@
 (or joins) Ray, streams the rest through an actor pool of explainers, and writes the index."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -136,37 +137,10 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
     t0 = time.perf_counter()
     n_workers, start_s = 0, 0.0
     if todo:
-        from ..verbosity import native_stderr, verbose
-
-        # Ray's C++ core worker and raylet log notes on runs that succeed (an actor's constructor
-        # arguments in the object store); they are shown with --verbose, or when the run fails.
-        failed, said = True, []
-        try:
-            with native_stderr(python_to_terminal=True) as said:
-                started = False
-                if not ray.is_initialized():
-                    import logging
-
-                    quiet = {"log_to_driver": verbose(), "logging_level": logging.INFO if verbose() else logging.WARNING}
-                    if not verbose():
-                        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-                    if ray_address:
-                        check_reachable(ray_address)
-                        ray.init(address=ray_address, **quiet)
-                    else:
-                        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
-                    started = True
-                start_s = time.perf_counter() - t0
-                try:
-                    n_workers = _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpus_per_worker,
-                                     progress)
-                finally:
-                    if started:
-                        ray.shutdown()
-                failed = False
-        finally:
-            if said and said[0].strip() and (verbose() or failed):
-                print(said[0].rstrip(), file=sys.stderr)
+        with _ray_session(ray, ray_address):
+            start_s = time.perf_counter() - t0
+            n_workers = _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpus_per_worker,
+                             progress)
     elapsed = time.perf_counter() - t0
 
     import io
@@ -182,6 +156,41 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
             "elapsed_s": elapsed, "ray_start_s": start_s,
             "images_per_s": (len(todo) / elapsed) if todo and elapsed > 0 else None,
             "index": str(out / INDEX), "workers": n_workers}
+
+
+@contextlib.contextmanager
+def _ray_session(ray, ray_address: str | None):
+    """Ray joined (``ray_address``, checked to answer first) or started locally unless already
+    initialised, and shut down after if started here. Ray's own lines (its C++ core worker's notes
+    on runs that succeed, the token notice) are captured and shown with ``--verbose`` or when the
+    run fails; unioncam's lines and the progress bar still reach the terminal."""
+    import logging
+
+    from ..verbosity import native_stderr, verbose
+
+    failed, said = True, []
+    try:
+        with native_stderr(python_to_terminal=True) as said:
+            started = False
+            if not ray.is_initialized():
+                quiet = {"log_to_driver": verbose(), "logging_level": logging.INFO if verbose() else logging.WARNING}
+                if not verbose():
+                    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+                if ray_address:
+                    check_reachable(ray_address)
+                    ray.init(address=ray_address, **quiet)
+                else:
+                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
+                started = True
+            try:
+                yield
+            finally:
+                if started:
+                    ray.shutdown()
+            failed = False
+    finally:
+        if said and said[0].strip() and (verbose() or failed):
+            print(said[0].rstrip(), file=sys.stderr)
 
 
 def _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpus_per_worker, progress) -> int:
