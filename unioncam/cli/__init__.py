@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import eval as eval_cmd
     from . import export as export_cmd
 
-    parser = argparse.ArgumentParser(prog="unioncam", description="UnionCAM explanations for CNN classifiers.")
+    parser = argparse.ArgumentParser(prog="unioncam", description="UnionCAM explanations for CNN and vision-transformer classifiers.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
     parser.add_argument("--verbose", action="store_true",
                         help="also show third-party libraries' own messages (image codecs, Ray's core worker)")
