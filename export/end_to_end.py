@@ -32,15 +32,15 @@ import torch
 from torch import nn
 
 from unioncam import algebra
-from unioncam.artifacts import END_TO_END_CHUNK, MANIFEST, sha256_file
-from unioncam.errors import ExportError, InvalidInputError, OutputPathError, UnwritableError
+from unioncam.artifacts import END_TO_END_CHUNK, sha256_file
+from unioncam.errors import ExportError, InvalidInputError, UnwritableError
 from unioncam.methods.hooks import eval_mode, resolve_layer
 from unioncam.methods.passes import logit_gradient, masked_probs
-from unioncam.methods.reshape import parse_reshape
+from unioncam.reshape import parse_reshape
 from unioncam.validation import check_input_size, check_opset, check_positive_int, check_theta
 
 from .graphs import MaskedForward, trace
-from .onnx_export import check_loads, export_onnx
+from .onnx_export import check_loads, export_onnx, stamp
 
 E2E_ONNX = "unioncam.onnx"
 OUTPUTS = ["cam", "denoising", "region", "de_region", "betas", "selected", "class", "score", "status", "passes"]
@@ -54,16 +54,6 @@ STATUS = {0: "ok", 1: "the image contains NaN or Inf", 2: "the image is outside 
 # Names of the tensors between the parts (front outputs = back inputs, plus the loop's).
 _FRONT_OUT = ["x", "cls", "checked", "score_c", "A", "L_den", "base", "constant", "rep", "rows", "trips", "n_run"]
 _BACK_IN = ["x", "cls", "checked", "score_c", "A", "L_den", "base", "constant", "rep", "n_run", "channel_state"]
-
-
-def _ours(out_dir: Path) -> bool:
-    """Whether ``out_dir`` is an export folder or holds a one-graph report of ours."""
-    if (out_dir / MANIFEST).is_file():
-        return True
-    try:
-        return "sha256" in json.loads((out_dir / "unioncam.json").read_text())
-    except (OSError, ValueError, TypeError):
-        return False
 
 
 def pass_rows(run: torch.Tensor, chunk: int):
@@ -174,8 +164,8 @@ def _trace_and_export(fn: nn.Module, args: tuple, path: Path, input_names, outpu
     return onnx.load(str(path))
 
 
-def _stitch(front, body, back, out_path: Path) -> None:
-    """front + Loop(body) + back -> one checked ONNX file."""
+def _stitch(front, body, back, out_path: Path, metadata: dict | None = None) -> None:
+    """front + Loop(body) + back -> one checked ONNX file, stamped with ``metadata``."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
@@ -198,14 +188,17 @@ def _stitch(front, body, back, out_path: Path) -> None:
                               initializer=inits, value_info=f_infos + b_infos)
     model = helper.make_model(graph, opset_imports=opset_imports(front, body, back), producer_name="unioncam")
     model.ir_version = max(front.ir_version, back.ir_version, body.ir_version)
+    stamp(model, metadata)
     onnx.save_model(model, str(out_path))
     check(out_path)
 
 
 def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, input_size=(224, 224),
                       theta: float = 10.0, chunk: int = DEFAULT_CHUNK, opset: int = 18, log=None,
-                      model_name: str | None = None, reshape: str | None = None) -> dict:
-    """Write ``unioncam.onnx`` into ``out_dir`` (atomically, replacing the folder).
+                      model_name: str | None = None, reshape: str | None = None,
+                      replace_user_files: bool = False) -> dict:
+    """Write ``unioncam.onnx`` and ``unioncam.json`` into ``out_dir``, each atomically, replacing
+    only files unioncam wrote (``replace_user_files``: also a user's files of those names).
 
     ``log``: called with one line per stage (tracing, ONNX conversion, checks) and its elapsed time,
     so a long export is never a silent wait (the CLI prints them).
@@ -213,7 +206,7 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
     Args:
         model: ``nn.Module`` taking RGB in [0, 1] and returning (B, C) logits.
         theta: AMD's percentile, baked into the graph.
-        reshape: a transformer's tokens as (B, D, h, w) maps (:mod:`unioncam.methods.reshape`).
+        reshape: a transformer's tokens as (B, D, h, w) maps (:mod:`unioncam.reshape`).
         chunk: masked passes per loop iteration (peak memory ~ ``chunk`` forward passes; README,
             "One ONNX file" has the measured table).
 
@@ -221,7 +214,10 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
         {"path", "bytes", "nodes", "export_s", "channels", "chunk", "forward_flops", "sha256"} (also
         written to ``unioncam.json`` beside the graph, where ``unioncam bench --onnx`` reads them).
     """
-    from .exporter import _probe, forward_flops, graph_stats
+    from unioncam import graph_identity as gid
+    from unioncam.ownership import claim, record
+
+    from .exporter import _probe, forward_flops, graph_stats, model_identity
 
     theta = check_theta(theta)
     chunk = check_positive_int(chunk, "chunk")
@@ -231,10 +227,7 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
     opset = check_opset(opset)
     t = time.perf_counter()
     out_dir = Path(out_dir)
-    for name in (E2E_ONNX, "unioncam.json"):
-        if (out_dir / name).exists() and not _ours(out_dir):
-            raise OutputPathError(f"{out_dir / name} exists and {out_dir} is not a unioncam export; unioncam will not "
-                                  "replace it: give --out a new folder")
+    claim([out_dir / E2E_ONNX, out_dir / "unioncam.json"], replace_user_files=replace_user_files)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         # Built in a temporary folder inside out_dir (same file system: the moves are atomic); only
@@ -269,7 +262,8 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
                                  what="fusion", **kw)
         say(f"stitching the parts around a loop of up to {-(-K // chunk)} iterations ...")
         path = tmp / E2E_ONNX
-        _stitch(front, body, back, path)
+        _stitch(front, body, back, path, {**model_identity(model, layer_name, (H, W), reshape, C),
+                                          gid.GRAPH: "end_to_end"})
         stats = graph_stats(path)
         say(f"wrote {stats['nodes']} nodes in {time.perf_counter() - t:.0f} s")
         info = {"model": model_name or type(model).__name__, "bytes": stats["bytes"], "nodes": stats["nodes"],
@@ -279,7 +273,10 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
                 "sha256": sha256_file(path)}
         check_loads(path)
         (tmp / "unioncam.json").write_text(json.dumps(info, indent=2))
-        os.replace(path, out_dir / E2E_ONNX)
-        os.replace(tmp / "unioncam.json", out_dir / "unioncam.json")
+        # The user may have put files there while the export ran: checked again before each move.
+        claim([out_dir / E2E_ONNX, out_dir / "unioncam.json"], replace_user_files=replace_user_files)
+        for src, name in ((path, E2E_ONNX), (tmp / "unioncam.json", "unioncam.json")):
+            record(out_dir / name, sha256_file(src))
+            os.replace(src, out_dir / name)
     info["path"] = str(out_dir / E2E_ONNX)
     return info

@@ -8,19 +8,20 @@ import torch
 from torch import nn
 
 from unioncam import __version__
+from unioncam import graph_identity as gid
 from unioncam.artifacts import GRADIENT_ONNX, MANIFEST, MASKED_ONNX, Manifest, atomic_directory, sha256_file
 from unioncam.errors import ExportError, InvalidInputError, LayerNotFoundError, UnsupportedOpError
 from unioncam.methods.hooks import ActivationTap, check_model, eval_mode, resolve_layer
 from unioncam.methods.passes import check_logits
-from unioncam.methods.reshape import parse_reshape
-from unioncam.validation import check_input_size, check_opset
+from unioncam.reshape import parse_reshape
+from unioncam.validation import MAX_GRAPH_BATCH, check_input_size, check_opset
 
 from .graphs import GradientFunction, MaskedForward, trace
 from .onnx_export import check_loads, export_onnx
 
 DEFAULT_OPSET = 18
 # Upper bounds of the dynamic dimensions declared to the exporter (not a limit of ONNX Runtime).
-MAX_BATCH = 4096
+MAX_BATCH = MAX_GRAPH_BATCH
 
 
 class _Call(nn.Module):
@@ -49,6 +50,8 @@ def _probe(model: nn.Module, layer_name: str, layer: nn.Module, input_size: tupl
     """One forward pass on a small batch to learn C, K, h, w and catch unusable models early."""
     H, W = input_size
     x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(0))
+    raw = []
+    hook = layer.register_forward_hook(lambda m, i, out: raw.append(tuple(out.shape)) if torch.is_tensor(out) else None)
     try:
         with torch.no_grad(), ActivationTap(layer_name, layer, requires_grad=False, reshape=reshape) as tap:
             logits = check_logits(model(x), 2)
@@ -57,6 +60,10 @@ def _probe(model: nn.Module, layer_name: str, layer: nn.Module, input_size: tupl
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise ExportError(f"the model cannot run on a (2, 3, {H}, {W}) input ({first}); check --input-size") from None
+    finally:
+        hook.remove()
+    if reshape is not None and raw:
+        reshape.check_fits(layer_name, raw[0], (H, W))
     if tap.activations is None:
         raise LayerNotFoundError(f"layer {layer_name!r} did not run in the forward pass; choose a layer on the path to the logits")
     _, K, h, w = tap.activations.shape
@@ -91,7 +98,7 @@ def export(
         target_layer: dotted name or module; its output must be (B, K, h, w).
         input_size: (H, W) the graphs are specialised to.
         mean, std: recorded in the manifest (the normalisation baked into ``model``), if known.
-        reshape: a transformer's layer output as (B, D, h, w) maps (:mod:`unioncam.methods.reshape`);
+        reshape: a transformer's layer output as (B, D, h, w) maps (:mod:`unioncam.reshape`);
             part of the gradient graph, so the runtime needs nothing new; recorded in the manifest.
 
     Returns:
@@ -112,6 +119,7 @@ def export(
         raise ExportError(f"export needs a float32 model, got {param.dtype}: call model.float()")
     with eval_mode(model), atomic_directory(out_dir, owned=owned) as tmp:
         x, C, K, (h, w) = _probe(model, layer_name, layer, (H, W), reshape)
+        identity = model_identity(model, layer_name, (H, W), reshape, C)
         c = torch.tensor([0, min(1, C - 1)], dtype=torch.int64)
         batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
 
@@ -130,6 +138,7 @@ def export(
             _Call(gm).eval(), (x, c), tmp / GRADIENT_ONNX,
             input_names=["image", "class_idx"], output_names=["logits", "activations", "gradients"],
             dynamic_shapes=({0: batch}, {0: batch}), opset=opset, model=model, layer_name=layer_name,
+            metadata={**identity, gid.GRAPH: "gradient"},
         )
         timings["gradient_s"] = time.perf_counter() - t
 
@@ -143,7 +152,7 @@ def export(
         mw = torch.export.Dim("map_w", min=1, max=max(W, w) + 1)
         masked_kw = {"input_names": ["image", "maps", "class_idx"], "output_names": ["scores"],
                      "dynamic_shapes": ({0: batch}, {0: batch, 1: m_dim, 2: mh, 3: mw}, {0: batch}), "opset": opset,
-                     "model": model, "layer_name": layer_name}
+                     "model": model, "layer_name": layer_name, "metadata": {**identity, gid.GRAPH: "masked_forward"}}
         try:
             export_onnx(MaskedForward(model, (H, W)).eval(), (x, maps, c), tmp / MASKED_ONNX, **masked_kw)
         except UnsupportedOpError as e:
@@ -173,10 +182,20 @@ def export(
             exporter_version=__version__,
             torch_version=torch.__version__,
             extra={"export_timings_s": timings, "forward_flops": forward_flops(model, x[:1]),
+                   "fingerprint": {"weights_sha256": identity[gid.WEIGHTS]},
                    **({"reshape": reshape.spec} if reshape is not None else {})},
         )
         (tmp / MANIFEST).write_text(manifest.to_json())
     return manifest
+
+
+def model_identity(model: nn.Module, layer_name: str, input_size, reshape, num_classes: int) -> dict:
+    """The fingerprint every graph of this export carries (:mod:`unioncam.graph_identity`)."""
+    from unioncam.models.factory import state_key
+
+    H, W = input_size
+    return {gid.WEIGHTS: state_key(model), gid.LAYER: layer_name, gid.INPUT_SIZE: f"{H}x{W}",
+            gid.RESHAPE: reshape.spec if reshape is not None else "", gid.NUM_CLASSES: str(num_classes)}
 
 
 def forward_flops(model: nn.Module, x: torch.Tensor) -> int | None:

@@ -93,9 +93,22 @@ def _unsupported_op_message(err: Exception, model=None, layer_name: str | None =
     return f"unsupported op {op_name}{where}: it has no ONNX translation or decomposition in unioncam's exporter"
 
 
+def stamp(model_proto, metadata: dict | None) -> None:
+    """Set ``metadata`` (:mod:`unioncam.graph_identity`'s keys) in an ONNX model's ``metadata_props``,
+    replacing earlier values of those keys."""
+    if not metadata:
+        return
+    kept = [p for p in model_proto.metadata_props if p.key not in metadata]
+    del model_proto.metadata_props[:]
+    model_proto.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+
+
 def export_onnx(fn: torch.nn.Module, example_inputs: tuple, path: Path, *, input_names, output_names,
-                dynamic_shapes, opset: int, model=None, layer_name=None) -> None:
-    """Export ``fn`` with the dynamo exporter, strip unusable outputs, save, check."""
+                dynamic_shapes, opset: int, model=None, layer_name=None, metadata: dict | None = None) -> None:
+    """Export ``fn`` with the dynamo exporter, strip unusable outputs, stamp ``metadata``, save, check."""
     import onnx
 
     # The exporter logs a warning per missing torchvision op on every call; none matter here.
@@ -118,5 +131,6 @@ def export_onnx(fn: torch.nn.Module, example_inputs: tuple, path: Path, *, input
             raise ExportError(f"torch.onnx.export failed for {path.name}: {type(root).__name__}: {first}") from e
     model = program.model_proto
     strip_unused_optional_outputs(model)
+    stamp(model, metadata)
     onnx.save_model(model, str(path))
     check(path)

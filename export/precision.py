@@ -14,6 +14,7 @@ small differences there change which pixels a mask keeps and the scores AMS comp
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,34 @@ def calibration_feeds(artifact_dir: Path, images: np.ndarray, maps_per_call: int
     return feeds
 
 
+@contextlib.contextmanager
+def _quantizer_quiet():
+    """ONNX Runtime's quantiser advises pre-processing through the root logger ("WARNING:root:Please
+    consider to run pre-processing ...", with URLs): our graphs are already shape-inferred, so the
+    advice is noise, shown only with ``--verbose``. A handler on the root logger for the call keeps
+    ``logging.warning`` from installing its own (basicConfig), which would print it."""
+    import logging
+
+    from unioncam.verbosity import verbose
+
+    if verbose():
+        yield
+        return
+    root = logging.getLogger()
+    handler = logging.NullHandler()
+
+    def from_quantizer(record) -> bool:
+        return "/onnxruntime/quantization/" not in record.pathname.replace("\\", "/")
+
+    root.addHandler(handler)
+    root.addFilter(from_quantizer)
+    try:
+        yield
+    finally:
+        root.removeFilter(from_quantizer)
+        root.removeHandler(handler)
+
+
 def to_int8(src: Path, dst: Path, feeds: list[dict]) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -135,9 +164,24 @@ def to_int8(src: Path, dst: Path, feeds: list[dict]) -> None:
             return next(self.it, None)
 
     model = onnx.load(str(src))
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=fp32_nodes(model), op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+    with _quantizer_quiet():
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=fp32_nodes(model), op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+
+
+def _stamp_variant(src: Path, dst: Path, precision: str, source_sha256: str) -> None:
+    """Give the variant at ``dst`` its source's fingerprint, its precision and the SHA-256 of the FP32
+    graph it was made from (converters do not all keep ``metadata_props``)."""
+    import onnx
+
+    from unioncam import graph_identity as gid
+
+    from .onnx_export import stamp
+
+    model = onnx.load(str(dst))
+    stamp(model, {**gid.fingerprint(src), gid.PRECISION: precision, gid.SOURCE: source_sha256})
+    onnx.save_model(model, str(dst))
 
 
 def add_precision(artifact_dir: str | Path, precision: str, *, calibration_images: np.ndarray | None = None) -> Path:
@@ -177,6 +221,7 @@ def add_precision(artifact_dir: str | Path, precision: str, *, calibration_image
                 calibration_images = np.stack([to_model_input(read_rgb(sample_image_path(n)), manifest.input_size)
                                                for n in ("chelsea", "coffee")])
             to_int8(d / MASKED_ONNX, tmp, calibration_feeds(d, calibration_images))
+        _stamp_variant(d / MASKED_ONNX, tmp, precision, manifest.files[MASKED_ONNX])
         check_loads(tmp)  # never written as done unless ONNX Runtime accepts it
         os.chmod(tmp, default_mode())
         os.replace(tmp, d / VARIANTS[precision])
@@ -189,5 +234,10 @@ def add_precision(artifact_dir: str | Path, precision: str, *, calibration_image
         tmp.unlink(missing_ok=True)
     manifest.files[VARIANTS[precision]] = sha256_file(d / VARIANTS[precision])
     manifest.extra.setdefault("precisions", {})[precision] = VARIANTS[precision]
+    # The load check compares these records with the variant's own (unioncam.graph_identity): a
+    # quantised graph's numbers are no identity (INT8 can move a black image's score by 0.4).
+    manifest.extra.setdefault("variants", {})[precision] = {
+        "source_sha256": manifest.files[MASKED_ONNX], "num_classes": manifest.num_classes,
+        "input_size": list(manifest.input_size)}
     write_text(d / MANIFEST, manifest.to_json())
     return d / VARIANTS[precision]

@@ -13,7 +13,8 @@ from unioncam import algebra, pipeline
 from unioncam.artifacts import GRADIENT_ONNX, MASKED_ONNX, Manifest
 from unioncam.errors import ArtifactError, InvalidInputError, RunnerStateError
 from unioncam.explanation import Explanation
-from unioncam.validation import (check_batch_size, check_classes, check_images, check_max_passes, check_method,
+from unioncam.graph_identity import check_export
+from unioncam.validation import (BLACK_SCORE_TOLERANCE, PRECISION_GRAPH, check_batch_size, check_classes, check_images, check_max_passes, check_method,
                                  check_batch_ceiling, check_ort_options, check_precision, check_provider_options,
                                  check_theta, check_threads)
 
@@ -84,8 +85,12 @@ class Explainer:
         self.progress = progress
         self.precision = check_precision(precision, device)
         masked = self.manifest.masked_graph(self.directory, self.precision)
+        try:
+            check_export(self.directory, self.manifest, [GRADIENT_ONNX, masked, MASKED_ONNX])
+        except ArtifactError as e:
+            raise ArtifactError(f"{self.directory}: {e}") from None
         self.session_options = check_ort_options(session_options)
-        self.provider_options = check_provider_options(provider_options)
+        self.provider_options = check_provider_options(provider_options, device)
         info = backend_info(backend)
         options = {"threads": threads, "buffers": buffers, "session_options": self.session_options}
         if self.provider_options:
@@ -127,7 +132,7 @@ class Explainer:
         try:
             self._check_graphs_match_manifest()
             self.black_probs = self.passes.black_probs()
-            self.passes.check_masked_graphs(region_too=masked != MASKED_ONNX)
+            self.passes.check_masked_graphs(region_tolerance=BLACK_SCORE_TOLERANCE[PRECISION_GRAPH[self.precision]])
             if device != "cpu":
                 # The convolution-algorithm search of each session's one shape runs here, at
                 # load time, not inside the first explanation.

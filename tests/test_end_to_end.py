@@ -127,7 +127,12 @@ def c_binary():
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler")
     env = dict(os.environ, PYTHON=sys.executable)
-    subprocess.run(["bash", str(EXAMPLE / "setup.sh")], check=True, env=env, capture_output=True, timeout=600)
+    # setup.sh downloads the C API headers (Debian's libonnxruntime-dev) on first use: the suite's
+    # one network access (README, "Use from C/C++"). Without the network that one test is skipped.
+    setup = subprocess.run(["bash", str(EXAMPLE / "setup.sh")], env=env, capture_output=True, text=True, timeout=600)
+    if setup.returncode == 3:
+        pytest.skip(f"the C example's headers are missing and cannot be fetched: {setup.stderr.strip()}")
+    assert setup.returncode == 0, setup.stderr
     subprocess.run(["make", "-C", str(EXAMPLE)], check=True, env=env, capture_output=True, timeout=300)
     return EXAMPLE / "build" / "unioncam_explain"
 

@@ -15,7 +15,7 @@ from test_runtime import assert_agree
 from zoo import zoo_images
 from zoo_vit import FAMILIES, build
 from unioncam import InvalidInputError, UnionCAM
-from unioncam.methods.reshape import parse_reshape
+from unioncam.reshape import parse_reshape
 from unioncam.runtime import Explainer
 
 

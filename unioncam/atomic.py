@@ -73,8 +73,11 @@ def default_mode(directory: bool = False) -> int:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``."""
+def atomic_file(path: str | Path, mode: str = "wb", *, own: bool = False) -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``.
+
+    ``own``: record the file in its folder's ledger (:mod:`unioncam.ownership`) before the rename,
+    so that a later run may replace it and no other file of that name."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
@@ -84,6 +87,10 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         with os.fdopen(fd, mode) as f:
             yield f
         os.chmod(tmp, default_mode())
+        if own:
+            from . import ownership
+
+            ownership.record(path, _sha256(tmp))
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
@@ -109,10 +116,17 @@ def write_error(error: OSError, path: str | Path):
     return UnwritableError(f"cannot write {path}: {cause}; {hint}")
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_file(path, "wb") as f:
+def _sha256(path: str) -> str:
+    from .artifacts import sha256_file
+
+    return sha256_file(path)
+
+
+def write_bytes(path: str | Path, data: bytes, *, own: bool = False) -> None:
+    """``data`` at ``path``, whole or not at all; ``own``: recorded as unioncam's output."""
+    with atomic_file(path, "wb", own=own) as f:
         f.write(data)
 
 
-def write_text(path: str | Path, text: str) -> None:
-    write_bytes(path, text.encode())
+def write_text(path: str | Path, text: str, *, own: bool = False) -> None:
+    write_bytes(path, text.encode(), own=own)

@@ -48,7 +48,8 @@ def class_index(text: str) -> int:
     the model's class count is known (:func:`unioncam.validation.check_class_option`).
 
     Raises:
-        UsageError: a negative index, or a name that is no ImageNet class (the closest names said).
+        UsageError: a negative index, a name that is no ImageNet class (the closest names said), or
+            a name of several classes (each index said).
     """
     import difflib
 
@@ -62,9 +63,12 @@ def class_index(text: str) -> int:
         return value
     wanted = text.lower()
     names = imagenet_class_names()
-    for i, name in enumerate(names):
-        if wanted in _synonyms(name):
-            return i
+    matches = [i for i, name in enumerate(names) if wanted in _synonyms(name)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:  # "crane" is a bird (134) and a machine (517): never silently one of them
+        which = "; ".join(f"{i} ({names[i]})" for i in matches)
+        raise UsageError(f"--class {text!r} names {len(matches)} ImageNet classes: {which}; give the index")
     pool = sorted({s for name in names for s in _synonyms(name)})
     close = difflib.get_close_matches(wanted, pool, n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""

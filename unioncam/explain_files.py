@@ -44,7 +44,7 @@ def explain_file(path: str | Path, stem: str, out: Path, *, explain: Callable, s
     rep = report(settings, str(name or path), rgb, exp, {**(timings() if timings else {}), "read": read_ms},
                  digest=image_digest(path))
     t = time.perf_counter()
-    paths = write_outputs(out, stem, rgb, exp.cam[0], rep)
+    paths = write_outputs(out, stem, rgb, exp.cam[0], rep, plain=bool(settings.get("plain")))
     return rep, paths, (time.perf_counter() - t) * 1e3
 
 

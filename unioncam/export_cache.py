@@ -15,7 +15,7 @@ from typing import Callable
 
 from .artifacts import MANIFEST, Manifest
 from .cache import artifact_dir, cache_lock
-from .errors import ArtifactError, BackendUnavailableError, UnwritableError, UsageError, WeightsError
+from .errors import ArtifactError, BackendUnavailableError, UnwritableError, UsageError
 from .model_specs import ModelSpec, bundled_weights_path
 from .validation import PRECISION_GRAPH
 
@@ -66,8 +66,10 @@ def choose_layer(layer: str | None, model: str, net=None, input_size=(224, 224),
 def exported(req: ModelRequest, *, engines: bool = False, force: bool = False,
              say: Callable[[str], None] = _stderr) -> tuple[Path, str]:
     """(the model's folder in the cache, its layer), exported on first use or when ``force``."""
-    if req.weights is not None and not Path(req.weights).is_file():
-        raise WeightsError(f"weights file not found: {req.weights}")
+    if req.weights is not None:
+        from .validation import check_weights_file
+
+        check_weights_file(req.weights)
     model = None
     size = req.spec.input_size
     if ":" in req.model:

@@ -38,6 +38,54 @@ def _header_size(path: Path) -> tuple[int, int] | None:
         return None
     return (int(w), int(h)) if w > 0 and h > 0 else None
 
+#: The most bytes a file can store per pixel: 4 channels of float64 (TIFF), the deepest OpenCV reads.
+MAX_STORED_BYTES_PER_PIXEL = 32
+#: Room for what a file holds besides its pixels (EXIF, ICC profiles, thumbnails, text chunks).
+METADATA_ROOM = 64 << 20
+#: Leading bytes of the formats whose header gives the picture's size: such a file whose header
+#: gives none is damaged, and is refused before it is read.
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8", b"BM", b"II*\x00", b"MM\x00*", b"GIF8")
+
+
+def byte_ceiling(path: Path, size: tuple[int, int] | None) -> int:
+    """The most bytes ``path`` may have: its header's pixels (else :func:`pixel_ceiling`'s), each
+    stored uncompressed at the deepest pixel any format holds, plus :data:`METADATA_ROOM`. No
+    encoding of those pixels is larger, so a larger file is refused unread.
+
+    Raises:
+        ImageReadError: a PNG, JPEG, BMP, TIFF or GIF whose header gives no size.
+    """
+    if size is None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        except OSError as e:
+            raise ImageReadError(f"cannot read {path}: {e.strerror or e}") from None
+        if head.startswith(_SIGNATURES) and path.stat().st_size > METADATA_ROOM:
+            raise ImageReadError(f"{path} starts as an image file but its header gives no picture size (damaged or "
+                                 "not an image); repair or re-export it")
+    pixels = min(size[0] * size[1], pixel_ceiling()) if size else pixel_ceiling()
+    return pixels * MAX_STORED_BYTES_PER_PIXEL + METADATA_ROOM
+
+
+def _read_bounded(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    """The file's bytes, refused by its size before a byte is read where it exceeds :func:`byte_ceiling`
+    (a 2 GiB sparse file behind a PNG signature), and read with that bound (a file that grows)."""
+    limit = byte_ceiling(path, size)
+    try:
+        with open(path, "rb") as f:
+            length = os.fstat(f.fileno()).st_size
+            if length > limit:
+                raise ImageReadError(f"{path} is {length:,} bytes, more than any image of its size can hold "
+                                     f"({limit:,}); it is damaged or not an image file")
+            data = np.frombuffer(f.read(limit + 1), dtype=np.uint8)
+    except OSError as e:
+        raise ImageReadError(f"cannot read {path}: {e.strerror or e}") from None
+    if data.size > limit:
+        raise ImageReadError(f"{path} grew past {limit:,} bytes while it was read; it is not an image file")
+    return data
+
+
 #: Real photos bundled with the package (CC0, from scikit-image's data folder).
 SAMPLE_IMAGES = {"chelsea": "chelsea.png", "coffee": "coffee.png"}
 
@@ -97,11 +145,10 @@ def _decode(data: np.ndarray, path: Path, *, lenient: bool = False, flags: int =
     return img
 
 
-def _flags_within_ceiling(path: Path, data: np.ndarray) -> int:
+def _flags_within_ceiling(path: Path, data: np.ndarray, size: tuple[int, int] | None) -> int:
     """Decode flags for ``path``, its size read from the header first: above :func:`pixel_ceiling` a
     JPEG is decoded at 1/8 of each side (the codec does it while decoding, as a thumbnail would be;
     the model needs only its input size), anything else is refused before a byte is decoded."""
-    size = _header_size(path)
     limit = pixel_ceiling()
     if size is None or size[0] * size[1] <= limit:
         return _FLAGS
@@ -149,10 +196,12 @@ def read_rgb(path: str | Path, *, lenient: bool = False) -> np.ndarray:
     if not path.is_file():
         raise ImageReadError(f"{path} is not a regular file (a device, pipe or socket); give an image file")
     try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as e:
-        raise ImageReadError(f"cannot read {path}: {e.strerror or e}") from None
-    img = _decode(data, path, lenient=lenient, flags=_flags_within_ceiling(path, data))
+        size = _header_size(path)
+        data = _read_bounded(path, size)
+        img = _decode(data, path, lenient=lenient, flags=_flags_within_ceiling(path, data, size))
+    except MemoryError:
+        raise ImageReadError(f"{path}: not enough free memory to read and decode it (its header says "
+                             f"{'x'.join(map(str, size)) if size else 'no size'}); downscale it, or free memory") from None
     if img.dtype == np.uint16:
         img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):
@@ -202,30 +251,81 @@ def to_model_input(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
-    """Blend a heatmap over an image at the image's own resolution.
+    """Blend a heatmap over an image at the image's own resolution, each pixel's heat weighted by
+    its map value: where the map is 0 the photo shows as it is (a uniform blend would tint it all
+    blue), where it is 1 the colormap's colour is blended at ``alpha``.
 
     Args:
         rgb: (h, w, 3) uint8 RGB image.
         cam: (H, W) float map in [0, 1] (any resolution; resized bilinearly to (h, w)).
-        alpha: weight of the heatmap in the blend, in [0, 1].
+        alpha: weight of the heatmap where the map is 1, in [0, 1].
 
     Returns:
-        (h, w, 3) uint8 image in BGR order, ready for ``cv2.imwrite``.
+        (h, w, 3) uint8 image in BGR order, ready for ``cv2.imwrite``; pixel-aligned with ``rgb``.
     """
     h, w = rgb.shape[:2]
     cam = np.clip(np.nan_to_num(np.asarray(cam, dtype=np.float32)), 0.0, 1.0)
     cam = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
-    heat = cv2.applyColorMap((cam * 255.0).round().astype(np.uint8), colormap)
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    return cv2.addWeighted(heat, alpha, bgr, 1.0 - alpha, 0.0)
+    heat = cv2.applyColorMap((cam * 255.0).round().astype(np.uint8), colormap).astype(np.float32)
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).astype(np.float32)
+    weight = (alpha * cam)[..., None]
+    return (heat * weight + bgr * (1.0 - weight)).round().clip(0, 255).astype(np.uint8)
 
 
-def write_image(path: str | Path, bgr: np.ndarray) -> None:
-    """Write a BGR image atomically; the format follows the file suffix."""
+def with_key(bgr: np.ndarray, caption: str, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """An overlay with its key, as a reader of a figure expects: a caption strip above (class,
+    score, method, and "approximate" where budgeted) and a thin colour bar at the right, 1 at its
+    top and 0 at its bottom.
+
+    Args:
+        bgr: (h, w, 3) uint8 overlay (:func:`overlay`).
+        caption: one line; cut to fit the width.
+
+    Returns:
+        (h + strip, w + bar, 3) uint8 BGR: the overlay itself is unchanged at the top left of the
+        area below the strip.
+    """
+    h, w = bgr.shape[:2]
+    font, thick = cv2.FONT_HERSHEY_SIMPLEX, 1
+    size = max(0.35, min(0.8, w / 1000))  # text scale: legible from thumbnails to large photos
+    text_h = cv2.getTextSize("0", font, size, thick)[0][1]
+    strip, bar_w = text_h + 12, max(8, w // 50)
+    margin = cv2.getTextSize("1", font, size, thick)[0][0] + 10
+    canvas = np.full((h + strip, w + 4 + bar_w + margin, 3), 255, np.uint8)
+    canvas[strip:, :w] = bgr
+    ramp = np.linspace(255, 0, h).round().astype(np.uint8)[:, None].repeat(bar_w, axis=1)
+    canvas[strip:, w + 4:w + 4 + bar_w] = cv2.applyColorMap(ramp, colormap)
+    for text, y in (("1", strip + text_h + 1), ("0", strip + h - 2)):
+        cv2.putText(canvas, text, (w + 8 + bar_w, y), font, size, (0, 0, 0), thick, cv2.LINE_AA)
+    fit = caption
+    while len(fit) > 4 and cv2.getTextSize(fit, font, size, thick)[0][0] > canvas.shape[1] - 8:
+        fit = fit[:-4] + "..."
+    cv2.putText(canvas, fit, (4, strip - 6), font, size, (0, 0, 0), thick, cv2.LINE_AA)
+    return canvas
+
+
+def caption(report: dict) -> str:
+    """The key's line for a report (:func:`unioncam.outputs.report`): class, score, method, and
+    whether the map is approximate (a pass budget that estimated some channels)."""
+    text = f"{report['class_name']} (class {report['class_idx']}), p={report['score']:.3f}, {report['method']}"
+    if approximate(report):
+        text += f", approximate ({report['max_passes']} passes)"
+    return text
+
+
+def approximate(report: dict) -> bool:
+    """A budgeted map that estimated at least one channel's score."""
+    estimated = (report.get("stats") or {}).get("estimated_channels")
+    return bool(report.get("max_passes")) and bool(estimated)
+
+
+def write_image(path: str | Path, bgr: np.ndarray, *, own: bool = False) -> None:
+    """Write a BGR image atomically; the format follows the file suffix. ``own``: recorded as
+    unioncam's output (:mod:`unioncam.ownership`)."""
     path = Path(path)
     from .atomic import write_bytes
 
     ok, buf = cv2.imencode(path.suffix or ".png", bgr)
     if not ok:
         raise ImageReadError(f"cannot encode an image for {path}")
-    write_bytes(path, buf.tobytes())
+    write_bytes(path, buf.tobytes(), own=own)

@@ -72,7 +72,9 @@ def spec(name: str) -> ModelSpec:
     try:
         return SPECS[name]
     except KeyError:
-        raise ModelNotFoundError(f"unknown model {name!r}; available: {', '.join(available())}") from None
+        raise ModelNotFoundError(f"unknown model {name!r}; registered: {', '.join(available())}; or any model as "
+                                 "pkg.module:factory (a callable returning an nn.Module), timm:NAME or "
+                                 "torchvision:NAME") from None
 
 
 

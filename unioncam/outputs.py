@@ -18,7 +18,8 @@ from .errors import InvalidInputError, UnionCAMError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 #: The report keys that must match for a finished output to be reused by a resumed run.
-SETTINGS = ("model", "weights", "layer", "theta", "method", "max_passes", "precision", "class_requested", "input_size")
+SETTINGS = ("model", "weights", "layer", "theta", "method", "max_passes", "precision", "class_requested", "input_size",
+            "plain")
 
 
 def collect_images(paths) -> list[Path]:
@@ -30,7 +31,9 @@ def collect_images(paths) -> list[Path]:
         p = Path(p)
         if p.is_dir():
             try:
-                found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+                # Not only regular files: a FIFO, a dangling symlink or a symlink loop with an image's
+                # name is kept, and the reader makes it an error row rather than skipping it unsaid.
+                found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir())
             except OSError:
                 found = []  # unreadable: kept, so the reader reports it as that input's error row
             # A folder without images stays in the list, so the reader reports it as that input's error.
@@ -149,6 +152,7 @@ def report(settings: dict, path, rgb: np.ndarray, exp, timings_ms: dict, digest:
         "image_size": [int(rgb.shape[0]), int(rgb.shape[1])],
         **{k: settings.get(k) for k in ("input_size", "model", "method", "weights", "layer", "theta",
                                          "max_passes", "precision", "class_requested")},
+        "plain": bool(settings.get("plain")),
         "class_idx": e0["class_idx"],
         "class_name": class_name(e0["class_idx"], num_classes),
         "score": score,
@@ -164,10 +168,13 @@ def report(settings: dict, path, rgb: np.ndarray, exp, timings_ms: dict, digest:
     }
 
 
-def write_outputs(out: Path, stem: str, rgb: np.ndarray, cam: np.ndarray, report: dict) -> dict:
-    """The three outputs of one image, each written atomically, the JSON last. Returns their paths."""
+def write_outputs(out: Path, stem: str, rgb: np.ndarray, cam: np.ndarray, report: dict, *, plain: bool = False) -> dict:
+    """The three outputs of one image, each written atomically, the JSON last. Returns their paths.
+
+    The PNG is the overlay with its key (:func:`unioncam.image_io.with_key`), or with ``plain`` the
+    overlay alone, pixel-aligned with the photo (for pipelines)."""
     from . import atomic
-    from .image_io import overlay, write_image
+    from .image_io import caption, overlay, with_key, write_image
 
     cam = np.asarray(cam, dtype=np.float32)
     if not (np.isfinite(cam).all() and cam.min() >= 0.0 and cam.max() <= 1.0):
@@ -175,9 +182,10 @@ def write_outputs(out: Path, stem: str, rgb: np.ndarray, cam: np.ndarray, report
     paths = output_paths(out, stem)
     buf = io.BytesIO()
     np.save(buf, cam)
-    atomic.write_bytes(paths["npy"], buf.getvalue())
-    write_image(paths["png"], overlay(rgb, cam))
-    atomic.write_text(paths["json"], json.dumps(report, indent=2))
+    atomic.write_bytes(paths["npy"], buf.getvalue(), own=True)
+    picture = overlay(rgb, cam)
+    write_image(paths["png"], picture if plain else with_key(picture, caption(report)), own=True)
+    atomic.write_text(paths["json"], json.dumps(report, indent=2), own=True)
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -185,14 +193,30 @@ def output_paths(out: Path, stem: str) -> dict:
     return {"png": out / f"{stem}.png", "npy": out / f"{stem}_cam.npy", "json": out / f"{stem}.json"}
 
 
+def claim_outputs(out: Path, stems, *, replace_user_files: bool = False, extra=()) -> None:
+    """Before any work: refuse (:class:`unioncam.errors.OutputPathError`) if an output of ``stems``
+    in ``out``, or a file of ``extra`` (an index), exists and unioncam did not write it."""
+    from .ownership import claim
+
+    claim([p for s in stems for p in output_paths(out, s).values()] + [Path(e) for e in extra],
+          replace_user_files=replace_user_files)
+
+
 def finished_report(out: Path, stem: str, image, settings: dict) -> dict | None:
     """The report of a previous run's complete, valid outputs for ``image`` with the same settings,
     else None (the image is explained again). Valid: the JSON parses and names this image and these
-    settings, the map loads as a finite float32 array in [0, 1] of the input size, the PNG exists."""
+    settings, the map loads as a finite float32 array in [0, 1] of the input size, the PNG exists,
+    and unioncam wrote all three as they are (a user's file of that name is never taken as done)."""
+    from .ownership import Ledger
+
     paths = output_paths(out, stem)
+    ledger = Ledger(out)
+    if not all(p.is_file() and ledger.owns(p) for p in paths.values()):
+        return None
     try:
         rep = json.loads(paths["json"].read_text())
-        if rep.get("image") != str(image) or any(rep.get(k) != settings.get(k) for k in SETTINGS):
+        # A key the caller leaves out (a layer chosen only at load) is not compared.
+        if rep.get("image") != str(image) or any(rep.get(k) != settings[k] for k in SETTINGS if k in settings):
             return None
         # The same name is not the same photo: a file replaced in place is explained again.
         if rep.get("image_sha256") != image_digest(image):
@@ -222,20 +246,18 @@ def image_digest(path) -> str:
 
 
 def own_outputs(paths: list[Path]) -> set[Path]:
-    """The inputs that are outputs of an earlier run: ``<stem>.png`` beside its ``<stem>_cam.npy`` and a
-    ``<stem>.json`` report (``explain DIR --out DIR`` run twice must not explain its own overlays)."""
+    """The inputs that are overlays an earlier run wrote (recorded in their folder's ledger, bytes
+    unchanged): ``explain DIR --out DIR`` run twice must not explain its own overlays. A user's PNG
+    with an overlay's name is an input like any other."""
+    from .ownership import Ledger
+
+    ledgers: dict[Path, Ledger] = {}
     own = set()
     for p in paths:
         p = Path(p)
-        if p.suffix.lower() != ".png":
+        if p.suffix.lower() != ".png" or not p.is_file():
             continue
-        stem = p.name[: -len(p.suffix)]
-        rep, npy = p.with_name(stem + ".json"), p.with_name(stem + "_cam.npy")
-        try:
-            if npy.is_file() and rep.is_file():
-                d = json.loads(rep.read_text())
-                if isinstance(d, dict) and "image" in d and "class_idx" in d:
-                    own.add(p)
-        except (OSError, ValueError, TypeError):  # a name too long for its outputs is no output of ours
-            pass
+        ledger = ledgers.setdefault(p.parent, Ledger(p.parent))
+        if ledger.digests.get(p.name) and ledger.owns(p):
+            own.add(p)
     return own

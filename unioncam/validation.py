@@ -43,6 +43,78 @@ def check_class_option(class_idx: int | None, num_classes: int | None, *, by_nam
                          f"(0..{num_classes - 1})")
 
 
+def check_weights_file(path) -> None:
+    """A checkpoint path must name a regular, non-empty file (not a folder, a device, a pipe).
+
+    Raises:
+        WeightsError: saying which of these it is.
+    """
+    import stat
+    from pathlib import Path
+
+    from .errors import WeightsError
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise WeightsError(f"weights file not found: {p}") from None
+    except OSError as e:
+        raise WeightsError(f"cannot read the weights file {p}: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise WeightsError(f"--weights {p} is a folder; give the checkpoint file inside it")
+    if not stat.S_ISREG(st.st_mode):
+        raise WeightsError(f"--weights {p} is not a regular file (a device, pipe or socket); give a checkpoint file")
+    if st.st_size == 0:
+        raise WeightsError(f"--weights {p} is empty (0 bytes); give a checkpoint file")
+
+
+#: The longest one bench cell may be timed, in seconds (a sweep runs several cells; an hour each
+#: is past any latency measurement's need, and ``inf`` would never end).
+MAX_DURATION_S = 3600.0
+#: The most timed or warm-up explanations of one bench cell.
+MAX_ITERATIONS = 100_000
+
+
+def check_count(value, name: str, ceiling: int, *, minimum: int = 1) -> int:
+    """An int in [minimum, ceiling] (not a bool), for counts that would otherwise never end."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise InvalidTypeError(f"{name} must be an integer, got {value!r}")
+    if not minimum <= value <= ceiling:
+        raise InvalidInputError(f"{name} must be in {minimum}..{ceiling}, got {value}")
+    return int(value)
+
+
+def check_duration(seconds, name: str = "--duration") -> float:
+    """Seconds to time for: finite, above 0, at most :data:`MAX_DURATION_S`."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        raise InvalidTypeError(f"{name} must be a number of seconds, got {seconds!r}") from None
+    if not (math.isfinite(value) and 0.0 < value <= MAX_DURATION_S):
+        raise InvalidInputError(f"{name} must be above 0 and at most {MAX_DURATION_S:.0f} seconds, got {seconds}")
+    return value
+
+
+def check_gpus_per_worker(gpus) -> float:
+    """GPUs one Ray actor reserves: a fraction in (0, 1] (actors sharing a GPU) or a whole number
+    (Ray refuses fractions above 1)."""
+    try:
+        value = float(gpus)
+    except (TypeError, ValueError):
+        raise InvalidTypeError(f"--gpus-per-worker must be a number, got {gpus!r}") from None
+    if not (math.isfinite(value) and value > 0 and (value <= 1 or value.is_integer())):
+        raise InvalidInputError(f"--gpus-per-worker must be a fraction in (0, 1] or a whole number of GPUs, got {gpus}")
+    return value
+
+
+def check_steps(steps, input_size) -> int:
+    """Insertion/deletion steps: 1 to H*W, the pixels of the input (each step reveals or removes at
+    least one pixel; more steps than pixels measure nothing new)."""
+    H, W = input_size
+    return check_count(steps, "steps", H * W)
+
+
 #: The oldest ONNX opset the exporter writes (torch's dynamo exporter starts at 18: asked for less it
 #: writes 18 anyway, so a manifest would claim an opset its graphs do not have).
 MIN_OPSET = 18
@@ -114,16 +186,20 @@ def check_threads(threads) -> int:
     return value
 
 
+#: The largest batch (images, or maps per call) the exported graphs declare.
+MAX_GRAPH_BATCH = 4096
+
+
 def check_batch_ceiling(batch_size: int, input_size: tuple[int, int], device: str) -> int:
     """A CPU batch of masked passes must fit half this machine's memory (``PASS_PLANES`` float32
     planes of the input per pass); on a GPU, the graphs' largest batch (4096)."""
     H, W = input_size
     if device == "cpu":
         per_pass = PASS_PLANES * H * W * 4
-        limit = max(1, min(4096, machine_memory() // 2 // per_pass))
+        limit = max(1, min(MAX_GRAPH_BATCH, machine_memory() // 2 // per_pass))
         where = f"half of this machine's {machine_memory() / 2**30:.0f} GiB at ~{per_pass / 2**20:.0f} MB per pass"
     else:
-        limit, where = 4096, "the exported graphs' largest batch"
+        limit, where = MAX_GRAPH_BATCH, "the exported graphs' largest batch"
     if batch_size > limit:
         raise InvalidInputError(f"batch_size={batch_size} is above {limit} masked passes per call ({where}); "
                                 "leave it out for the measured default")
@@ -147,6 +223,14 @@ PRECISION_GRAPH = {"fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "int8": "int8
 PRECISIONS = tuple(PRECISION_GRAPH)
 #: Precisions an export can write a graph in (``unioncam export --precision``).
 GRAPH_PRECISIONS = tuple(dict.fromkeys(PRECISION_GRAPH.values()))
+#: How far a masked-forward graph's black-image score may be from the FP32 gradient graph's, per
+#: graph precision (the load check's second line, after the fingerprints). FP32: the same network,
+#: reordered float sums. FP16: measured on the real EfficientNet-Lite0/1/2 weights (largest
+#: difference over every class, benchmarks/results/2026-12-03-cpu2-black-score-fp16.md) times 10.
+#: INT8: None, no numeric check: quantisation moves a small model's scores by up to 0.42 (measured
+#: on the seeded test models), which no bound separates from a foreign graph; its identity is the
+#: fingerprint and the manifest's records alone.
+BLACK_SCORE_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "int8": None}
 
 
 def check_precision(precision: str, device: str | None = None) -> str:
@@ -170,6 +254,18 @@ ORT_OPTIONS = {
     "mem_pattern": ("0", "1"),  # plan buffers once per shape (default 1)
     "arena": ("0", "1"),  # CPU memory arena (default 1)
 }
+
+
+#: ONNX Runtime session config keys that are flags ("0" or "1"; onnxruntime_session_options_config_keys.h):
+#: another value is ignored without a word, so it is refused here.
+ORT_FLAG_KEYS = frozenset({
+    "session.intra_op.allow_spinning", "session.inter_op.allow_spinning", "session.disable_prepacking",
+    "session.use_env_allocators", "session.set_denormal_as_zero", "session.disable_cpu_ep_fallback",
+    "session.use_device_allocator_for_initializers", "session.disable_quant_qdq", "session.disable_double_qdq_remover",
+    "session.enable_quant_qdq_cleanup", "session.disable_aot_function_inlining", "session.strict_shape_type_inference",
+    "session.allow_released_opsets_only", "session.use_ort_model_bytes_directly", "session.disable_synchronize_execution_providers",
+    "session.force_spinning_stop",
+})
 
 
 def _option_pairs(options, what: str, example: str) -> dict[str, str]:
@@ -205,6 +301,9 @@ def check_ort_options(options) -> dict[str, str]:
         elif not key.startswith(("session.", "mlas.")):
             raise InvalidInputError(f"unknown ONNX Runtime option {key!r}; use {', '.join(ORT_OPTIONS)} or an "
                                     "ONNX Runtime config key (session.*, mlas.*)")
+        elif key in ORT_FLAG_KEYS and value not in ("0", "1"):
+            # ONNX Runtime reads these as flags and silently ignores any other value.
+            raise InvalidInputError(f"ONNX Runtime option {key}={value!r}: it is a flag, 0 or 1")
         out[key] = value
     return out
 
@@ -221,9 +320,10 @@ PROVIDER_OPTIONS = {
 }
 
 
-def check_provider_options(options) -> dict[str, str]:
+def check_provider_options(options, device: str | None = None) -> dict[str, str]:
     """CUDA provider options: a dict or ``"KEY=VALUE,..."`` text (``"default"``: none), keys in
-    :data:`PROVIDER_OPTIONS`. Returns ``{key: value}`` with string values."""
+    :data:`PROVIDER_OPTIONS`; none with ``device="cpu"``, where they would do nothing
+    (BackendUnavailableError). Returns ``{key: value}`` with string values."""
     out = {}
     for key, value in _option_pairs(options, "CUDA provider", "cudnn_conv_algo_search=HEURISTIC").items():
         if key == "use_tf32":
@@ -237,6 +337,11 @@ def check_provider_options(options) -> dict[str, str]:
         if allowed is not None and value not in allowed:
             raise InvalidInputError(f"CUDA provider option {key}={value!r}: choose one of {', '.join(allowed)}")
         out[key] = value
+    if out and device == "cpu":
+        from .errors import BackendUnavailableError
+
+        raise BackendUnavailableError("CUDA provider options apply to device 'cuda' (or 'tensorrt'); device 'cpu' "
+                                      "takes none (leave them out)")
     return out
 
 

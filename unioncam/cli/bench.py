@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..registry import METHODS
 from ..runtime.backends import BACKENDS, devices
-from .common import add_budget_option, positive_int
+from .common import add_budget_option, add_replace_option, positive_int
 
 
 def add_parser(sub) -> None:
@@ -50,6 +50,7 @@ def add_parser(sub) -> None:
     p.add_argument("--json", type=Path, help="write the report as JSON (schema in the README)")
     p.add_argument("--md", type=Path, help="write the report as a Markdown table")
     p.add_argument("--plot", type=Path, help="write a PNG: the latency distribution of each cell (needs matplotlib)")
+    add_replace_option(p)
     p.add_argument("--no-ceiling", action="store_true", help="skip the GEMM ceiling measurement")
     p.add_argument("--list", action="store_true", help="print what this machine can run, and how to enable the rest")
     p.add_argument("--no-progress", action="store_true")
@@ -78,12 +79,18 @@ def ceiling(threads: int | None) -> dict:
 
 
 def _validate(args) -> None:
-    if args.warmup < 0:
-        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
-    if args.duration is not None and not args.duration > 0:
-        raise UsageError(f"--duration must be a positive number of seconds, got {args.duration}")
     from ..errors import UnionCAMError
-    from ..validation import check_ort_options, check_provider_options, check_threads
+    from ..validation import (MAX_ITERATIONS, check_count, check_duration, check_ort_options, check_provider_options,
+                              check_threads)
+    from .common import as_usage_error
+
+    with as_usage_error("--warmup"):
+        check_count(args.warmup, "--warmup", MAX_ITERATIONS, minimum=0)
+    with as_usage_error("--iterations"):
+        check_count(args.iterations, "--iterations", MAX_ITERATIONS)
+    if args.duration is not None:
+        with as_usage_error():
+            check_duration(args.duration)
 
     for t in args.threads:
         if t is not None:
@@ -116,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
         print_list()
         return 0
     _validate(args)
+    from ..ownership import claim
+
+    claim([p for p in (args.json, args.md, args.plot) if p is not None], replace_user_files=args.replace_user_files,
+          elsewhere="write the report elsewhere")
     if args.plot:
         import importlib.util
 
@@ -156,9 +167,17 @@ def _one_graph_facts(path: Path) -> dict:
         raise UsageError(f"--onnx: {path} is not a file")
     info = path.with_name("unioncam.json")
     if info.is_file():
-        facts = json.loads(info.read_text())
-        return {"model": facts.get("model") or path.name, "layer": facts.get("layer", "?"),
-                "input_size": facts["input_size"]}
+        try:
+            facts = json.loads(info.read_text())
+            size = facts["input_size"]
+            if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and v > 0 for v in size)):
+                raise ValueError(f"input_size {size!r:.40} is not [H, W]")
+            return {"model": str(facts.get("model") or path.name), "layer": str(facts.get("layer", "?")),
+                    "input_size": size}
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            what = f"lacks {e}" if isinstance(e, KeyError) else f"is damaged ({type(e).__name__}: {e})"
+            raise ArtifactError(f"{info}, the report beside {path.name}, {what}; export the one graph again with "
+                                "`unioncam export --end-to-end`, or move the report away") from None
     from ..runtime.backends.onnxruntime.loader import SessionFromOnnx
 
     shape = next((i.shape for i in SessionFromOnnx(path)().get_inputs() if i.name == "image"), None)
@@ -190,9 +209,9 @@ def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
         report["gemm"] = {str(t) if t else "all": v for t, v in ceilings.items()}
     bar = None
     if not args.no_progress:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
-        bar = tqdm(total=len(combos), desc="bench cells", unit="cell", file=sys.stderr)
+        bar = progress_bar(total=len(combos), desc="bench cells", unit="cell")
     import numpy as np
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -251,9 +270,9 @@ def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
     from .. import atomic
 
     if args.json:
-        atomic.write_text(args.json, json.dumps(report, indent=2))
+        atomic.write_text(args.json, json.dumps(report, indent=2), own=True)
     if args.md:
-        atomic.write_text(args.md, render_markdown(report))
+        atomic.write_text(args.md, render_markdown(report), own=True)
     if args.plot:
         from .bench_report import render_plot
 

@@ -110,15 +110,14 @@ def print_list() -> None:
     gpu = current_gpu()
     print(f"GPU: {gpu['name']} (compute capability {gpu['compute_capability']})" if gpu else
           "GPU: none found (or cuda-python missing: pip install cuda-python)")
+    # torch's version from its metadata: importing torch to print one line took most of 12 s.
+    from importlib import metadata
+
     try:
-        import importlib.util
-
-        if importlib.util.find_spec("torch") is None:
-            raise ImportError
-        import torch
-
-        print(f"torch {torch.__version__}: CUDA {'available' if torch.cuda.is_available() else 'not available'}")
-    except ImportError:
+        version = metadata.version("torch")
+        build = "CPU build" if "+cpu" in version else "CUDA build where the wheel is one (torch.cuda.is_available() tells)"
+        print(f"torch {version}: {build}")
+    except metadata.PackageNotFoundError:
         print("torch: not installed (needed for --model and --compare eager: pip install 'unioncam[torch]')")
 
 
@@ -154,4 +153,4 @@ def render_plot(report: dict, path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    atomic.write_bytes(path, buf.getvalue())
+    atomic.write_bytes(path, buf.getvalue(), own=True)

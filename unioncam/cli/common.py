@@ -3,6 +3,7 @@ verify, re-export when the cache entry is refused). Heavy imports (torch, the ex
 when a command needs them, so ``--help`` is instant."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -43,12 +44,21 @@ def add_model_options(p, *, out_default: str) -> None:
                    help="CPU threads of each session (default: every core; on a busy machine fewer can be faster)")
     add_budget_option(p)
     p.add_argument("--out", type=Path, default=Path(out_default), help=f"output folder (default ./{out_default})")
+    add_replace_option(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--lenient", action="store_true",
                    help="explain images whose decoder reports damaged data (default: such an image is an error row)")
     p.add_argument("--artifacts", type=Path,
                    help="an exported folder (`unioncam export --out DIR`): used as is, with no export and no torch "
                         "needed; model, layer and input size come from its manifest")
+
+
+def add_replace_option(p) -> None:
+    """``--replace-user-files``: the one way to replace a file with our names that unioncam did not
+    write (README, "Guarantees"); without it such a run stops before any work, exit 2."""
+    p.add_argument("--replace-user-files", action="store_true",
+                   help="replace files with unioncam's output names that unioncam did not write (default: refuse, "
+                        "before any work, naming the file); files unioncam wrote are always replaced")
 
 
 def add_budget_option(p, *, nargs=None) -> None:
@@ -90,12 +100,13 @@ def resolve_model_spec(args):
             s = dataclasses.replace(s, input_size=check_input_size(size))
         return s
     from ..artifacts import Manifest
-    from ..errors import InvalidInputError
+    from ..errors import UsageError
 
     if getattr(args, "backend", "onnxruntime") == "torch":
-        raise InvalidInputError("--artifacts runs the exported graphs; it does not go with --backend torch")
-    if args.layer is not None or args.weights is not None:
-        raise InvalidInputError("--artifacts fixes the model, weights and layer; leave out --layer and --weights")
+        raise UsageError("--artifacts runs the exported graphs; it does not go with --backend torch")
+    if args.layer is not None or args.weights is not None or getattr(args, "reshape", None) is not None:
+        raise UsageError("--artifacts fixes the model, weights, layer and reshape; leave out --layer, --weights "
+                         "and --reshape")
     m = Manifest.load(args.artifacts)
     args.model = m.model
     return ModelSpec(m.model, m.layer, tuple(m.input_size), tuple(m.mean or ()), tuple(m.std or ()),
@@ -108,15 +119,30 @@ def model_request(args, model_spec) -> ModelRequest:
                         getattr(args, "class_idx", None), getattr(args, "class_by_name", False))
 
 
+@contextlib.contextmanager
+def as_usage_error(flag: str | None = None):
+    """A bad option value found by a shared check (InvalidInputError, BackendUnavailableError) is a
+    usage error: exit 2, before any model loads. ``flag`` prefixes the message."""
+    from ..errors import BackendUnavailableError, InvalidInputError, UsageError
+
+    try:
+        yield
+    except UsageError:
+        raise
+    except (InvalidInputError, BackendUnavailableError) as e:
+        raise UsageError(f"{flag}: {e}" if flag else str(e)) from None
+
+
 def check_model_options(args, model_spec) -> None:
     """The shared options' values, before any image is read or model exported: a bad value is a
     usage error (exit 2) that costs no export."""
-    from ..errors import BackendUnavailableError, InvalidInputError, UsageError
+    from ..errors import InvalidInputError
+    from ..reshape import parse_reshape
     from ..validation import (check_batch_ceiling, check_precision, check_provider_options, check_theta,
                               check_threads)
 
     device = getattr(args, "device", "cpu")
-    try:
+    with as_usage_error():
         check_theta(args.theta)
         if args.layer is not None and not args.layer.strip():
             raise InvalidInputError("--layer is empty; give a dotted module name, or leave it out for the model's default")
@@ -125,17 +151,31 @@ def check_model_options(args, model_spec) -> None:
         if args.batch_size is not None:
             check_batch_ceiling(args.batch_size, model_spec.input_size, device)
         check_precision(args.precision or "fp32", device)
-        check_provider_options(args.provider_options)
-    except (InvalidInputError, BackendUnavailableError) as e:
-        raise UsageError(str(e)) from None
+    with as_usage_error("--provider-options"):
+        check_provider_options(args.provider_options, device)
+    with as_usage_error("--reshape"):
+        if getattr(args, "reshape", None) is not None:
+            parse_reshape(args.reshape)
+
+
+def check_out_folder(out: Path) -> None:
+    """``--out`` must be a folder or nothing yet, with no file on its path: a usage error (exit 2)
+    found before any model loads."""
+    from ..errors import OutputPathError
+
+    for p in [out, *out.parents]:
+        if p.exists() and not p.is_dir():
+            what = "is a file, not a folder" if p == out else f"is below {p}, which is a file, not a folder"
+            raise OutputPathError(f"--out {out} {what}; give --out a folder (a new one, or one of earlier runs)")
 
 
 def ensure_out(out: Path) -> None:
     """The output folder, created; the temporary files a killed run of ours left there, removed."""
+    check_out_folder(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UnwritableError(f"cannot create output folder {out}: {e.strerror}") from None
+        raise UnwritableError(f"cannot create output folder {out}: {e.strerror}; choose a writable --out") from None
     if not os.access(out, os.W_OK):
         raise UnwritableError(f"output folder {out} is not writable; choose another with --out")
     stale = remove_stale_temporaries(out)
@@ -155,4 +195,4 @@ def report_settings(args, model_spec, layer: str) -> dict:
     return {"model": args.model, "weights": weights, "layer": layer, "theta": args.theta, "method": args.method,
             "max_passes": args.max_passes, "precision": args.precision or "fp32", "class_requested": args.class_idx,
             "input_size": list(model_spec.input_size), "backend": args.backend, "device": args.device,
-            "lenient": bool(args.lenient)}
+            "lenient": bool(args.lenient), "plain": bool(getattr(args, "plain", False))}

@@ -9,13 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InvalidInputError, UnionCAMError, UsageError
+from ..errors import InvalidInputError, UnionCAMError
 from ..registry import METHODS
 from ..outputs import collect_images
+from ..ownership import claim
 from .common import add_model_options
+
+#: What eval writes into --out.
+OUTPUTS = ("metrics.csv", "metrics.md", "grid.png")
 
 #: Side of a grid tile in pixels.
 TILE = 160
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -62,11 +67,16 @@ def run(args: argparse.Namespace) -> int:
 
     model_spec = resolve_model_spec(args)
     check_model_options(args, model_spec)  # before any image is read or model exported
-    if args.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    from ..validation import check_steps
+    from .common import as_usage_error
+
+    with as_usage_error("--steps"):
+        check_steps(args.steps, model_spec.input_size)
     files = collect_images(args.paths)
     if not files:
         raise InvalidInputError("no image files found in the given paths")
+    outputs = [args.out / name for name in OUTPUTS]
+    claim(outputs, replace_user_files=args.replace_user_files)  # before any work
     ensure_out(args.out)
     ex = layer = None
     progress = None
@@ -85,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
                                      max_passes=args.max_passes, precision=args.precision or "fp32",
                                      threads=args.threads)
             if not args.no_progress:
-                from tqdm.auto import tqdm
+                from ..progress import progress_bar
 
-                progress = tqdm(total=len(files) * len(args.methods), desc="eval", unit="map")
+                progress = progress_bar(total=len(files) * len(args.methods), desc="eval", unit="map")
         tiles = []
         for method, exp in ex.explain_methods(x, args.methods).items():
             c = int(exp.class_idx[0])
@@ -113,8 +123,9 @@ def run(args: argparse.Namespace) -> int:
     w = csv.DictWriter(text, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
-    atomic.write_text(args.out / "metrics.csv", text.getvalue())
-    write_image(args.out / "grid.png", np.vstack(grid_rows))
+    claim(outputs, replace_user_files=args.replace_user_files)  # files the user put there while it ran
+    atomic.write_text(args.out / "metrics.csv", text.getvalue(), own=True)
+    write_image(args.out / "grid.png", np.vstack(grid_rows), own=True)
 
     def fmt(values):
         return format_interval(*mean_ci95(values))
@@ -135,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                  "mean to the same place; 3 significant figures without an interval). ms / map: what the method costs "
                  "alone; the methods share one gradient pass and one set of masked passes (Score-CAM's map is "
                  "UnionCAM's region map).\n")
-    atomic.write_text(args.out / "metrics.md", "\n".join(lines))
+    atomic.write_text(args.out / "metrics.md", "\n".join(lines), own=True)
     print("\n".join(lines))
     print(f"wrote {args.out / 'metrics.csv'}, {args.out / 'metrics.md'}, {args.out / 'grid.png'}")
     return 1 if failures else 0

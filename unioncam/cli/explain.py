@@ -10,12 +10,13 @@ from ..errors import UnionCAMError, UsageError
 from ..registry import METHODS, method_info
 from ..runtime.backends import BACKENDS, devices
 from ..explain_files import LazyExplainer, explain_file, failure_message
-from ..outputs import collect_images, output_stems, own_outputs
+from ..image_io import approximate
+from ..outputs import claim_outputs, collect_images, finished_report, output_stems, own_outputs
 from ..export_cache import choose_layer
 from ..classes import parse_class
 from ..validation import check_class_option
-from .common import (add_model_options, check_model_options, ensure_out, open_runtime, positive_int, report_settings,
-                     resolve_model_spec)
+from .common import (add_model_options, check_model_options, check_out_folder, ensure_out, open_runtime, positive_int,
+                     report_settings, resolve_model_spec)
 
 #: From this many images on, ``explain`` runs on Ray when Ray is installed (README, "Whole data sets").
 RAY_THRESHOLD = 256
@@ -37,6 +38,12 @@ def add_parser(sub) -> None:
     p.add_argument("images", nargs="*", type=Path,
                    help="image files (any format OpenCV reads), folders, or quoted globs; default: bundled chelsea.png")
     add_model_options(p, out_default="unioncam_out")
+    p.add_argument("--plain", action="store_true",
+                   help="write the overlay alone, pixel-aligned with the photo (for pipelines); default: with a "
+                        "caption (class, score, method, approximate or not) and a colour bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="explain every image again (default: images whose outputs an earlier run completed with the "
+                        "same settings are skipped); replaces only files unioncam wrote")
     p.add_argument("--class", dest="class_text", metavar="CLASS",
                    help="class to explain: an index (281) or an ImageNet name, any synonym, any case (\"tabby\"); "
                         "default: the predicted class")
@@ -111,17 +118,32 @@ def run(args: argparse.Namespace) -> int:
         images = [p for p in images if Path(p) not in own]
     if not images:
         raise UsageError("no image files found in the given folders")
+    check_out_folder(args.out)
     if args.workers or args.ray_address or len(images) >= RAY_THRESHOLD and ray_available():
         from .explain_ray import run_distributed
 
         return run_distributed(args, model_spec, images)
+    stems = output_stems([Path(p) for p in images], args.out)
+    claim_outputs(args.out, stems, replace_user_files=args.replace_user_files)  # before any work
     ensure_out(args.out)
     # One image at a time: read, explain, write. The model is loaded (or exported) at the first
     # image that reads, so a run whose every image is bad loads nothing; a bad image is reported
     # and the others are still explained.
     explain = LazyExplainer(lambda: _explainer(args, model_spec))
     failures = 0
-    for path, stem in zip(images, output_stems([Path(p) for p in images], args.out)):
+    todo = list(zip(images, stems))
+    if not args.overwrite:
+        # Resume as the Ray path does: complete outputs of this photo with these settings are kept.
+        # A factory's layer is chosen at load; the reports of an earlier run name it, so it is not compared.
+        known = report_settings(args, model_spec, args.layer or model_spec.default_layer)
+        if not known["layer"]:
+            known.pop("layer")
+        todo = [(p, s) for p, s in todo if finished_report(args.out, s, p, known) is None]
+        done = len(images) - len(todo)
+        if done:
+            print(f"unioncam: {done} of {len(images)} images already explained in {args.out} (same settings); "
+                  f"explaining the other {len(todo)} (--overwrite redoes them)", file=sys.stderr)
+    for path, stem in todo:
         try:
             rep, _, _ = explain_file(path, stem, args.out, explain=explain, size=model_spec.input_size,
                                      settings=lambda: report_settings(args, model_spec, explain.layer), lenient=args.lenient,
@@ -136,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         explain.load_ms = 0.0  # counted in the first report only
         selected = f", selected {rep['selected']}" if rep["selected"] is not None else ""
+        if approximate(rep):
+            selected += f", approximate ({rep['max_passes']} passes)"
         ms = rep["timings_ms"]["total"]
         took = f"{ms / 1e3:.1f} s" if ms >= 1000 else f"{ms:.3g} ms"
         print(f"{path}: {rep['class_name']} (class {rep['class_idx']}, p={rep['score']:.3f}){selected}, {took} -> "

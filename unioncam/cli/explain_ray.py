@@ -14,12 +14,27 @@ def run_distributed(args, model_spec, images) -> int:
     from ..export_cache import ensure_precision, exported
     from .common import ensure_out, model_request, report_settings
 
+    from ..distributed.dataset import check_reachable
+
     import_ray()  # the one-line error naming the extra comes before any export
     if args.backend == "torch":
         raise UsageError("explaining on Ray runs the exported graphs; use --backend onnxruntime or tensorrt "
                                 "(not torch) with --workers or --ray-address")
     if args.gpus_per_worker is not None and args.device == "cpu":
         raise UsageError("--gpus-per-worker goes with --device cuda")
+    if args.gpus_per_worker is not None:
+        from ..validation import check_gpus_per_worker
+        from .common import as_usage_error
+
+        with as_usage_error():
+            check_gpus_per_worker(args.gpus_per_worker)
+    if args.ray_address:
+        check_reachable(args.ray_address)  # a malformed or silent address, before any export
+    from ..distributed.dataset import INDEX
+    from ..outputs import claim_outputs, output_stems
+
+    claim_outputs(args.out, output_stems(list(images), args.out), replace_user_files=args.replace_user_files,
+                  extra=[args.out / INDEX])  # before the export
     ensure_out(args.out)
     if args.artifacts is not None:
         directory, layer = args.artifacts, model_spec.default_layer
@@ -29,7 +44,8 @@ def run_distributed(args, model_spec, images) -> int:
     run_settings = {**report_settings(args, model_spec, layer), "batch_size": args.batch_size, "threads": args.threads}
     summary = explain_dataset(images, directory, args.out, workers=args.workers, ray_address=args.ray_address,
                               settings=run_settings, gpus_per_worker=args.gpus_per_worker,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, overwrite=args.overwrite,
+                              replace_user_files=args.replace_user_files)
     rate = f", {summary['images_per_s']:.2f} images/s" if summary["images_per_s"] else ""
     print(f"{summary['ok']} of {summary['images']} images explained ({summary['skipped']} from a previous run, "
           f"{summary['error']} errors) with {summary['workers']} workers in {summary['elapsed_s']:.1f} s "

@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 
 from ..artifacts import END_TO_END_CHUNK, check_replaceable
-from ..validation import GRAPH_PRECISIONS
+from ..errors import UsageError
+from ..validation import GRAPH_PRECISIONS, MAX_GRAPH_BATCH as MAX_BATCH
+from .common import add_replace_option
 
 
 def add_parser(sub) -> None:
@@ -35,6 +37,7 @@ def add_parser(sub) -> None:
     p.add_argument("--end-to-end", action="store_true",
                    help="write unioncam.onnx instead: the whole method in one graph (image in, explanation out)")
     p.add_argument("--theta", type=float, default=10.0, help="--end-to-end: AMD percentile baked into the graph")
+    add_replace_option(p)
     p.add_argument("--chunk", type=int, default=END_TO_END_CHUNK,
                    help="--end-to-end: masked passes per loop iteration inside the graph (peak memory ~ chunk "
                         "forward passes; README, \"One graph, no Python\", has the measured table)")
@@ -43,20 +46,35 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..model_specs import spec
-    from ..models import load
-    from ..export import export, graph_stats
-
     from ..validation import check_input_size, check_opset, check_positive_int, check_theta
 
+    from ..reshape import parse_reshape
+    from ..ownership import claim
+    from .common import as_usage_error, check_out_folder
+
+    # Every option, before the model loads (a minute for the larger ones): a bad one is exit 2.
     s = spec(args.model)
-    if not args.end_to_end:
-        check_replaceable(args.out)  # a usage error, refused before a minute of export
-    check_theta(args.theta)  # before the model is loaded
-    check_positive_int(args.chunk, "--chunk")
-    check_positive_int(args.max_batch, "--max-batch")
+    with as_usage_error("--theta"):
+        check_theta(args.theta)
+    with as_usage_error("--chunk"):
+        check_positive_int(args.chunk, "--chunk")
+    with as_usage_error("--max-batch"):
+        check_positive_int(args.max_batch, "--max-batch")
+        if args.max_batch > MAX_BATCH:
+            raise UsageError(f"--max-batch {args.max_batch} is above the graphs' largest batch, {MAX_BATCH}")
+    with as_usage_error("--reshape"):
+        parse_reshape(args.reshape)
     check_opset(args.opset)
-    size = check_input_size(args.input_size) if args.input_size else s.input_size
+    with as_usage_error():
+        size = check_input_size(args.input_size) if args.input_size else s.input_size
+    check_out_folder(args.out)
+    if args.end_to_end:
+        claim([args.out / "unioncam.onnx", args.out / "unioncam.json"], replace_user_files=args.replace_user_files)
+    else:
+        check_replaceable(args.out)
+    from ..export import export, graph_stats
     from ..export_cache import choose_layer
+    from ..models import load
 
     model, default_layer = load(args.model, args.weights)
     default_layer, reshape = choose_layer(args.layer or default_layer, args.model, model, size, args.reshape)
@@ -65,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
         info = export_end_to_end(model, args.layer or default_layer, args.out, input_size=size, theta=args.theta,
                                  chunk=args.chunk, opset=args.opset, model_name=args.model, reshape=reshape,
+                                 replace_user_files=args.replace_user_files,
                                  log=lambda line: print(f"unioncam: {line}", file=sys.stderr, flush=True))
         print(f"exported {args.model} layer {info['layer']} end to end to {info['path']}: {info['bytes'] / 1e6:.1f} MB, "
               f"{info['nodes']} nodes, up to {info['channels']} masked passes in chunks of {info['chunk']}, "

@@ -38,14 +38,35 @@ def _pack(artifact_dir: Path) -> dict:
     return {f.name: f.read_bytes() for f in sorted(artifact_dir.iterdir()) if f.is_file()}
 
 
-#: Seconds to wait for a Ray cluster's address to answer before saying what to check.
+#: Seconds a Ray cluster's address has, in all, to accept a connection and answer as a gRPC server.
 CONNECT_TIMEOUT_S = 30.0
+#: An HTTP/2 client's connection preface and an empty SETTINGS frame (RFC 9113, 3.4 and 6.5): Ray's
+#: GCS (HOST:6379) and Ray Client (ray://HOST:10001) are gRPC servers, which answer with a SETTINGS
+#: frame. A port that accepts and never answers is found here, not by a ray.init that waits forever.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def parse_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``--ray-address`` (None for ``auto``, Ray's own lookup).
+
+    Raises:
+        UsageError: not ``HOST:PORT``, ``ray://HOST:PORT`` or ``auto``, or a port outside 1..65535.
+    """
+    if address == "auto":
+        return None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    if not 1 <= int(port) <= 65535:
+        raise UsageError(f"--ray-address {address!r}: port {int(port)} is outside 1..65535")
+    return host, int(port)
 
 
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Fail fast where ``ray.init(address=...)`` would retry forever: the address must accept a TCP
-    connection within ``timeout`` s (``"auto"`` is Ray's own lookup, not checked), and ``ray://``
-    needs Ray Client's extra.
+    """Fail fast where ``ray.init(address=...)`` would retry forever: within ``timeout`` s in all,
+    the address must accept a TCP connection and answer an HTTP/2 preface as a gRPC server does
+    (``"auto"`` is Ray's own lookup, not checked); ``ray://`` needs Ray Client's extra.
 
     Raises:
         UsageError: a malformed address; BackendUnavailableError: nothing answers, or the extra is missing.
@@ -53,26 +74,45 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     import importlib.util
     import socket
 
-    if address == "auto":
+    target = parse_address(address)
+    if target is None:
         return
     if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
         raise BackendUnavailableError(f"--ray-address {address}: Ray Client needs its extra; pip install "
                                       "\"ray[client]\" (or \"unioncam[ray]\", which includes it)")
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as e:
-        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        raise BackendUnavailableError(
+    deadline = time.monotonic() + timeout
+
+    def left() -> float:
+        return max(0.001, deadline - time.monotonic())
+
+    def fail(reason: str):
+        return BackendUnavailableError(
             f"cannot reach a Ray cluster at {address} ({reason} within {timeout:.0f} s); check the address and "
-            "that `ray start --head` runs there (port 6379, or 10001 for ray://)") from None
+            "that `ray start --head` runs there (port 6379, or 10001 for ray://)")
+
+    try:
+        with socket.create_connection(target, timeout=left()) as sock:
+            sock.settimeout(left())
+            sock.sendall(_H2_PREFACE)
+            head = b""
+            while len(head) < 9:
+                sock.settimeout(left())
+                chunk = sock.recv(9 - len(head))
+                if not chunk:
+                    raise fail("it closed the connection without answering as a Ray (gRPC) server")
+                head += chunk
+    except BackendUnavailableError:
+        raise
+    except OSError as e:
+        reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise fail(reason) from None
+    if head[3] != 0x04:  # the server's first frame is its SETTINGS
+        raise fail("it answered, but not as a Ray (gRPC) server")
 
 
 def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray_address: str | None = None,
                     settings: dict | None = None, gpus_per_worker: float | None = None, progress: bool = True,
-                    log=None, **options) -> dict:
+                    log=None, overwrite: bool = False, replace_user_files: bool = False, **options) -> dict:
     """Explain every image of ``paths`` on Ray Data; per-image outputs as ``unioncam explain`` writes
     them, plus ``out/index.parquet``.
 
@@ -88,6 +128,9 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
             joins a cluster (the artifacts then travel through the object store).
         settings: the run's report settings (the CLI passes its own); default from the manifest.
         gpus_per_worker: GPUs per actor with device ``cuda``/``tensorrt`` (default 1).
+        overwrite: explain every image again (replaces only files unioncam wrote).
+        replace_user_files: also replace files with our output names that unioncam did not write
+            (default: refused before any work, :class:`unioncam.errors.OutputPathError`).
         options: theta, method, max_passes, class_requested, backend, device, batch_size.
 
     Returns:
@@ -95,7 +138,8 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
         "images_per_s", "index", "workers"}.
     """
     from ..atomic import write_bytes
-    from ..outputs import collect_images, finished_report, output_paths, output_stems, remove_stale_temporaries
+    from ..outputs import (claim_outputs, collect_images, finished_report, output_paths, output_stems,
+                           remove_stale_temporaries)
     from ..validation import check_max_passes, check_method, check_positive_int, check_theta
     from .worker import COLUMNS, row_from_report
 
@@ -116,19 +160,21 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
     files = collect_images(paths)
     if not files:
         raise InvalidInputError("no image files found in the given paths")
+    stems = output_stems(files, out)
+    claim_outputs(out, stems, replace_user_files=replace_user_files, extra=[out / INDEX])  # before any work
     out.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temporaries(out)
     if stale:
         say(f"unioncam: removed {stale} temporary files an interrupted run left in {out}")
-    stems = output_stems(files, out)
     rows: dict[str, dict] = {}
     todo = []
     for f, stem in zip(files, stems):
-        rep = finished_report(out, stem, f, settings)
+        rep = None if overwrite else finished_report(out, stem, f, settings)
         if rep is not None:
             rows[stem] = row_from_report(rep, stem, output_paths(out, stem), "ok")
         else:
-            todo.append({"image": str(f), "path": str(Path(f).resolve()), "stem": stem})
+            # abspath, not resolve(): a symlink loop among the inputs is that image's error row, not a crash
+            todo.append({"image": str(f), "path": os.path.abspath(f), "stem": stem})
     skipped = len(rows)
     if skipped:
         say(f"unioncam: {skipped} of {len(files)} images already explained in {out} (same settings); "
@@ -136,11 +182,15 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
 
     t0 = time.perf_counter()
     n_workers, start_s = 0, 0.0
+    stopped = None
     if todo:
-        with _ray_session(ray, ray_address):
-            start_s = time.perf_counter() - t0
-            n_workers = _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpus_per_worker,
-                             progress)
+        try:
+            with _ray_session(ray, ray_address):
+                start_s = time.perf_counter() - t0
+                n_workers = _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpus_per_worker,
+                                 progress)
+        except ClusterLostError as e:
+            stopped = e  # the index of what finished is written first; a rerun resumes the rest
     elapsed = time.perf_counter() - t0
 
     import io
@@ -150,7 +200,9 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
     table = pd.DataFrame([rows[s] for s in stems if s in rows], columns=list(COLUMNS))
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
-    write_bytes(out / INDEX, buf.getvalue())
+    write_bytes(out / INDEX, buf.getvalue(), own=True)
+    if stopped is not None:
+        raise stopped
     n_ok = int((table["status"] == "ok").sum())
     return {"images": len(files), "ok": n_ok, "error": int((table["status"] == "error").sum()), "skipped": skipped,
             "elapsed_s": elapsed, "ray_start_s": start_s,
@@ -178,9 +230,16 @@ def _ray_session(ray, ray_address: str | None):
                     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
                 if ray_address:
                     check_reachable(ray_address)
-                    ray.init(address=ray_address, **quiet)
+                    try:
+                        ray.init(address=ray_address, **quiet)
+                    except ConnectionError as e:  # "auto" with no cluster on this machine
+                        raise BackendUnavailableError(
+                            f"--ray-address {ray_address}: {str(e).splitlines()[0] if str(e) else 'no cluster'}; "
+                            "start one with `ray start --head`, or leave out --ray-address to start Ray here") from None
                 else:
-                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
+                    # A cluster of our own, on this machine only: its nodes bind loopback, not the
+                    # machine's network address (nothing outside needs to reach them).
+                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
                 started = True
             try:
                 yield
@@ -191,6 +250,82 @@ def _ray_session(ray, ray_address: str | None):
     finally:
         if said and said[0].strip() and (verbose() or failed):
             print(said[0].rstrip(), file=sys.stderr)
+
+
+#: Restarts of one explainer actor after its process or node died (Ray's ``max_restarts``).
+ACTOR_RESTARTS = 3
+#: Retries of the image an actor held when it died (Ray's ``max_task_retries``).
+TASK_RETRIES = 3
+#: Seconds without a finished image, while the cluster lacks the nodes its workers need, before the
+#: run stops (``UNIONCAM_RAY_LOST_S`` overrides it): long enough for a node to rejoin, never for ever.
+LOST_GRACE_S = 60.0
+
+
+class ClusterLostError(BackendUnavailableError):
+    """A Ray run stopped because its cluster lost the nodes its explainers need, or Ray gave up on
+    an image after its retries; the finished images are in the index and a rerun resumes the rest."""
+
+    def __init__(self, message: str, left: list[str]):
+        super().__init__(message)
+        self.left = left
+
+
+def _rows_while_the_cluster_can_run(ray, results, need: dict, todo: list, rows: dict):
+    """The rows of ``results`` as they come, from a reader thread, until the run finishes or stalls
+    for want of its nodes: no row for :data:`LOST_GRACE_S` s while the cluster has less than the
+    pool ``need``s (``{"CPU": n * cpus, "GPU": n * gpus}``). A lost node's worker is restarted by
+    Ray where there is room; where there is none, its image would wait for ever.
+
+    Raises:
+        ClusterLostError: the stall above, or Ray's retries exhausted; naming the images left.
+    """
+    import queue
+    import threading
+
+    grace = float(os.environ.get("UNIONCAM_RAY_LOST_S") or LOST_GRACE_S)
+    box: queue.Queue = queue.Queue()
+    done = object()
+
+    def read():
+        try:
+            for row in results.iter_rows():
+                box.put(row)
+            box.put(done)
+        except BaseException as e:  # noqa: BLE001 - handed to the driver's thread, which raises it typed
+            box.put(e)
+
+    # A daemon thread: with its nodes gone, Ray's iterator may never return, and the run must.
+    threading.Thread(target=read, name="unioncam-ray-rows", daemon=True).start()
+
+    def lost(reason: str):
+        images = [t["image"] for t in todo if t["stem"] not in rows]
+        shown = ", ".join(images[:5]) + (f" and {len(images) - 5} more" if len(images) > 5 else "")
+        return ClusterLostError(f"the Ray run stopped: {reason}; {len(images)} images left ({shown}); the finished "
+                                "ones are in the index, and the same command resumes the rest", images)
+
+    last_row = time.monotonic()
+    while True:
+        try:
+            item = box.get(timeout=1.0)
+        except queue.Empty:
+            if time.monotonic() - last_row < grace:
+                continue
+            try:
+                have = ray.cluster_resources()  # the nodes alive now
+            except Exception:  # noqa: BLE001 - the head itself is gone
+                have = {}
+            short = {k: v for k, v in need.items() if v and have.get(k, 0.0) < v}
+            if short:
+                what = ", ".join(f"{have.get(k, 0.0):g} of the {v:g} {k}s the workers need" for k, v in short.items())
+                raise lost(f"no image finished for {grace:.0f} s and the cluster has {what}: nodes were lost") from None
+            continue
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            first = (str(item).strip().splitlines() or [type(item).__name__])[0][:300]
+            raise lost(f"Ray gave up on the work ({type(item).__name__}: {first})") from None
+        last_row = time.monotonic()
+        yield item
 
 
 def _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpus_per_worker, progress) -> int:
@@ -212,18 +347,23 @@ def _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpu
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), 4 * n * 8))
+    # Ray's own fault tolerance, bounded: a worker whose process or node died is restarted (on the
+    # nodes that remain) up to ACTOR_RESTARTS times, and the image it held is retried up to
+    # TASK_RETRIES times. Ray Data's defaults are unbounded (-1): with the node gone and no room
+    # left for the actor, the job waited for ever.
     results = ds.map_batches(
         ExplainWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), num_cpus=num_cpus,
-        num_gpus=num_gpus or None,
+        num_gpus=num_gpus or None, max_restarts=ACTOR_RESTARTS, max_task_retries=TASK_RETRIES,
         fn_constructor_kwargs={"artifacts": str(artifact_dir.resolve()), "packed": packed, "out": str(out.resolve()),
                                "settings": settings, "threads": threads})
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
-        bar = tqdm(total=len(todo), desc=f"explain ({n} workers)", unit="image", file=sys.stderr)
+        bar = progress_bar(total=len(todo), desc=f"explain ({n} workers)", unit="image")
     try:
-        for row in results.iter_rows():
+        need = {"CPU": n * num_cpus, "GPU": n * (num_gpus or 0)}
+        for row in _rows_while_the_cluster_can_run(ray, results, need, todo, rows):
             rows[row["stem"]] = dict(row)
             if bar is not None:
                 bar.update(1)

@@ -1,7 +1,9 @@
 """Baseline CAMs that fall out of UnionCAM's pipeline: Grad-CAM, Grad-CAM++, XGrad-CAM (from the
 gradient pass) and Score-CAM (the region map). Each returns ``minmax(up(L))``, (B, H, W) in [0, 1].
 Their weights are :mod:`unioncam.algebra.weights` (named in :mod:`unioncam.registry`); their sequence is
-:func:`unioncam.pipeline.explain`."""
+:func:`unioncam.pipeline.explain`.
+
+Each example runs on the bundled EfficientNet-Lite0 and its photo of a cat."""
 from __future__ import annotations
 
 from .cam_method import CAMMethod, RegionMapMethod
@@ -12,7 +14,13 @@ class GradCAM(CAMMethod):
 
     Example::
 
-        >>> GradCAM(model, "features.16")(images).cam.shape  # (B, H, W) in [0, 1]
+        >>> import torch
+        >>> from unioncam.image_io import read_rgb, sample_image_path, to_model_input
+        >>> from unioncam.models import load
+        >>> model, layer = load("efficientnet_lite0")
+        >>> images = torch.from_numpy(to_model_input(read_rgb(sample_image_path("chelsea")), (224, 224)))[None]
+        >>> GradCAM(model, layer)(images).cam.shape  # (B, H, W) in [0, 1]
+        (1, 224, 224)
     """
 
     method = "gradcam"
@@ -24,7 +32,13 @@ class GradCAMpp(CAMMethod):
 
     Example::
 
-        >>> GradCAMpp(model, "features.16")(images).cam.shape
+        >>> import torch
+        >>> from unioncam.image_io import read_rgb, sample_image_path, to_model_input
+        >>> from unioncam.models import load
+        >>> model, layer = load("efficientnet_lite0")
+        >>> images = torch.from_numpy(to_model_input(read_rgb(sample_image_path("chelsea")), (224, 224)))[None]
+        >>> GradCAMpp(model, layer)(images).cam.shape
+        (1, 224, 224)
     """
 
     method = "gradcampp"
@@ -35,7 +49,13 @@ class XGradCAM(CAMMethod):
 
     Example::
 
-        >>> XGradCAM(model, "features.16")(images).cam.shape
+        >>> import torch
+        >>> from unioncam.image_io import read_rgb, sample_image_path, to_model_input
+        >>> from unioncam.models import load
+        >>> model, layer = load("efficientnet_lite0")
+        >>> images = torch.from_numpy(to_model_input(read_rgb(sample_image_path("chelsea")), (224, 224)))[None]
+        >>> XGradCAM(model, layer)(images).cam.shape
+        (1, 224, 224)
     """
 
     method = "xgradcam"
@@ -48,7 +68,13 @@ class ScoreCAM(RegionMapMethod):
 
     Example::
 
-        >>> ScoreCAM(model, "features.16", max_passes=64)(images).cam.shape
+        >>> import torch
+        >>> from unioncam.image_io import read_rgb, sample_image_path, to_model_input
+        >>> from unioncam.models import load
+        >>> model, layer = load("efficientnet_lite0")
+        >>> images = torch.from_numpy(to_model_input(read_rgb(sample_image_path("chelsea")), (224, 224)))[None]
+        >>> ScoreCAM(model, layer, max_passes=16)(images).cam.shape
+        (1, 224, 224)
     """
 
     method = "scorecam"

@@ -11,7 +11,7 @@ from ..explanation import Explanation
 from ..validation import check_batch_size, check_images, check_max_passes
 from .hooks import check_model, eval_mode, resolve_layer
 from .passes import TorchPasses
-from .reshape import parse_reshape
+from ..reshape import parse_reshape
 
 # Re-exported: the eager path's gradient pass result is the pipeline's.
 GradientPass = pipeline.GradientPass
@@ -29,7 +29,7 @@ class CAMMethod:
         batch_size: forward passes per chunk of masked passes.
         progress: show a progress bar over masked passes (it appears only after one second).
         reshape: a transformer's layer output as (B, D, h, w) maps: ``"tokens"`` ((B, N, D), class
-            tokens dropped), ``"tokens:C:HxW"``, or ``"bhwc"`` (Swin); see :mod:`unioncam.methods.reshape`.
+            tokens dropped), ``"tokens:C:HxW"``, or ``"bhwc"`` (Swin); see :mod:`unioncam.reshape`.
     """
 
     method = ""

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidTypeError, LayerNotFoundError
-from .reshape import parse_reshape
+from ..reshape import parse_reshape
 
 
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
@@ -63,7 +63,7 @@ class ActivationTap:
     """
 
     def __init__(self, name: str, module: nn.Module, *, requires_grad: bool = True, reshape=None):
-        """``reshape``: a :class:`unioncam.methods.reshape.Reshape` (or its string) that lays a
+        """``reshape``: a :class:`unioncam.reshape.Reshape` (or its string) that lays a
         transformer's tokens out as (B, D, h, w); the leaf is the laid-out map, and the network
         continues on its inverse."""
         self.name = name

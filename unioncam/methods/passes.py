@@ -49,7 +49,7 @@ def logit_gradient(model: nn.Module, layer_name: str, layer: nn.Module, image: t
 
     A negative class index selects the arg-max of the image's logits (first maximum). The caller
     enables autograd (the exporter traces this below it). ``reshape``: a transformer's tokens as
-    (B, D, h, w) maps (:mod:`unioncam.methods.reshape`).
+    (B, D, h, w) maps (:mod:`unioncam.reshape`).
     """
     with ActivationTap(layer_name, layer, requires_grad=gradients, reshape=reshape) as tap:
         logits = model(image)

@@ -11,27 +11,28 @@ from .cam_method import RegionMapMethod
 class UnionCAM(RegionMapMethod):
     """UnionCAM (Hu et al., 2024): AMD + Score-CAM region map, fused by AMU, selected by AMS.
 
-    With ``A`` the target layer's activations (B, K, h, w), ``G = d logit_c / dA``,
-    ``N = minmax(up(.))`` and ``b = p_c(Ib)`` (a black image):
+    The definitions are the README's ("The method") and live once, in :mod:`unioncam.algebra`:
+    AMD in :func:`unioncam.algebra.amd.denoised_map`, the region map's channel scores in
+    :func:`unioncam.algebra.fusion.channel_scores` (``max_passes``: :mod:`unioncam.algebra.budget`),
+    AMU and AMS in :func:`unioncam.algebra.fusion.union_select`; the sequence of passes is
+    :func:`unioncam.pipeline.explain`.
 
-    - AMD: ``L_den = relu(sum_k mean(G_k * [G_k >= P_theta(G_k)]) A_k)``;
-    - region map: ``L_reg = relu(sum_k p_c(N(A_k) * I0) A_k)``;
-    - AMU: ``DR = minmax(beta_den N(L_den) + beta_reg N(L_reg))``, ``beta_x = p_c(N(L_x) * I0) - b``;
-    - AMS: the map is ``DR`` if ``beta_dr > beta_reg``, else ``N(L_reg)``.
-
-    The README ("The method") states it exactly; the algebra is :mod:`unioncam.algebra`, the
-    sequence :func:`unioncam.pipeline.explain`.
-
-    Example::
+    Example (the bundled ImageNet EfficientNet-Lite0 on its bundled photo of a cat; ``max_passes``
+    keeps the example fast, leave it out for the exact map)::
 
         >>> import torch
         >>> from unioncam import UnionCAM
+        >>> from unioncam.image_io import read_rgb, sample_image_path, to_model_input
         >>> from unioncam.models import load
-        >>> model = load("efficientnet_lite0")
-        >>> cam = UnionCAM(model, "features.16")
-        >>> out = cam(torch.rand(1, 3, 224, 224))
-        >>> out.cam.shape, out.selected
-        ((1, 224, 224), [...])
+        >>> model, layer = load("efficientnet_lite0")
+        >>> layer
+        'head'
+        >>> x = torch.from_numpy(to_model_input(read_rgb(sample_image_path("chelsea")), (224, 224)))[None]
+        >>> out = UnionCAM(model, layer, max_passes=16)(x)
+        >>> out.cam.shape, out.cam.dtype  # NumPy, (B, H, W) in [0, 1]
+        ((1, 224, 224), dtype('float32'))
+        >>> out[0]["selected"] in ("de_region", "region"), out[0]["class_idx"]  # AMS's choice; 285 "Egyptian cat"
+        (True, 285)
 
     Args:
         model: ``nn.Module`` mapping (B, 3, H, W) images in [0, 1] to (B, C) logits.

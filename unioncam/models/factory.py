@@ -87,11 +87,19 @@ def load_factory(name: str, weights=None) -> tuple[nn.Module, str | None]:
         raise ModelNotFoundError(f"--model {name!r}: give pkg.module:factory, e.g. mymodels:build")
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")  # the current folder, as `python -m` and uvicorn do
+    if not all(part.isidentifier() for part in module_name.split(".")):
+        raise ModelNotFoundError(f"--model {name!r}: {module_name!r} is not a module name (a path?); give the module "
+                                 "as Python imports it, pkg.module:factory, run from the folder that holds it or "
+                                 "add that folder to PYTHONPATH")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ModelNotFoundError(f"--model {name!r}: cannot import {module_name!r} ({e}); run from the folder "
                                  "that holds it or add it to PYTHONPATH") from None
+    except Exception as e:  # the module's own code failed while importing
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ModelLoadError(f"--model {name!r}: importing {module_name} raised {type(e).__name__}: {first} "
+                             "(rerun with --debug for its traceback)") from e
     factory = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)

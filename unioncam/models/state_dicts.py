@@ -12,13 +12,20 @@ from ..errors import WeightsError
 
 def read_state_dict(path: str | Path) -> dict:
     """Load a checkpoint file as a state_dict (plain, or under 'state_dict'/'model'; 'module.' stripped)."""
+    from ..validation import check_weights_file
+
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
+    check_weights_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt/foreign files
-        raise WeightsError(f"cannot read weights from {path}: {type(e).__name__}: {e}".split("\n")[0]) from None
+        if "weights_only" in str(e):
+            # torch's advice (weights_only=False) would run the file's code: never passed on.
+            raise WeightsError(f"{path} is not a plain checkpoint of tensors: it holds pickled objects, which unioncam "
+                               "does not unpickle; save it with torch.save(model.state_dict(), PATH)") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise WeightsError(f"cannot read weights from {path}: not a PyTorch checkpoint ({type(e).__name__}: "
+                           f"{first[:200]})") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

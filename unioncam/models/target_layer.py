@@ -71,16 +71,69 @@ def last_feature_map(model: nn.Module, input_size=(224, 224)) -> tuple[str, tupl
     return name, records[-1][3]
 
 
+class _AttentionSpy:
+    """Which modules run attention, seen from the ops, not the names: a module is an attention
+    where, innermost in the forward pass, it calls ``scaled_dot_product_attention`` or a softmax
+    over a (..., N, N) score matrix (N > 1), or is an ``nn.MultiheadAttention``. Records also the
+    ids of every module's tensor inputs, to find the norm that feeds an attention."""
+
+    def __init__(self):
+        from torch.overrides import TorchFunctionMode
+
+        spy = self
+        self.stack: list[str] = []
+        self.attention: list[str] = []  # in the order they ran
+        self.inputs: dict[str, set[int]] = {}
+        self.alive: list = []
+
+        class Mode(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                if spy.stack and spy._is_attention_op(func, args):
+                    if spy.stack[-1] not in spy.attention:
+                        spy.attention.append(spy.stack[-1])
+                return func(*args, **kwargs)
+
+        self.mode = Mode()
+
+    @staticmethod
+    def _is_attention_op(func, args) -> bool:
+        F = torch.nn.functional
+        if func is F.scaled_dot_product_attention:
+            return True
+        if func in (torch.softmax, F.softmax, torch.Tensor.softmax) and args and isinstance(args[0], torch.Tensor):
+            t = args[0]
+            return t.dim() >= 3 and t.shape[-1] == t.shape[-2] > 1
+        return False
+
+    def hooks(self, name: str, module: nn.Module) -> list:
+        def pre(m, args, kwargs):
+            self.stack.append(name)
+            if isinstance(m, nn.MultiheadAttention) and name not in self.attention:
+                self.attention.append(name)
+            tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
+            self.inputs.setdefault(name, set()).update(id(t) for t in tensors)
+            self.alive.extend(tensors)
+
+        def post(m, args, out):
+            if self.stack and self.stack[-1] == name:
+                self.stack.pop()
+
+        return [module.register_forward_pre_hook(pre, with_kwargs=True), module.register_forward_hook(post)]
+
+
 def default_target(model: nn.Module, input_size=(224, 224)) -> tuple[str, tuple[int, ...], str | None]:
     """(dotted name, output shape, reshape or None): the layer a CAM explains when nobody named one.
 
-    A CNN's is :func:`last_feature_map`. A vision transformer's is found when its last spatial
-    outputs come after the last (B, K, h, w) map:
+    A CNN's is :func:`last_feature_map`. A vision transformer's is found by its structure, whatever
+    its modules are called (timm's ``norm1``, torchvision's ``ln_1``, Hugging Face's
+    ``layernorm_before``), when its last spatial outputs come after the last (B, K, h, w) map:
 
     - tokens (B, N, D) with N a square grid after 0-2 class tokens (ViT, DeiT): the last block's
-      input norm (``*.norm1``, the layer pytorch-grad-cam's users pick: the last block's output
-      reaches the class token's head through no attention, so its patch tokens get no gradient),
-      with ``reshape="tokens"``;
+      input, the last LayerNorm whose output feeds an attention (:class:`_AttentionSpy`; the layer
+      pytorch-grad-cam's users pick: the last block's output reaches the class token's head through
+      no attention, so its patch tokens get no gradient), else the output that enters the last
+      module holding an attention; with ``reshape="tokens"``;
     - channels-last maps (B, h, w, D) that permute an earlier (B, D, h, w) map (Swin): the last
       block's (a module with children; a final norm's only where no block's is), with ``reshape="bhwc"``.
 
@@ -91,6 +144,8 @@ def default_target(model: nn.Module, input_size=(224, 224)) -> tuple[str, tuple[
 
     records = []  # (order, name, module type, id, shape)
     alive, hooks = [], []
+    spy = _AttentionSpy()
+    norms_by_type = set()
 
     def hook(name):
         def fn(m, _i, out):
@@ -103,8 +158,13 @@ def default_target(model: nn.Module, input_size=(224, 224)) -> tuple[str, tuple[
     for name, mod in model.named_modules():
         if name:
             hooks.append(mod.register_forward_hook(hook(name)))
-    _probe(model, input_size, hooks)
+            hooks.extend(spy.hooks(name, mod))
+            if isinstance(mod, nn.LayerNorm):
+                norms_by_type.add(name)
+    with spy.mode:
+        _probe(model, input_size, hooks)
     alive.clear()
+    spy.alive.clear()
     convs = {(s[1], s[2], s[3]) for _, _, kind, _, s in records if len(s) == 4 and "Conv" in kind}
 
     def is_tokens(s):
@@ -125,19 +185,27 @@ def default_target(model: nn.Module, input_size=(224, 224)) -> tuple[str, tuple[
     def strip(name):
         return name[len(inner) + 1:] if inner and name.startswith(inner + ".") else name
 
-    norms = [r for r in records if is_tokens(r[4]) and r[1].split(".")[-1] == "norm1"]
+    fed = set().union(*(spy.inputs.get(a, set()) for a in spy.attention)) if spy.attention else set()
+    norms = [r for r in records if is_tokens(r[4]) and r[1] in norms_by_type and r[3] in fed]
+    if not norms and spy.attention:
+        # No norm before the attention: the tokens that enter the last module holding one.
+        holder = spy.attention[-1].rpartition(".")[0]
+        entering = spy.inputs.get(holder, set()) if holder else set()
+        norms = [r for r in records if is_tokens(r[4]) and r[3] in entering]
     last = [r for r in records if is_channels_last(r[4])]
     # A block's output, not a final norm's: the last block is what a Swin user explains.
     last = [r for r in last if r[2].endswith("/block")] or last
     if norms and not (last and last[-1][0] > norms[-1][0]):
-        r = norms[-1]
+        same = [r for r in norms if r[3] == norms[-1][3]]
+        r = min(same, key=lambda r: (r[1].count("."), -r[0]))
         return strip(r[1]), r[4], "tokens"
     if last:
         same = [r for r in last if r[3] == last[-1][3]]
         r = min(same, key=lambda r: (r[1].count("."), -r[0]))
         return strip(r[1]), last[-1][4], "bhwc"
-    raise LayerNotFoundError("this model's tokens have no block input norm (*.norm1) to explain at; give --layer "
-                             "(e.g. the last block's input) and --reshape tokens")
+    raise LayerNotFoundError("this model's tokens reach no attention this probe could see (a softmax over an N x N "
+                             "score matrix, scaled_dot_product_attention or nn.MultiheadAttention); give --layer (the "
+                             "last block's input) and --reshape tokens")
 
 
 def output_classes(model: nn.Module, input_size=(224, 224)) -> int:

@@ -47,10 +47,9 @@ class SessionFromOnnx:
         self.providers = providers_for(device)
         self.threads = threads
         self.options = check_ort_options(options)
-        self.provider_options = check_provider_options(provider_options)
-        if device == "cpu" and (self.provider_options or tf32):
-            raise BackendUnavailableError("CUDA provider options and TF32 apply to device 'cuda' (or 'tensorrt'); "
-                                          "device 'cpu' takes none")
+        self.provider_options = check_provider_options(provider_options, device)
+        if device == "cpu" and tf32:
+            raise BackendUnavailableError("TF32 applies to device 'cuda' (or 'tensorrt'); device 'cpu' takes none")
         self.tf32 = bool(tf32)
 
     def provider_list(self) -> list:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+from .errors import InvalidInputError
 
-from ..errors import InvalidInputError
+if TYPE_CHECKING:  # parsing and checking a reshape needs no torch (the CLI checks it before loading a model)
+    import torch
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,42 @@ class Reshape:
         """(B, D, h, w) maps back to the layer's layout, the dropped class tokens taken from ``out``."""
         if self.layout == "bhwc":
             return maps.permute(0, 2, 3, 1)
+        import torch
+
         c, _ = self.prefix_and_grid(int(out.shape[1]))
         tokens = maps.flatten(2).transpose(1, 2)
         return torch.cat([out[:, :c], tokens], dim=1) if c else tokens
+
+    def check_fits(self, layer: str, out_shape, input_size) -> None:
+        """The reshaped maps must be a grid over the (H, W) input: both sides the input's divided by
+        one stride (rounded either way, as padding leaves them), as a patch grid or a feature map is.
+        A CNN's (B, K, h, w) read as ``bhwc`` gives a K x h "grid" and fails here, as does a 1x49
+        token grid over a square input.
+
+        Raises:
+            InvalidInputError: naming the layer's output shape and the grid the reshape made of it.
+        """
+        H, W = input_size
+        shape = tuple(int(v) for v in out_shape)
+        if self.layout == "bhwc":
+            if len(shape) != 4:
+                raise InvalidInputError(f"reshape 'bhwc' takes a (B, h, w, D) output; layer {layer!r} gives {shape}")
+            h, w = shape[1], shape[2]
+        else:
+            if len(shape) != 3:
+                raise InvalidInputError(f"reshape {self.spec!r} takes (B, N, D) tokens; layer {layer!r} gives {shape}"
+                                        + ("; a CNN's feature map needs no --reshape" if len(shape) == 4 else ""))
+            _, (h, w) = self.prefix_and_grid(shape[1])
+        if not any(_downsampled(H, h, stride) and _downsampled(W, w, stride) for stride in range(1, max(H, W) + 1)):
+            raise InvalidInputError(
+                f"reshape {self.spec!r} makes a {h}x{w} grid of layer {layer!r}'s output {shape}, which is no grid "
+                f"over the {H}x{W} input" + ("; a CNN's (B, K, h, w) feature map needs no --reshape"
+                                              if self.layout == "bhwc" else "; give the grid as 'tokens:C:HxW'"))
+
+
+def _downsampled(size: int, cells: int, stride: int) -> bool:
+    """``cells`` is ``size`` divided by ``stride``, rounded down or up."""
+    return size // stride <= cells <= -(-size // stride)
 
 
 def parse_reshape(spec: str | None) -> Reshape | None:
