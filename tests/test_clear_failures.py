@@ -180,7 +180,7 @@ def test_an_output_name_too_long_for_the_file_system_is_shortened(tmp_path, caps
     assert len(names) == 3 and all(len(os.fsencode(n)) <= 255 for n in names), names
     assert json.loads((tmp_path / "out" / names[0]).read_text())["image"] == str(long)
     rc = main(["explain", str(long), *TINY, "--out", str(tmp_path / "out")])  # the same names again
-    assert rc == 0 and sorted(p.name for p in (tmp_path / "out").iterdir()) == names
+    assert rc == 0 and sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != ".unioncam-written") == names
 
 
 # ---- never decode what memory cannot hold ----------------------------------------------------

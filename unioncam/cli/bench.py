@@ -167,17 +167,19 @@ def _one_graph_facts(path: Path) -> dict:
         raise UsageError(f"--onnx: {path} is not a file")
     info = path.with_name("unioncam.json")
     if info.is_file():
+        def damaged(what: str):
+            return ArtifactError(f"{info}, the report beside {path.name}, {what}; export the one graph again with "
+                                 "`unioncam export --end-to-end`, or move the report away")
+
         try:
             facts = json.loads(info.read_text())
-            size = facts["input_size"]
-            if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and v > 0 for v in size)):
-                raise ValueError(f"input_size {size!r:.40} is not [H, W]")
-            return {"model": str(facts.get("model") or path.name), "layer": str(facts.get("layer", "?")),
-                    "input_size": size}
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-            what = f"lacks {e}" if isinstance(e, KeyError) else f"is damaged ({type(e).__name__}: {e})"
-            raise ArtifactError(f"{info}, the report beside {path.name}, {what}; export the one graph again with "
-                                "`unioncam export --end-to-end`, or move the report away") from None
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise damaged(f"is damaged ({type(e).__name__}: {e})") from None
+        size = facts.get("input_size") if isinstance(facts, dict) else None
+        if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and v > 0 for v in size)):
+            raise damaged(f"has no input size [H, W] (input_size: {size!r:.40})")
+        return {"model": str(facts.get("model") or path.name), "layer": str(facts.get("layer", "?")),
+                "input_size": size}
     from ..runtime.backends.onnxruntime.loader import SessionFromOnnx
 
     shape = next((i.shape for i in SessionFromOnnx(path)().get_inputs() if i.name == "image"), None)
