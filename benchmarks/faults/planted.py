@@ -168,6 +168,54 @@ FAULTS = [
 ]
 
 
+# Issue 32: every range check at its boundary, the first invalid value admitted (tests/test_boundaries.py).
+BOUNDARY_TESTS = "tests/test_boundaries.py"
+FAULTS += [
+    ("theta-edges", "boundary", "unioncam/validation.py", "not 0.0 <= value <= 100.0", "not -1e-9 <= value <= 100.0 + 1e-9",
+     BOUNDARY_TESTS),
+    ("class-option-last", "boundary", "unioncam/validation.py", "if not 0 <= class_idx < num_classes:",
+     "if not 0 <= class_idx <= num_classes:", BOUNDARY_TESTS),
+    ("runtime-class-last", "boundary", "unioncam/validation.py", "        if not 0 <= v < limit:",
+     "        if not 0 <= v <= limit:", BOUNDARY_TESTS),
+    ("class-index-negative", "boundary", "unioncam/classes.py", "        if value < 0:", "        if value < -1:",
+     BOUNDARY_TESTS),
+    ("input-side", "boundary", "unioncam/validation.py", "        if v > MAX_INPUT_SIDE:", "        if v > MAX_INPUT_SIDE + 1:",
+     BOUNDARY_TESTS),
+    ("opset-newest", "boundary", "unioncam/validation.py", "if not MIN_OPSET <= value <= newest:",
+     "if not MIN_OPSET <= value <= newest + 1:", BOUNDARY_TESTS),
+    ("threads-ceiling", "boundary", "unioncam/validation.py", "    if value > limit:\n        raise InvalidInputError(f\"threads=",
+     "    if value > limit + 1:\n        raise InvalidInputError(f\"threads=", BOUNDARY_TESTS),
+    ("batch-ceiling", "boundary", "unioncam/validation.py", "    if batch_size > limit:", "    if batch_size > limit + 1:",
+     BOUNDARY_TESTS),
+    ("positive-int-zero", "boundary", "unioncam/validation.py", "or not isinstance(value, (int, np.integer)) or value < 1:",
+     "or not isinstance(value, (int, np.integer)) or value < 0:", BOUNDARY_TESTS),
+    ("count-ceiling", "boundary", "unioncam/validation.py", "if not minimum <= value <= ceiling:",
+     "if not minimum <= value <= ceiling + 1:", BOUNDARY_TESTS),
+    ("duration-ceiling", "boundary", "unioncam/validation.py", "0.0 < value <= MAX_DURATION_S)",
+     "0.0 < value <= MAX_DURATION_S * (1 + 1e-9))", BOUNDARY_TESTS),
+    ("steps-pixels", "boundary", "unioncam/validation.py", 'return check_count(steps, "steps", H * W)',
+     'return check_count(steps, "steps", H * W + 1)', BOUNDARY_TESTS),
+    ("gpus-fraction", "boundary", "unioncam/validation.py", "value > 0 and (value <= 1 or value.is_integer())",
+     "value > 0 and (value <= 1 + 1e-9 or value.is_integer())", BOUNDARY_TESTS),
+    ("port-65536", "boundary", "unioncam/distributed/dataset.py", "if not 1 <= int(port) <= 65535:",
+     "if not 1 <= int(port) <= 65536:", BOUNDARY_TESTS),
+    ("manifest-side", "boundary", "unioncam/artifacts.py", "max(v) <= MAX_INPUT_SIDE)", "max(v) <= MAX_INPUT_SIDE + 1)",
+     BOUNDARY_TESTS),
+    ("manifest-one-class", "boundary", "unioncam/artifacts.py", '("num_classes", lambda v: type(v) is int and v > 1)',
+     '("num_classes", lambda v: type(v) is int and v > 0)', BOUNDARY_TESTS),
+    ("graph-class-status", "boundary", "export/end_to_end.py", "(class_idx < self.num_classes)",
+     "(class_idx <= self.num_classes)", BOUNDARY_TESTS),
+    ("graph-pixel-status", "boundary", "export/end_to_end.py", "(clean.reshape(-1).amax(dim=0) <= 1)",
+     "(clean.reshape(-1).amax(dim=0) <= 1.0001)", BOUNDARY_TESTS),
+    ("pixel-ceiling", "boundary", "unioncam/image_io.py", "if size is None or size[0] * size[1] <= limit:",
+     "if size is None or size[0] * size[1] <= limit + 1:", BOUNDARY_TESTS),
+    ("byte-ceiling", "boundary", "unioncam/image_io.py", "            if length > limit:", "            if length > limit + 1:",
+     BOUNDARY_TESTS),
+    ("provider-cpu", "boundary", "unioncam/validation.py", '    if out and device == "cpu":', '    if out and device == "gpu":',
+     BOUNDARY_TESTS),
+]
+
+
 def plant(root: Path, fault) -> None:
     fid, _, rel, old, new, _ = fault
     path = root / rel

@@ -16,7 +16,7 @@ def run_distributed(args, model_spec, images) -> int:
 
     from ..distributed.dataset import check_reachable
 
-    import_ray()  # the one-line error naming the extra comes before any export
+    import_ray(local=not args.ray_address)  # the one-line error naming the extra comes before any export
     if args.backend == "torch":
         raise UsageError("explaining on Ray runs the exported graphs; use --backend onnxruntime or tensorrt "
                                 "(not torch) with --workers or --ray-address")

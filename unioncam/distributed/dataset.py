@@ -13,7 +13,18 @@ from ..errors import BackendUnavailableError, InvalidInputError, UsageError
 INDEX = "index.parquet"
 
 
-def import_ray():
+#: Set before Ray is imported, Ray's own switch for a single-machine instance: every node, the GCS
+#: and the workers bind 127.0.0.1, and a loopback address stays loopback (otherwise Ray rewrites
+#: 127.0.0.1 to the machine's network address and listens there).
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def import_ray(local: bool = False):
+    """The ray module; ``local``: this process will start its own cluster, on loopback only (where
+    Ray is not imported yet: a process that already imported it keeps its own settings)."""
+    if local and "ray" not in sys.modules:
+        for key, value in LOOPBACK.items():
+            os.environ.setdefault(key, value)
     try:
         import ray
         import ray.data  # noqa: F401
@@ -144,7 +155,7 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
     from .worker import COLUMNS, row_from_report
 
     say = log or (lambda line: print(line, file=sys.stderr))
-    ray = import_ray()
+    ray = import_ray(local=ray_address is None)
     artifact_dir, out = Path(artifact_dir), Path(out)
     from ..artifacts import Manifest
 
@@ -237,9 +248,9 @@ def _ray_session(ray, ray_address: str | None):
                             f"--ray-address {ray_address}: {str(e).splitlines()[0] if str(e) else 'no cluster'}; "
                             "start one with `ray start --head`, or leave out --ray-address to start Ray here") from None
                 else:
-                    # A cluster of our own, on this machine only: its nodes bind loopback, not the
-                    # machine's network address (nothing outside needs to reach them).
-                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+                    # A cluster of our own, on this machine only (loopback: import_ray(local=True));
+                    # address="local": a new instance, never a stale one that a file in Ray's temp folder names.
+                    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
                 started = True
             try:
                 yield
@@ -328,6 +339,15 @@ def _rows_while_the_cluster_can_run(ray, results, need: dict, todo: list, rows: 
         yield item
 
 
+def _map(ray, ds, worker, n, num_cpus, num_gpus, artifact_dir, packed, out, settings, threads):
+    """The explainer actor pool over ``ds``: ``n`` actors, one image a call."""
+    return ds.map_batches(
+        worker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), num_cpus=num_cpus,
+        num_gpus=num_gpus or None, max_restarts=ACTOR_RESTARTS, max_task_retries=TASK_RETRIES,
+        fn_constructor_kwargs={"artifacts": str(artifact_dir.resolve()), "packed": packed, "out": str(out.resolve()),
+                               "settings": settings, "threads": threads})
+
+
 def _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpus_per_worker, progress) -> int:
     from .worker import ExplainWorker
 
@@ -351,11 +371,13 @@ def _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpu
     # nodes that remain) up to ACTOR_RESTARTS times, and the image it held is retried up to
     # TASK_RETRIES times. Ray Data's defaults are unbounded (-1): with the node gone and no room
     # left for the actor, the job waited for ever.
-    results = ds.map_batches(
-        ExplainWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), num_cpus=num_cpus,
-        num_gpus=num_gpus or None, max_restarts=ACTOR_RESTARTS, max_task_retries=TASK_RETRIES,
-        fn_constructor_kwargs={"artifacts": str(artifact_dir.resolve()), "packed": packed, "out": str(out.resolve()),
-                               "settings": settings, "threads": threads})
+    import warnings
+
+    with warnings.catch_warnings():
+        # Ray 2.60 takes max_restarts and max_task_retries only as extra keyword arguments, which it
+        # calls deprecated (to be removed in 2.64; pyproject.toml caps Ray below it).
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        results = _map(ray, ds, ExplainWorker, n, num_cpus, num_gpus, artifact_dir, packed, out, settings, threads)
     bar = None
     if progress:
         from ..progress import progress_bar
