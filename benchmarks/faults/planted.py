@@ -216,6 +216,41 @@ FAULTS += [
 ]
 
 
+# Issues 31-33: the rules behind the hostile run's findings, each fault alone.
+FAULTS += [
+    ("claim-nothing", "ownership", "unioncam/ownership.py", "    ledgers: dict[Path, Ledger] = {}\n    for p in paths:",
+     "    ledgers: dict[Path, Ledger] = {}\n    for p in []:", "tests/test_ownership.py"),
+    ("ledger-not-written", "ownership", "unioncam/atomic.py", "            ownership.record(path, _sha256(tmp))",
+     "            pass", "tests/test_ownership.py"),
+    ("fingerprints-unchecked", "identity", "runtime/explainer.py",
+     "            check_export(self.directory, self.manifest, [GRADIENT_ONNX, masked, MASKED_ONNX])",
+     "            pass", "tests/test_graph_identity.py"),
+    ("int8-numeric-identity", "identity", "unioncam/validation.py", '"int8": None}', '"int8": 2e-2}',
+     "tests/test_graph_identity.py"),
+    ("variant-source-unchecked", "identity", "unioncam/graph_identity.py",
+     'if p.get(SOURCE) != fp32 or record.get("source_sha256") != fp32:', "if False:", "tests/test_graph_identity.py"),
+    ("vit-by-name", "vit", "unioncam/models/target_layer.py",
+     "norms = [r for r in records if is_tokens(r[4]) and r[1] in norms_by_type and r[3] in fed]",
+     'norms = [r for r in records if is_tokens(r[4]) and r[1].endswith("norm1")]', "tests/test_vit_structure.py"),
+    ("reshape-unchecked", "shapes", "export/exporter.py", "        reshape.check_fits(layer_name, raw[0], (H, W))",
+     "        pass", "tests/test_first_findings.py -k reshape"),
+    ("unbounded-read", "bounds", "unioncam/image_io.py", "            if length > limit:\n",
+     "            if False:\n", "tests/test_first_findings.py -k sparse_file"),
+    ("connect-only", "bounds", "unioncam/distributed/dataset.py", "            sock.sendall(_H2_PREFACE)\n",
+     "            return\n", "tests/test_first_findings.py -k port"),
+    ("progress-on-files", "noise", "unioncam/progress.py", "disable=None", "disable=False",
+     "tests/test_first_findings.py -k progress"),
+    ("serial-resume-off", "first-use", "unioncam/cli/explain.py", "    if not args.overwrite:\n", "    if False:\n",
+     "tests/test_ownership.py -k own_outputs"),
+    ("ambiguous-class-first", "messages", "unioncam/classes.py", "    if len(matches) == 1:", "    if len(matches) >= 1:",
+     "tests/test_first_findings.py -k ambiguous"),
+    ("usage-after-load", "usage", "unioncam/cli/export.py", '    with as_usage_error("--chunk"):\n        check_positive_int(args.chunk, "--chunk")\n',
+     "", "tests/test_first_findings.py -k usage_errors"),
+    ("ray-unbounded-restarts", "ray", "unioncam/distributed/dataset.py", "ACTOR_RESTARTS = 3", "ACTOR_RESTARTS = 0",
+     "tests/test_multinode.py -k lost_mid_run"),
+]
+
+
 def plant(root: Path, fault) -> None:
     fid, _, rel, old, new, _ = fault
     path = root / rel

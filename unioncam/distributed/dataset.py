@@ -243,10 +243,14 @@ def _ray_session(ray, ray_address: str | None):
                     check_reachable(ray_address)
                     try:
                         ray.init(address=ray_address, **quiet)
-                    except ConnectionError as e:  # "auto" with no cluster on this machine
+                    except ConnectionError as e:  # "auto" with no cluster here, or a token the cluster refused
+                        token = "" if os.environ.get("RAY_AUTH_MODE") == "token" else (
+                            "; a cluster from `ray start --head` asks for its token: set RAY_AUTH_MODE=token (the "
+                            "token comes from ~/.ray/auth_token or RAY_AUTH_TOKEN)")
                         raise BackendUnavailableError(
                             f"--ray-address {ray_address}: {str(e).splitlines()[0] if str(e) else 'no cluster'}; "
-                            "start one with `ray start --head`, or leave out --ray-address to start Ray here") from None
+                            "start one with `ray start --head`, or leave out --ray-address to start Ray here"
+                            + (token if ray_address != "auto" else "")) from None
                 else:
                     # A cluster of our own, on this machine only (loopback: import_ray(local=True));
                     # address="local": a new instance, never a stale one that a file in Ray's temp folder names.
