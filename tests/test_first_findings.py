@@ -306,3 +306,20 @@ def test_progress_to_a_file_leaves_no_blank_lines(tmp_path):
     assert not [ln for ln in text.replace("\r", "\n").split("\n")[:-1] if not ln.strip()], repr(text)
     assert "\r" not in text
     assert json.loads((tmp_path / "o" / "a.json").read_text())["plain"] is False
+
+
+@pytest.mark.parametrize("layout", ["float16", "planar"])
+def test_tiff_layouts_opencv_lacks_are_read_as_written(tmp_path, layout):
+    """float16 samples and planar channels: OpenCV decodes nothing; the pixels come back as written."""
+    tifffile = pytest.importorskip("tifffile")
+    from unioncam.image_io import read_rgb
+
+    rgb = np.random.default_rng(2).random((20, 24, 3)).astype(np.float32)
+    path = tmp_path / f"{layout}.tif"
+    if layout == "float16":
+        tifffile.imwrite(path, rgb.astype(np.float16))
+    else:
+        tifffile.imwrite(path, rgb, planarconfig="separate")
+    got = read_rgb(path)
+    want = (rgb.astype(np.float16).astype(np.float32) * 255).round().astype(np.uint8)
+    assert got.shape == (20, 24, 3) and np.abs(got.astype(int) - want.astype(int)).max() <= 1

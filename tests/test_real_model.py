@@ -42,3 +42,26 @@ def test_two_objects_each_class_map_lies_on_its_object(lite0_artifacts, cat_left
     cat, cup = ex(x, 285), ex(x, 967)
     assert share(cat.cam[0], cat_side) > 0.8 and share(cat.region[0], cat_side) > 0.8
     assert share(cup.region[0], cup_side) > 0.7 and share(cup.cam[0], cup_side) > 0.55
+
+
+@pytest.mark.slow
+def test_int8_fidelity_on_the_real_weights(lite0_artifacts, photos, tmp_path):
+    """INT8 masked passes on the real EfficientNet-Lite0, against the exact FP32 map of the same
+    photo: the tolerance is the budget table's measured worst case over 24 photos
+    (benchmarks/results/2026-11-25-cpu2-budgets.md: final-map Pearson r worst 0.869, |dbeta| median
+    0.026), with a margin. The class comes from the FP32 gradient graph and never changes."""
+    import shutil
+
+    from unioncam.export import add_precision
+    from unioncam.runtime import Explainer
+
+    d = tmp_path / "lite0"
+    shutil.copytree(lite0_artifacts, d)
+    add_precision(d, "int8")  # calibrated on the bundled photos, as the CLI does
+    images = photos.numpy() if hasattr(photos, "numpy") else photos
+    exact, int8 = Explainer(d)(images), Explainer(d, precision="int8")(images)
+    assert int8.class_idx.tolist() == exact.class_idx.tolist()
+    for i in range(images.shape[0]):
+        r = np.corrcoef(int8.cam[i].ravel(), exact.cam[i].ravel())[0, 1]
+        assert r >= 0.85, (i, r)
+    assert np.abs(int8.beta_region - exact.beta_region).max() <= 0.1

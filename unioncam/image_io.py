@@ -198,16 +198,27 @@ def read_rgb(path: str | Path, *, lenient: bool = False) -> np.ndarray:
     try:
         size = _header_size(path)
         data = _read_bounded(path, size)
-        img = _decode(data, path, lenient=lenient, flags=_flags_within_ceiling(path, data, size))
+        try:
+            img = _decode(data, path, lenient=lenient, flags=_flags_within_ceiling(path, data, size))
+        except ImageReadError:
+            img = _tiff_second_opinion(path, data)  # a TIFF layout OpenCV lacks (float16, planar), else re-raised
+            if img is None:
+                raise
     except MemoryError:
         raise ImageReadError(f"{path}: not enough free memory to read and decode it (its header says "
                              f"{'x'.join(map(str, size)) if size else 'no size'}); downscale it, or free memory") from None
     if img.dtype == np.uint16:
         img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):
+        img = _float_pixels(path, img)
         if not np.isfinite(img).all():
             raise ImageReadError(f"{path} has NaN or Inf pixels; clean the image before explaining it")
         lo, hi = float(img.min()), float(img.max())
+        if max(abs(lo), abs(hi)) > 1e6:
+            # No photo holds such values: the decoder read the layout wrong, the file is not to blame.
+            raise ImageReadError(f"{path}: OpenCV decodes this float TIFF to values in [{lo:.3g}, {hi:.3g}], which no "
+                                 "image holds: it cannot read this file's layout (tiles, a predictor or a sample "
+                                 "format it lacks); save it as an 8- or 16-bit TIFF or PNG, or install tifffile")
         if lo < 0.0 or hi > 1.0:
             # Refused, never clipped: the same rule as for arrays (README, "Guarantees under bad input and faults").
             raise ImageReadError(f"{path} holds float pixels in [{lo:.4g}, {hi:.4g}]; a float image must lie in "
@@ -225,6 +236,48 @@ def read_rgb(path: str | Path, *, lenient: bool = False) -> np.ndarray:
     if channels == 4:
         return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     raise ImageReadError(f"{path} has {channels} channels; expected 1 (grey), 3 (colour) or 4 (with alpha)")
+
+
+def _tiff_second_opinion(path: Path, data: np.ndarray) -> np.ndarray | None:
+    """A TIFF read by ``tifffile`` (where installed) in OpenCV's layout: (h, w) or (h, w, 3|4) BGR,
+    float32 for float samples; None where it is no TIFF or tifffile cannot read it either. OpenCV
+    lacks some layouts TIFF allows: float16 samples, planar channels, some predictors."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        import io
+
+        import tifffile
+
+        arr = np.asarray(tifffile.imread(io.BytesIO(data.tobytes())))
+    except Exception:  # noqa: BLE001 - a second opinion only: OpenCV's verdict stands
+        return None
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar: (channels, h, w)
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+        return None
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        arr = arr[..., [2, 1, 0] + ([3] if arr.shape[2] == 4 else [])]
+    if arr.dtype.kind == "f":
+        arr = arr.astype(np.float32)
+    elif arr.dtype not in (np.uint8, np.uint16):
+        return None
+    return np.ascontiguousarray(arr)
+
+
+def _float_pixels(path: Path, img: np.ndarray) -> np.ndarray:
+    """A float image as the file holds it: where OpenCV's decode is not finite or holds values no image
+    has (a layout it misreads), the TIFF is read again by :func:`_tiff_second_opinion`."""
+    with np.errstate(all="ignore"):
+        sane = np.isfinite(img).all() and float(np.abs(img).max()) <= 1e6
+    if sane:
+        return img
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return img
+    other = _tiff_second_opinion(path, data)
+    return other if other is not None and other.dtype == np.float32 else img
 
 
 def to_model_input(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
