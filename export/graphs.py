@@ -43,7 +43,7 @@ class GradientFunction(nn.Module):
 class MaskedForward(nn.Module):
     """(image (B,3,H,W), maps (B,M,h',w'), class_idx (B,)) -> scores (B,M) = p_c(N(map) * image).
 
-    ``N`` = minmax(up(map)), zero for a constant map (README, "The method"). Maps may be activations
+    ``N`` = minmax(up(map)), zero for a constant map (docs/method.md, "The method"). Maps may be activations
     (h', w') = (h, w) or full-size maps (H, W), where the half-pixel bilinear resize is the identity.
     """
 

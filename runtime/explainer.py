@@ -49,7 +49,7 @@ class Explainer:
         precision: ``"fp32"`` (default: the exported graph; on a GPU with TF32 off, so that the spec's
             tolerances hold), ``"tf32"`` (GPU only: the same graph with TensorFloat-32 convolutions),
             or ``"fp16"`` / ``"int8"`` where ``unioncam export --precision`` added that variant
-            (README, "Latency budgets"). The 3 fusion passes always run the FP32 graph, TF32 off.
+            (docs/budgets.md, "Latency budgets"). The 3 fusion passes always run the FP32 graph, TF32 off.
         provider_options: ONNX Runtime CUDA provider options, ``{"cudnn_conv_algo_search": "HEURISTIC"}``
             or ``"cudnn_conv_algo_search=HEURISTIC,enable_cuda_graph=1"`` (keys in
             :data:`unioncam.validation.PROVIDER_OPTIONS`); device ``cuda`` or ``tensorrt`` only.

@@ -31,7 +31,22 @@ def test_explain_real_photo_writes_png_npy_json(tmp_path, capsys):
     import cv2
 
     png = cv2.imread(str(tmp_path / "coffee.png"))
-    assert png.shape == (400, 600, 3)  # drawn at the photo's own resolution
+    # The photo's own resolution below a caption strip, a colour bar at its right.
+    h, w = png.shape[:2]
+    assert h > 400 and w > 600
+    # --plain: the overlay alone, pixel-aligned with the photo; the keyed one holds it unchanged.
+    plain = tmp_path / "plain"
+    assert main(["explain", str(sample_image_path("coffee")), "--layer", "stem", "--out", str(plain), "--no-progress",
+                 "--plain"]) == 0
+    bare = cv2.imread(str(plain / "coffee.png"))
+    assert bare.shape == (400, 600, 3)
+    np.testing.assert_array_equal(png[h - 400:, :600], bare)
+    # Where the map is 0 the photo shows as it is (heat weighted by the map, not blended everywhere).
+    from unioncam.image_io import overlay, read_rgb
+
+    rgb = read_rgb(sample_image_path("coffee"))
+    zero = overlay(rgb, np.zeros((224, 224), np.float32))
+    np.testing.assert_array_equal(zero, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
 def test_explain_grayscale_and_rgba_images(tmp_path, capsys):

@@ -46,7 +46,9 @@ def ray_local():
 
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    # address="local": a new instance, never one that a file in Ray's temp folder names.
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING)
     yield
     ray.shutdown()
 

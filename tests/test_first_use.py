@@ -231,14 +231,21 @@ def test_bench_shows_n_and_marks_percentiles_from_too_few_samples():
 
 
 def test_help_and_messages_name_readme_sections_that_exist():
-    headings = [ln.lstrip("#").strip() for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith("#")]
+    """Every ``(README, "Section")`` or ``(docs/page.md, "Section")`` in help and messages names a
+    heading that exists in that file."""
+    def headings(page: str) -> list[str]:
+        path = ROOT / page
+        return [ln.lstrip("#").strip() for ln in path.read_text().splitlines() if ln.startswith("#")] \
+            if path.is_file() else []
+
     parser = build_parser()
     texts = [parser.format_help()] + [a.format_help() for a in parser._subparsers._group_actions[0].choices.values()]
-    texts += [p.read_text() for p in (ROOT / "unioncam").rglob("*.py")]
-    named = {m for t in texts for m in re.findall(r'README, \\?"((?:[^"\\]|\\")+?)\\?"', t)}
-    assert named, "no README section named anywhere: the pattern is stale"
-    missing = [n for n in named if not any(h.startswith(n.replace('\\"', '"')) or n.replace('\\"', '"') in h
-                                           for h in headings)]
+    texts += [p.read_text() for d in ("unioncam", "export", "runtime") for p in (ROOT / d).rglob("*.py")]
+    named = {(m.group(1), m.group(2).replace('\\"', '"')) for t in texts
+             for m in re.finditer(r'(README|docs/[\w-]+\.md), \\?"((?:[^"\\]|\\")+?)\\?"', t)}
+    assert len(named) >= 5, "few sections named anywhere: the pattern is stale"
+    missing = [(page, n) for page, n in named
+               if not any(h.startswith(n) or n in h for h in headings("README.md" if page == "README" else page))]
     assert missing == [], missing
 
 

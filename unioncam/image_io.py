@@ -220,7 +220,7 @@ def read_rgb(path: str | Path, *, lenient: bool = False) -> np.ndarray:
                                  "image holds: it cannot read this file's layout (tiles, a predictor or a sample "
                                  "format it lacks); save it as an 8- or 16-bit TIFF or PNG, or install tifffile")
         if lo < 0.0 or hi > 1.0:
-            # Refused, never clipped: the same rule as for arrays (README, "Guarantees under bad input and faults").
+            # Refused, never clipped: the same rule as for arrays (docs/guarantees.md, "Guarantees under bad input and faults").
             raise ImageReadError(f"{path} holds float pixels in [{lo:.4g}, {hi:.4g}]; a float image must lie in "
                                  "[0, 1] (divide 0-255 data by 255, or save it as 8-bit)")
         img = (img * 255.0).round().astype(np.uint8)

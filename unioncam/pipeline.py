@@ -11,7 +11,7 @@ model passes; this module runs the method around them:
 4. the :class:`unioncam.Explanation`, its timings and its stats.
 
 Why padding: a GPU session re-runs cuDNN's algorithm search whenever the shape of a call changes
-(0.4-1.3 s each on an H100, measured 2026-11-25; README, "Runtime"), so a session that sees one shape only
+(0.4-1.3 s each on an H100, measured 2026-11-25; docs/runtime.md, "Runtime"), so a session that sees one shape only
 searches once. The padding's scores are dropped; ``masked_passes`` counts the real passes. Where a
 padded pass costs as much as a real one and a call little (the CPU), a path sets ``passes.tail``
 instead: the last partial chunk of an image goes one map per call to a "tail" stage, a session of

@@ -5,7 +5,7 @@
 - ``eager/``: the name of the eager PyTorch reference (``--backend torch``).
 
 Adding a backend is one folder with a runner (a :class:`.base.Runner`) and one
-:func:`.registry.register_backend` call, imported below (README, "Layout").
+:func:`.registry.register_backend` call, imported below (docs/layout.md, "Layout").
 """
 from __future__ import annotations
 

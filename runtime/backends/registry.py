@@ -3,7 +3,7 @@
 An entry says what the CLI, the bench, ``--list`` and :class:`unioncam.runtime.Explainer` need to
 know: the backend's name, its devices, the default masked passes per call on each, whether it
 runs engines built ahead of time, and how to make a runner for one graph. Adding a backend is one
-folder with a runner and one :func:`register_backend` call (README, "Layout").
+folder with a runner and one :func:`register_backend` call (docs/layout.md, "Layout").
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The spec's algebra, written once against the Python array API standard.
 
-Every equation of the method (the README, "The method", after Hu et al., 2024) lives here and
+Every equation of the method (docs/method.md, "The method", after Hu et al., 2024) lives here and
 nowhere else. The functions take NumPy, PyTorch or CuPy arrays alike (through ``array-api-compat``)
 and return arrays of the same library, on the same device:
 

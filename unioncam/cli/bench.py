@@ -203,7 +203,7 @@ def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
     if not args.no_ceiling:
         # One ceiling per thread count of the sweep (a 1-thread cell is judged against 1-thread GEMM),
         # measured before the cells; each cell also gets its own, measured just before it, because
-        # a shared machine's speed drifts by tens of percent between minutes (README, "Benchmarking": how to read the fraction of ceiling).
+        # a shared machine's speed drifts by tens of percent between minutes (docs/benchmarking.md, "Benchmarking": how to read the fraction of ceiling).
         for t in sorted(set(args.threads), key=lambda v: v or 1 << 30):
             ceilings[t] = ceiling(t)
         report["ceiling_gflops_per_s"] = ceilings[max(ceilings, key=lambda v: v or 1 << 30)]["ceiling"]

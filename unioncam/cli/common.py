@@ -55,14 +55,14 @@ def add_model_options(p, *, out_default: str) -> None:
 
 def add_replace_option(p) -> None:
     """``--replace-user-files``: the one way to replace a file with our names that unioncam did not
-    write (README, "Guarantees"); without it such a run stops before any work, exit 2."""
+    write (docs/guarantees.md, "Guarantees"); without it such a run stops before any work, exit 2."""
     p.add_argument("--replace-user-files", action="store_true",
                    help="replace files with unioncam's output names that unioncam did not write (default: refuse, "
                         "before any work, naming the file); files unioncam wrote are always replaced")
 
 
 def add_budget_option(p, *, nargs=None) -> None:
-    """``--max-passes``: the region map's pass budget (README, "Latency budgets")."""
+    """``--max-passes``: the region map's pass budget (docs/budgets.md, "Latency budgets")."""
     p.add_argument("--max-passes", type=positive_int, nargs=nargs, metavar="N",
                    help="at most N masked passes per image for the region map, the other channels' scores "
                         "estimated from their nearest scored masks (error bound and estimate in the JSON); "

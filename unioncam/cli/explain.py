@@ -18,7 +18,7 @@ from ..validation import check_class_option
 from .common import (add_model_options, check_model_options, check_out_folder, ensure_out, open_runtime, positive_int,
                      report_settings, resolve_model_spec)
 
-#: From this many images on, ``explain`` runs on Ray when Ray is installed (README, "Whole data sets").
+#: From this many images on, ``explain`` runs on Ray when Ray is installed (docs/ray.md, "Whole data sets").
 RAY_THRESHOLD = 256
 
 

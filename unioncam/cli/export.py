@@ -33,14 +33,14 @@ def add_parser(sub) -> None:
     p.add_argument("--compute-capability", help="TensorRT-RTX: build ahead of time for SM80/SM86/SM89 (no GPU needed)")
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=GRAPH_PRECISIONS,
                    help="also write masked_forward.fp16.onnx / masked_forward.int8.onnx, the cheaper masked passes "
-                        "(README, \"Latency budgets\"); fp32 is always written")
+                        "(docs/budgets.md, \"Latency budgets\"); fp32 is always written")
     p.add_argument("--end-to-end", action="store_true",
                    help="write unioncam.onnx instead: the whole method in one graph (image in, explanation out)")
     p.add_argument("--theta", type=float, default=10.0, help="--end-to-end: AMD percentile baked into the graph")
     add_replace_option(p)
     p.add_argument("--chunk", type=int, default=END_TO_END_CHUNK,
                    help="--end-to-end: masked passes per loop iteration inside the graph (peak memory ~ chunk "
-                        "forward passes; README, \"One graph, no Python\", has the measured table)")
+                        "forward passes; docs/one-graph.md, \"One graph, no Python\", has the measured table)")
     p.set_defaults(func=run)
 
 

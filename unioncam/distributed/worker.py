@@ -12,7 +12,7 @@ import numpy as np
 
 from ..explain_files import explain_file, failure_message
 
-#: Index columns, in order (README, "Whole data sets").
+#: Index columns, in order (docs/ray.md, "Whole data sets").
 COLUMNS = ("image", "stem", "status", "error", "class_idx", "class_name", "score", "selected",
            "beta_denoising", "beta_region", "beta_de_region", "masked_passes", "read_ms", "explain_ms", "write_ms",
            "png", "npy", "json", "worker")
