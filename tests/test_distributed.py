@@ -171,3 +171,45 @@ def test_an_address_nothing_answers_fails_fast_with_what_to_check(tmp_path, caps
     with pytest.raises(UsageError, match="HOST:PORT"):
         check_reachable("nowhere")
     check_reachable("auto")  # Ray's own lookup
+
+
+def test_a_symlink_loop_among_the_inputs_is_its_error_row(dataset, lite0_artifacts, ray_local, tmp_path):
+    """A loop among a Ray run's inputs is that input's error row; the other images are explained
+    (it aborted the whole run, issue 31)."""
+    import pandas as pd
+
+    from unioncam.distributed import explain_dataset
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(dataset / "coffee.png", inputs / "coffee.png")
+    (inputs / "loop.png").symlink_to(inputs / "loop.png")
+    summary = explain_dataset([inputs], lite0_artifacts, tmp_path / "out", workers=1, progress=False,
+                              max_passes=8)
+    index = pd.read_parquet(tmp_path / "out" / "index.parquet").set_index("stem")
+    assert summary["ok"] == 1 and summary["error"] == 1
+    assert index.loc["coffee", "status"] == "ok" and index.loc["loop", "status"] == "error"
+    assert "loop" in index.loc["loop", "error"]
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_sigterm_and_ctrl_c_stop_a_ray_run_quietly_and_it_resumes(dataset, lite0_artifacts, tmp_path, sig, code, word):
+    """SIGTERM as Ctrl-C: every ``finally`` runs (Ray is shut down), one line of ours and none of
+    Ray's C++ stack or its killed-actor notes, exit 143 (130 for Ctrl-C); the same command resumes."""
+    out = tmp_path / "out"
+    photos = [str(dataset / n) for n in ("astronaut.png", "chelsea.png", "coffee.png", "horse.png")]
+    cmd = [sys.executable, "-m", "unioncam", "explain", *photos, "--artifacts", str(lite0_artifacts), "--workers", "1",
+           *BUDGET, "--out", str(out), "--no-progress"]
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(out.glob("*.json")) and driver.poll() is None:
+        time.sleep(0.1)
+    assert driver.poll() is None, "the run finished before the signal"
+    driver.send_signal(sig)
+    _, err = driver.communicate(timeout=120)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert driver.returncode == code, err
+    assert lines == [f"unioncam: {word}; the same command resumes the run"], err
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "images explained" in done.stderr, done.stderr
+    assert len(list(out.glob("*.json"))) == 4

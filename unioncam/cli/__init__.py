@@ -8,6 +8,15 @@ import warnings
 from ..errors import UnionCAMError, UsageError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that every ``finally`` runs (a Ray cluster is shut
+    down, temporary files are removed) as for Ctrl-C; the CLI exits 143."""
+
+
+def on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def _plain_warning(message, category, filename, lineno, file=None, line=None):
     print(f"unioncam: warning: {message}", file=sys.stderr)
 
@@ -30,10 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code (0 ok, 1 error, 2 usage, 130 interrupted)."""
+    """Entry point; returns the process exit code (0 ok, 1 error, 2 usage, 130 interrupted, 143 terminated)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.showwarning = _plain_warning
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
     from ..verbosity import set_verbose
 
     set_verbose(args.verbose)
@@ -50,9 +64,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"unioncam: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
-    except KeyboardInterrupt:
-        print("unioncam: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print(f"unioncam: {'terminated' if terminated else 'interrupted'}; the same command resumes the run",
+              file=sys.stderr)
+        return 143 if terminated else 130
     except Exception as e:  # never a bare traceback for users; --debug shows it
         if args.debug:
             raise

@@ -231,7 +231,13 @@ def _ray_session(ray, ray_address: str | None):
 
     from ..verbosity import native_stderr, verbose
 
-    failed, said = True, []
+    import signal
+    import threading
+
+    failed, interrupted, said = True, False, []
+    # Ray's driver installs its own SIGTERM handler, which prints a C++ stack and kills the process
+    # without running any ``finally``: the CLI's is put back after ray.init.
+    sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
         with native_stderr(python_to_terminal=True) as said:
             started = False
@@ -239,6 +245,9 @@ def _ray_session(ray, ray_address: str | None):
                 quiet = {"log_to_driver": verbose(), "logging_level": logging.INFO if verbose() else logging.WARNING}
                 if not verbose():
                     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+                    # "SIGTERM handler is not set because current thread is not the main thread": the
+                    # row reader's thread (the CLI's handler is in place).
+                    logging.getLogger("ray._private.worker").setLevel(logging.ERROR)
                 if ray_address:
                     check_reachable(ray_address)
                     try:
@@ -256,14 +265,19 @@ def _ray_session(ray, ray_address: str | None):
                     # address="local": a new instance, never a stale one that a file in Ray's temp folder names.
                     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
                 started = True
+                if callable(sigterm):
+                    signal.signal(signal.SIGTERM, sigterm)
             try:
                 yield
+            except KeyboardInterrupt:
+                interrupted = True  # Ctrl-C or SIGTERM: Ray's lines about its killed actors are no news
+                raise
             finally:
                 if started:
                     ray.shutdown()
             failed = False
     finally:
-        if said and said[0].strip() and (verbose() or failed):
+        if said and said[0].strip() and (verbose() or (failed and not interrupted)):
             print(said[0].rstrip(), file=sys.stderr)
 
 
