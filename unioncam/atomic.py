@@ -73,11 +73,12 @@ def default_mode(directory: bool = False) -> int:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "wb", *, own: bool = False) -> Iterator[IO]:
+def atomic_file(path: str | Path, mode: str = "wb", *, own: bool = False, digest: str | None = None) -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``.
 
     ``own``: record the file in its folder's ledger (:mod:`unioncam.ownership`) before the rename,
-    so that a later run may replace it and no other file of that name."""
+    so that a later run may replace it and no other file of that name; ``digest``: the SHA-256 of
+    what is written, where the caller has it (else the written file is hashed)."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
@@ -90,7 +91,7 @@ def atomic_file(path: str | Path, mode: str = "wb", *, own: bool = False) -> Ite
         if own:
             from . import ownership
 
-            ownership.record(path, _sha256(tmp))
+            ownership.record(path, digest or _sha256(tmp))
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
@@ -124,7 +125,10 @@ def _sha256(path: str) -> str:
 
 def write_bytes(path: str | Path, data: bytes, *, own: bool = False) -> None:
     """``data`` at ``path``, whole or not at all; ``own``: recorded as unioncam's output."""
-    with atomic_file(path, "wb", own=own) as f:
+    import hashlib
+
+    # The bytes are in memory: hashed here rather than read back from disk.
+    with atomic_file(path, "wb", own=own, digest=hashlib.sha256(data).hexdigest() if own else None) as f:
         f.write(data)
 
 

@@ -16,7 +16,6 @@ folder follows the same rule as the folder itself.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -30,10 +29,6 @@ REPLACE_FLAG = "--replace-user-files"
 
 def _ledger(folder: Path) -> Path:
     return Path(os.path.realpath(folder)) / LEDGER
-
-
-def digest_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _digest_file(path: Path) -> str | None:
