@@ -91,3 +91,20 @@ def test_every_node_lost_stops_in_bounded_time_and_resumes(photos, lite0_artifac
     result, err = scenario("resume", out, lite0_artifacts, photos)
     assert result["rc"] == 0, err[-2000:]
     same_as_serial(out, serial)
+
+
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143)])
+def test_a_signal_to_the_driver_of_a_multinode_run_stops_it_as_on_one_node(sig, code, photos, lite0_artifacts,
+                                                                          serial, tmp_path):
+    """SIGTERM to the driver of a run on a real two-node cluster: one line, exit 143, Ray's own lines
+    kept out, nothing half-written; the same command resumes to the serial run's results. (SIGINT
+    takes the same path in the CLI; tests/test_distributed.py sends both on one node.)"""
+    out = tmp_path / "out"
+    result, _ = scenario(sig, out, lite0_artifacts, photos)
+    lines = [ln for ln in result["stderr"].splitlines() if ln.strip()]
+    assert result["rc"] == code, result["stderr"][-3000:]
+    assert result["seconds_after_signal"] < 30
+    assert lines[-1].startswith("unioncam: ") and "resumes" in lines[-1], lines
+    assert not [ln for ln in lines if "Traceback" in ln or "(raylet)" in ln or ln.startswith("[")], lines
+    assert result["rc_resume"] == 0, result["stderr_resume"]
+    same_as_serial(out, serial)
