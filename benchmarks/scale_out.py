@@ -1,18 +1,22 @@
-"""Throughput of ``unioncam explain`` on Ray Data with 1 and 2 workers, against the serial CLI, and
-a cost model for N machines.
+"""Throughput of ``unioncam explain`` on a real multi-node Ray cluster of 1, 2 and 3 nodes, against
+the serial CLI, with Ray's per-image overhead and a cost model for N machines.
 
-    python benchmarks/scale_out.py [--photos 12] [--model efficientnet_lite0] [--max-passes N]
+    python benchmarks/scale_out.py [--photos 12] [--model efficientnet_lite0] [--max-passes N] [--nodes 1 2 3]
 
-All three runs explain the same photos (scikit-image's and matplotlib's, plus mirrored copies) in
-this one invocation, each into a fresh folder, each in its own process so that Ray starts cold.
-The model: ``T(n, W) = t_start + n * t_image / (W * e) + t_index``, with ``t_image`` the serial
-per-image time, ``t_start`` Ray's start plus the actors' loading, ``e`` the parallel efficiency
-measured here. Writes benchmarks/results/<date>-<machine>-scale_out.{json,md}.
+Every run explains the same photos (scikit-image's and matplotlib's, plus mirrored copies) in this
+one invocation, each into a fresh folder. Each cluster is a ``ray.cluster_utils.Cluster`` on
+127.0.0.1 in a process of its own (a head with no CPUs, N worker nodes of one CPU each, one explainer
+actor per node), and ``unioncam explain --ray-address`` is its driver, also a process of its own, as
+on a real cluster. The nodes share this machine's cores, so more nodes cannot be faster here: the
+table gives ratios, and the 1-node run (one worker with the serial run's threads) isolates what Ray
+costs per image. The model: ``T(n, W) = t_start + n * t_image / (W * e)``. Writes
+benchmarks/results/<date>-<machine>-scale_out.{json,md}.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,8 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, write_results  # noqa: E402
-from faithfulness import photos  # noqa: E402
+from common import machine, write_results
+from faithfulness import photos
 
 
 def dataset(folder: Path, limit: int) -> list[Path]:
@@ -41,13 +45,46 @@ def dataset(folder: Path, limit: int) -> list[Path]:
     return keep
 
 
-def timed_cli(args: list[str]) -> tuple[float, str]:
+def timed_cli(args: list[str], env: dict | None = None) -> tuple[float, str]:
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "unioncam", *args], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "unioncam", *args], check=False, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - t
     if r.returncode != 0:
         raise SystemExit(f"unioncam {' '.join(args)} failed:\n{r.stderr}")
     return elapsed, r.stderr
+
+
+def on_cluster(nodes: int, command: list[str]) -> None:
+    """(In a process of its own, Ray's loopback switch set.) Starts the cluster, times the driver,
+    prints one JSON line."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    for _ in range(nodes):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        wall, err = timed_cli([*command, "--ray-address", cluster.address])
+    finally:
+        cluster.shutdown()
+    print(json.dumps({"wall_s": wall, "stderr": err}), flush=True)
+
+
+def cluster_run(nodes: int, command: list[str]) -> dict:
+    from unioncam.distributed.dataset import LOOPBACK
+
+    env = {**os.environ, **LOOPBACK, "RAY_ADDRESS": ""}
+    r = subprocess.run([sys.executable, __file__, "--_cluster", str(nodes), "--", *command], check=False, capture_output=True,
+                       text=True, env=env, timeout=3600)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if r.returncode != 0 or not lines:
+        raise SystemExit(f"the {nodes}-node run failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    out = json.loads(lines[-1])
+    line = [ln for ln in out["stderr"].splitlines() if "images explained" in ln][-1]
+    elapsed = float(line.split(" workers in ")[1].split(" s")[0])
+    start = float(line.split("(Ray start ")[1].split(" s")[0])
+    return {"nodes": nodes, "workers": nodes, "wall_s": out["wall_s"], "pipeline_s": elapsed - start,
+            "ray_start_s": start}
 
 
 def main() -> None:
@@ -55,8 +92,14 @@ def main() -> None:
     p.add_argument("--photos", type=int, default=12)
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--max-passes", type=int)
+    p.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--_cluster", type=int, help=argparse.SUPPRESS)
+    p.add_argument("command", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args._cluster:
+        return on_cluster(args._cluster, args.command)
     from unioncam.export import export
+
     from unioncam.models import load
 
     tmp = Path(tempfile.mkdtemp(prefix="uc-scale-"))
@@ -65,67 +108,63 @@ def main() -> None:
     model, layer = load(args.model)
     export(model, layer, tmp / "art", model_name=args.model)
     del model
+    cores = machine()["cores"]
     common = [str(tmp / "photos"), "--artifacts", str(tmp / "art"), "--no-progress"]
     if args.max_passes:
         common += ["--max-passes", str(args.max_passes)]
     runs = {}
-    t, _ = timed_cli(["explain", *common, "--out", str(tmp / "serial")])
-    runs["serial"] = {"workers": 0, "wall_s": t}
-    for w in (1, 2):
-        t, err = timed_cli(["explain", *common, "--workers", str(w), "--out", str(tmp / f"ray{w}")])
-        line = [ln for ln in err.splitlines() if "images explained" in ln][-1]
-        elapsed = float(line.split(" workers in ")[1].split(" s")[0])
-        start = float(line.split("(Ray start ")[1].split(" s")[0])
-        runs[f"ray{w}"] = {"workers": w, "wall_s": t, "pipeline_s": elapsed - start, "ray_start_s": start}
+    t, _ = timed_cli(["explain", *common, "--threads", str(cores), "--out", str(tmp / "serial")])
+    runs["serial"] = {"nodes": 0, "workers": 0, "threads": cores, "wall_s": t, "pipeline_s": t}
+    for nodes in args.nodes:
+        # The nodes share the cores: each worker gets its share of them as ONNX Runtime threads.
+        threads = max(1, cores // nodes)
+        runs[f"{nodes} node{'s' if nodes > 1 else ''}"] = {
+            **cluster_run(nodes, ["explain", *common, "--workers", str(nodes), "--threads", str(threads),
+                                  "--out", str(tmp / f"nodes{nodes}")]), "threads": threads}
     n = len(files)
     for r in runs.values():
         r["images_per_s"] = n / r["wall_s"]
-    # Per-image cost: the serial command's whole time per image (read, explain, write), which is what
-    # a cluster has to cover; the reports' explanation times alone leave out reading and writing.
-    reports = [json.loads(f.read_text()) for f in (tmp / "serial").glob("*.json")]
-    t_explain = sum(r["timings_ms"]["total"] for r in reports) / 1e3 / len(reports)
-    load_s = max(r["timings_ms"].get("load", 0.0) for r in reports) / 1e3
+        r["images_per_s_pipeline"] = n / r["pipeline_s"]
+        r["pipeline_s_per_image"] = r["pipeline_s"] / n
     t_image = runs["serial"]["wall_s"] / n
-    model_fit = {}
-    for w in (1, 2):
-        r = runs[f"ray{w}"]
-        # e: the serial work over W workers' pipeline time (1.0 = W times the serial speed).
-        model_fit[w] = {"efficiency": n * t_image / (w * r["pipeline_s"])}
-    cores = machine()["cores"]
-    e1 = model_fit[1]["efficiency"]
-    # Fixed cost: Ray's start, the process's imports and the index (the actors' load is in the pipeline).
-    t_start = runs["ray1"]["wall_s"] - runs["ray1"]["pipeline_s"]
-    # 8 machines like this one, one worker each using its 2 cores: what the model predicts for 50k images.
-    predict = lambda images, workers, t_img, e: t_start + images * t_img / (workers * e)  # noqa: E731
-    pred_cpu = predict(50_000, 8, t_image, e1)
+    serial_pipe = runs["serial"]["pipeline_s"] / n
+    one = runs.get("1 node")
+    # Ray's cost per image: the 1-node run does the serial run's work with the same threads, one image
+    # at a time, so its pipeline time per image minus the serial time per image is what Ray adds.
+    overhead = None if one is None else one["pipeline_s_per_image"] - serial_pipe
+    t_start = None if one is None else one["wall_s"] - one["pipeline_s"]
+    e1 = None if one is None else serial_pipe / one["pipeline_s_per_image"]
+    predict = None if one is None else (t_start + 50_000 * t_image / (8 * e1)) / 3600
     payload = {"benchmark": "scale_out", "model": args.model, "layer": layer, "photos": n, "machine": machine(),
-               "max_passes": args.max_passes, "runs": runs, "t_image_s": t_image, "t_explain_s": t_explain,
-               "load_s": load_s,
-               "model_fit": model_fit, "t_start_s": t_start,
-               "prediction_50k_8_cpu_machines_h": pred_cpu / 3600,
-               "prediction_50k_8_gpus": None,
-               "gpu_note": "no GPU figure exists: no `unioncam bench` run on a GPU has been made, so no GPU prediction"}
-    rows = "\n".join(f"| {k} | {r['workers'] or 'serial CLI'} | {r['wall_s']:.1f} | {r.get('pipeline_s', r['wall_s']):.1f} | "
-                     f"{r['images_per_s']:.2f} |" for k, r in runs.items())
-    md = (f"# Scale-out: `unioncam explain` on Ray Data, {args.model} ({layer}), {n} photos\n\n"
-          f"{payload['machine']['cpu']}, {cores} cores, no GPU; local Ray; "
-          f"{'exact' if not args.max_passes else f'max_passes {args.max_passes}'}; each run a cold process.\n\n"
-          "| run | workers | wall s (incl. start) | pipeline s (after Ray start) | images/s (wall) |\n|---|---|---|---|---|\n"
-          f"{rows}\n\n"
-          f"Serial cost per image (read, explain, write): {t_image:.2f} s, of which explaining {t_explain:.2f} s "
-          f"(mean of the reports). Fixed cost (process start, imports, Ray start {runs['ray1']['ray_start_s']:.1f} s, "
-          f"index): {t_start:.1f} s. Parallel efficiency e = serial time / (W x pipeline time): 1 worker "
-          f"{model_fit[1]['efficiency']:.2f}, 2 workers {model_fit[2]['efficiency']:.2f}. Two workers share these "
-          "2 cores, so they cannot beat one 2-thread worker here: the cores are the limit, not Ray.\n\n"
-          "## Model for N machines\n\n"
-          "`T(n, W) = t_start + n * t_image / (W * e)`, with W workers across the machines (one per GPU, or one per "
-          "2 cores), `e` the parallel efficiency, `t_start` Ray's start and each actor's one-time load. The driver "
-          "writes nothing per image (workers write their own outputs), so its cost is the index at the end.\n\n"
-          f"- 50,000 images on 8 machines like this one (W = 8, one 2-thread worker each, t_image = {t_image:.2f} s, "
-          f"e = {e1:.2f}): **{pred_cpu / 3600:.1f} h**, against {50_000 * t_image / 3600:.0f} h on one machine "
-          "serially.\n"
-          "- 50,000 images on 8 GPUs: not predicted. No `unioncam bench` figure from a GPU exists yet (no GPU was "
-          "available to this project's runs); with one, put its per-image p50 as `t_image` and W = 8.\n")
+               "max_passes": args.max_passes, "runs": runs, "t_image_s": t_image,
+               "ray_overhead_s_per_image": overhead, "t_start_s": t_start, "efficiency_1_node": e1,
+               "prediction_50k_8_cpu_machines_h": predict, "prediction_50k_8_gpus": None,
+               "gpu_note": "no GPU was lent: no GPU figure, no GPU prediction"}
+    rows = "\n".join(
+        f"| {k} | {r['workers'] or 'serial CLI'} | {r['threads']} | {r['wall_s']:.1f} | {r['pipeline_s']:.1f} | "
+        f"{r['pipeline_s_per_image']:.2f} | {r['images_per_s_pipeline'] / runs['serial']['images_per_s_pipeline']:.2f}x |"
+        for k, r in runs.items())
+    budget = "exact" if not args.max_passes else f"max_passes {args.max_passes}"
+    md = (f"# Scale-out: `unioncam explain` on a multi-node Ray cluster, {args.model} ({layer}), {n} photos\n\n"
+          f"{payload['machine']['cpu']}, {cores} cores, no GPU; {budget}. Each cluster: `ray.cluster_utils.Cluster` "
+          "on 127.0.0.1, a head with no CPUs and N worker nodes of 1 CPU each, one explainer per node; the driver "
+          "`unioncam explain --ray-address`, a cold process. **All the nodes share these 2 cores**: more nodes "
+          "cannot be faster here, so read the ratios, not the speed-up a real cluster would give.\n\n"
+          "| run | workers | threads each | wall s (incl. start) | pipeline s (after Ray start) | s per image (pipeline) "
+          "| throughput vs serial (pipeline) |\n|---|---|---|---|---|---|---|\n"
+          f"{rows}\n\n")
+    if one is not None:
+        md += (f"**Ray's cost per image**: {overhead * 1e3:+.0f} ms ({overhead / serial_pipe:+.1%} of the serial "
+               f"{serial_pipe:.2f} s): the 1-node run does the serial run's work with the same {cores} threads, "
+               f"one image at a time. Fixed cost (driver start, imports, joining the cluster, actors' load, "
+               f"index): {t_start:.1f} s.\n\n"
+               "## Model for N machines\n\n"
+               "`T(n, W) = t_start + n * t_image / (W * e)`, with W workers across the machines (one per GPU, or one "
+               "per machine's cores), `e` the efficiency of one worker against the serial CLI, `t_start` the fixed "
+               "cost above.\n\n"
+               f"- 50,000 images on 8 machines like this one (W = 8, t_image = {t_image:.2f} s, e = {e1:.2f}): "
+               f"**{predict:.1f} h**, against {50_000 * t_image / 3600:.0f} h on one machine serially.\n"
+               "- 50,000 images on 8 GPUs: not predicted; no GPU was lent to measure `t_image` on one.\n")
     j, m = write_results("scale_out", payload, md)
     shutil.rmtree(tmp, ignore_errors=True)
     print(md)

@@ -5,6 +5,7 @@ graphs: one gradient pass, the masked passes the algebra asks for, in calls of `
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,21 @@ from unioncam.artifacts import GRADIENT_ONNX, MASKED_ONNX, Manifest
 from unioncam.errors import ArtifactError, InvalidInputError, RunnerStateError
 from unioncam.explanation import Explanation
 from unioncam.graph_identity import check_export
-from unioncam.validation import (BLACK_SCORE_TOLERANCE, PRECISION_GRAPH, check_batch_size, check_classes, check_images, check_max_passes, check_method,
-                                 check_batch_ceiling, check_ort_options, check_precision, check_provider_options,
-                                 check_theta, check_threads)
+from unioncam.validation import (
+    BLACK_SCORE_TOLERANCE,
+    PRECISION_GRAPH,
+    check_batch_ceiling,
+    check_batch_size,
+    check_classes,
+    check_images,
+    check_max_passes,
+    check_method,
+    check_ort_options,
+    check_precision,
+    check_provider_options,
+    check_theta,
+    check_threads,
+)
 
 from .backends import backend_info
 from .passes import RunnerPasses
@@ -149,7 +162,7 @@ class Explainer:
                 "ort_options", "provider_options")
 
     @classmethod
-    def from_settings(cls, artifact_dir: str | Path, settings: dict, **overrides) -> "Explainer":
+    def from_settings(cls, artifact_dir: str | Path, settings: dict, **overrides) -> Explainer:
         """An Explainer from a settings dict (the CLI's report settings, a bench cell, a Ray worker's):
         the keys in :data:`SETTINGS` that are present and not None, then ``overrides``."""
         names = {"ort_options": "session_options"}
@@ -181,16 +194,25 @@ class Explainer:
                 raise ArtifactError(f"{runner.name} takes images of shape {shape}, the manifest says (B, 3, {H}, {W}); "
                                     "re-export the model")
 
-    def __call__(self, images: np.ndarray, class_idx=None, method: str | None = None) -> Explanation:
+    def __call__(self, images: np.ndarray, class_idx=None, method: str | None = None, *, theta: float | None = None,
+                 max_passes: int | None | str = "default") -> Explanation:
         """Explain (B, 3, H, W) float32 images in [0, 1]; same fields and definitions as the eager reference.
 
         ``method``: ``"unioncam"`` (default: the constructor's), or a baseline from the same passes:
         ``"gradcam"``, ``"gradcampp"``, ``"xgradcam"`` (gradient pass only), ``"scorecam"`` (region map).
+        ``theta`` and ``max_passes`` override the constructor's for this call (``max_passes=None``:
+        exact); the sessions are the same, so a server can honour them per request.
         """
         method = check_method(method or self.method)
         self._check_open()
         images = check_images(images, library="numpy", size=self.manifest.input_size)
-        return pipeline.explain(self.passes, images, class_idx, method, self.options)
+        options = self.options
+        if theta is not None:
+            options = dataclasses.replace(options, theta=check_theta(theta))
+        if max_passes != "default":
+            options = dataclasses.replace(options, max_passes=check_max_passes(max_passes,
+                                                                             skip_constant=self.skip_constant))
+        return pipeline.explain(self.passes, images, class_idx, method, options)
 
     def explain_methods(self, images: np.ndarray, methods, class_idx=None) -> dict[str, Explanation]:
         """Several methods on the same images from one set of passes (:func:`unioncam.pipeline.explain_methods`):

@@ -27,13 +27,17 @@ def pixel_ceiling() -> int:
     return int(min(MAX_PIXELS, machine_memory() // 2 // BYTES_PER_PIXEL))
 
 
-def _header_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file's header, nothing decoded; None where the format is not one
-    ``imagesize`` reads (OpenCV's own limit still applies when decoding)."""
+def _header_size(source) -> tuple[int, int] | None:
+    """(width, height) from the header of a file (a path) or of encoded bytes, nothing decoded; None
+    where the format is not one ``imagesize`` reads (OpenCV's own limit still applies when decoding)."""
+    import io
+
     import imagesize
 
+    if isinstance(source, (bytes, bytearray, memoryview, np.ndarray)):
+        source = io.BytesIO(bytes(source[:1 << 20]))  # the header lies in the first MiB of every format read
     try:
-        w, h = imagesize.get(str(path))
+        w, h = imagesize.get(source if isinstance(source, io.BytesIO) else str(source))
     except (OSError, ValueError, struct_error):
         return None
     return (int(w), int(h)) if w > 0 and h > 0 else None
@@ -64,6 +68,12 @@ def byte_ceiling(path: Path, size: tuple[int, int] | None) -> int:
         if head.startswith(_SIGNATURES) and path.stat().st_size > METADATA_ROOM:
             raise ImageReadError(f"{path} starts as an image file but its header gives no picture size (damaged or "
                                  "not an image); repair or re-export it")
+    return byte_limit(size)
+
+
+def byte_limit(size: tuple[int, int] | None) -> int:
+    """The most bytes an encoded picture of ``size`` (width, height; None: unknown, the pixel
+    ceiling's) can take: each pixel stored uncompressed at the deepest depth, plus metadata room."""
     pixels = min(size[0] * size[1], pixel_ceiling()) if size else pixel_ceiling()
     return pixels * MAX_STORED_BYTES_PER_PIXEL + METADATA_ROOM
 
@@ -195,22 +205,73 @@ def read_rgb(path: str | Path, *, lenient: bool = False) -> np.ndarray:
         raise ImageReadError(f"image not found: {path} (give the path of an existing image file)")
     if not path.is_file():
         raise ImageReadError(f"{path} is not a regular file (a device, pipe or socket); give an image file")
+    size = _header_size(path)
     try:
-        size = _header_size(path)
         data = _read_bounded(path, size)
+    except MemoryError:
+        raise ImageReadError(f"{path}: not enough free memory to read it; free memory") from None
+    return decode_rgb(data, str(path), lenient=lenient, size=size)
+
+
+def decode_rgb(data, name: str = "the image", *, lenient: bool = False, size: tuple[int, int] | None = None,
+               max_pixels: int | None = None) -> np.ndarray:
+    """Decode an encoded image (the bytes of a file, or of a request) as RGB, upright, by the rules of
+    :func:`read_rgb`: the header's size checked against the pixel ceiling before a byte is decoded,
+    bytes beyond what such a picture can hold refused, EXIF orientation applied, grey, alpha, 16-bit
+    and float pixels converted, damaged data refused unless ``lenient``.
+
+    Args:
+        data: the encoded bytes (``bytes`` or a uint8 array).
+        name: what the messages call it (a path, or "the request's image 0").
+        size: (width, height) from the header where the caller read it already.
+        max_pixels: a stricter ceiling than the machine's (a server's per request): a picture whose
+            header declares more pixels, or gives no size, is refused before a byte is decoded.
+
+    Returns:
+        (h, w, 3) uint8 array, RGB order.
+
+    Raises:
+        ImageReadError: empty, not an image, damaged, above the ceilings, or float pixels outside [0, 1].
+
+    Example:
+        >>> import numpy as np, cv2
+        >>> png = cv2.imencode(".png", np.zeros((2, 3), np.uint8))[1].tobytes()
+        >>> decode_rgb(png).shape
+        (2, 3, 3)
+    """
+    data = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+    label = Path(name)
+    try:
+        size = size if size is not None else _header_size(data)
+        if max_pixels is not None:
+            if size is None:
+                raise ImageReadError(f"{name}: its header gives no picture size (not a JPEG, PNG or other format "
+                                     "whose size can be read before decoding); send a JPEG or PNG")
+            if size[0] * size[1] > max_pixels:
+                raise ImageReadError(f"{name} declares {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, above this "
+                                     f"server's limit of {max_pixels:,}; downscale it first (the model needs only its "
+                                     "input size)")
+        if size is None and data[:8].tobytes().startswith(_SIGNATURES) and data.size > METADATA_ROOM:
+            raise ImageReadError(f"{name} starts as an image but its header gives no picture size (damaged or not an "
+                                 "image)")
+        limit = byte_limit(size)
+        if data.size > limit:
+            raise ImageReadError(f"{name} is {data.size:,} bytes, more than any image of its size can hold ({limit:,}); "
+                                 "it is damaged or not an image")
         try:
-            img = _decode(data, path, lenient=lenient, flags=_flags_within_ceiling(path, data, size))
+            img = _decode(data, label, lenient=lenient, flags=_flags_within_ceiling(label, data, size))
         except ImageReadError:
-            img = _tiff_second_opinion(path, data)  # a TIFF layout OpenCV lacks (float16, planar), else re-raised
+            img = _tiff_second_opinion(label, data)  # a TIFF layout OpenCV lacks (float16, planar), else re-raised
             if img is None:
                 raise
     except MemoryError:
-        raise ImageReadError(f"{path}: not enough free memory to read and decode it (its header says "
+        raise ImageReadError(f"{name}: not enough free memory to decode it (its header says "
                              f"{'x'.join(map(str, size)) if size else 'no size'}); downscale it, or free memory") from None
+    path = label
     if img.dtype == np.uint16:
         img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):
-        img = _float_pixels(path, img)
+        img = _float_pixels(path, img, data)
         if not np.isfinite(img).all():
             raise ImageReadError(f"{path} has NaN or Inf pixels; clean the image before explaining it")
         lo, hi = float(img.min()), float(img.max())
@@ -265,16 +326,12 @@ def _tiff_second_opinion(path: Path, data: np.ndarray) -> np.ndarray | None:
     return np.ascontiguousarray(arr)
 
 
-def _float_pixels(path: Path, img: np.ndarray) -> np.ndarray:
+def _float_pixels(path: Path, img: np.ndarray, data: np.ndarray) -> np.ndarray:
     """A float image as the file holds it: where OpenCV's decode is not finite or holds values no image
     has (a layout it misreads), the TIFF is read again by :func:`_tiff_second_opinion`."""
     with np.errstate(all="ignore"):
         sane = np.isfinite(img).all() and float(np.abs(img).max()) <= 1e6
     if sane:
-        return img
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
         return img
     other = _tiff_second_opinion(path, data)
     return other if other is not None and other.dtype == np.float32 else img

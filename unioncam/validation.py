@@ -85,6 +85,15 @@ def check_count(value, name: str, ceiling: int, *, minimum: int = 1) -> int:
     return int(value)
 
 
+#: The last TCP port number.
+MAX_PORT = 65535
+
+
+def check_port(port, name: str) -> int:
+    """A TCP port, 1..65535 (an address's, or one a server listens on)."""
+    return check_count(port, name, MAX_PORT)
+
+
 def check_duration(seconds, name: str = "--duration") -> float:
     """Seconds to time for: finite, above 0, at most :data:`MAX_DURATION_S`."""
     try:

@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import bench, explain
     from . import eval as eval_cmd
     from . import export as export_cmd
+    from . import serve
 
     parser = argparse.ArgumentParser(prog="unioncam", description="UnionCAM explanations for CNN and vision-transformer classifiers.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.add_parser(sub)
     bench.add_parser(sub)
     export_cmd.add_parser(sub)
+    serve.add_parser(sub)
     return parser
 
 

@@ -29,6 +29,17 @@ def positive_int(text: str) -> int:
 
 def add_model_options(p, *, out_default: str) -> None:
     """Options shared by ``explain`` and ``eval``: model, weights, layer, theta, batch size, output folder."""
+    add_model_source_options(p)
+    p.add_argument("--out", type=Path, default=Path(out_default), help=f"output folder (default ./{out_default})")
+    add_replace_option(p)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--lenient", action="store_true",
+                   help="explain images whose decoder reports damaged data (default: such an image is an error row)")
+
+
+def add_model_source_options(p) -> None:
+    """Options shared by ``explain``, ``eval`` and ``serve``: the model (or an exported folder), its
+    layer and weights, theta, batch size, threads, pass budget and precision."""
     p.add_argument("--model", default="efficientnet_lite0",
                    help="registered model name (default: efficientnet_lite0), or pkg.module:factory returning an "
                         "nn.Module (RGB in [0, 1], normalisation inside) or (module, layer name)")
@@ -43,11 +54,6 @@ def add_model_options(p, *, out_default: str) -> None:
     p.add_argument("--threads", type=positive_int,
                    help="CPU threads of each session (default: every core; on a busy machine fewer can be faster)")
     add_budget_option(p)
-    p.add_argument("--out", type=Path, default=Path(out_default), help=f"output folder (default ./{out_default})")
-    add_replace_option(p)
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--lenient", action="store_true",
-                   help="explain images whose decoder reports damaged data (default: such an image is an error row)")
     p.add_argument("--artifacts", type=Path,
                    help="an exported folder (`unioncam export --out DIR`): used as is, with no export and no torch "
                         "needed; model, layer and input size come from its manifest")

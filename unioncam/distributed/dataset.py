@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import BackendUnavailableError, InvalidInputError, UsageError
+from ..errors import BackendUnavailableError, InvalidInputError, UnionCAMError, UsageError
 
 INDEX = "index.parquet"
 
@@ -69,9 +69,12 @@ def parse_address(address: str) -> tuple[str, int] | None:
     host = host.strip("[]")
     if not host or not port.isdigit():
         raise UsageError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
-    if not 1 <= int(port) <= 65535:
-        raise UsageError(f"--ray-address {address!r}: port {int(port)} is outside 1..65535")
-    return host, int(port)
+    from ..validation import MAX_PORT, check_port
+
+    try:
+        return host, check_port(int(port), f"--ray-address {address!r}: the port")
+    except UnionCAMError:
+        raise UsageError(f"--ray-address {address!r}: port {int(port)} is outside 1..{MAX_PORT}") from None
 
 
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:

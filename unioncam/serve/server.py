@@ -1,0 +1,304 @@
+"""The servers around :class:`unioncam.serve.model.UnionCAMModel`: KServe's REST app (uvicorn) and
+its gRPC servicer, on one host and two ports, with what a production endpoint needs besides:
+
+- bodies above ``max_body`` bytes refused before they are parsed (REST: 400 with one line; gRPC:
+  its own receive limit, RESOURCE_EXHAUSTED);
+- one access line per request with its status and latency (KServe's and uvicorn's own lines only
+  with ``--verbose``);
+- readiness false until the model is loaded and warmed, which happens after the ports listen, so
+  that liveness answers during a long export;
+- SIGTERM (and Ctrl-C): stop accepting, finish the requests in flight, exit 0.
+
+KServe's ``ModelServer`` binds every interface with no option to change it; this module builds
+the same servers from KServe's parts with ``host`` as given (default ``0.0.0.0``, as KServe).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+
+from . import import_kserve
+
+log = logging.getLogger("unioncam.serve")
+
+#: Seconds the requests in flight get to finish after SIGTERM (Kubernetes' default grace is 30 s).
+GRACE_S = 30
+
+
+def check_port_free(host: str, port: int, flag: str) -> None:
+    """A port another process listens on is a usage error before anything loads, naming the option.
+    Checked by connecting, not only by binding: gRPC listens with SO_REUSEPORT, which lets a second
+    server bind the same port and share its connections unseen."""
+    from ..errors import UsageError
+
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host in ("::", "[::]") else host.strip("[]")
+    family = socket.AF_INET6 if ":" in target else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        held = probe.connect_ex((target, port)) == 0
+    if not held:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host.strip("[]") if ":" in target else host, port))
+            except OSError as e:
+                raise UsageError(f"{flag} {port}: cannot listen on {host}:{port} ({e.strerror or e}); choose another "
+                                 f"{flag}") from None
+        return
+    raise UsageError(f"{flag} {port}: another process listens on {host}:{port}; stop it or choose another {flag}")
+
+
+def configure_logging(verbose: bool) -> None:
+    """Our access lines on stderr; KServe's and uvicorn's loggers quiet unless ``verbose``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("unioncam serve: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    level = logging.INFO if verbose else logging.CRITICAL
+    for name in ("kserve", "kserve.trace", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        other = logging.getLogger(name)
+        other.setLevel(level)
+        if not other.handlers:
+            other.addHandler(logging.StreamHandler(sys.stderr))
+        other.propagate = False
+
+
+class BodyLimit:
+    """ASGI middleware: a POST body above ``limit`` bytes is answered 400 before the app reads it
+    (by its Content-Length, else while it arrives), so no handler parses it."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT"):
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await _refuse(send, 400, self._message(int(length)))
+        # No length given (chunked): read up to the limit, then hand the app what was read.
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return await _refuse(send, 400, self._message(size, at_least=True))
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    def _message(self, size: int, at_least: bool = False) -> str:
+        return (f"the request body is {'at least ' if at_least else ''}{size:,} bytes, above this server's limit of "
+                f"{self.limit:,} (--max-body-mb); send fewer or smaller images")
+
+
+async def _refuse(send, status: int, message: str) -> None:
+    import json
+
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class AccessLog:
+    """ASGI middleware: one line per request, ``client METHOD path status latency``."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            client = (scope.get("client") or ("-",))[0]
+            log.info("%s %s %s %d %.1f ms", client, scope.get("method"), scope.get("path"), status[0],
+                     (time.perf_counter() - start) * 1e3)
+
+
+def _add_handlers(app) -> None:
+    """Our errors' HTTP codes, and FastAPI's own validation errors as 400 with one line."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    from .model import Busy, TimedOut
+
+    async def busy(_, exc):
+        return JSONResponse(status_code=503, content={"error": str(exc)})
+
+    async def timed_out(_, exc):
+        return JSONResponse(status_code=504, content={"error": str(exc)})
+
+    async def malformed(_, exc):
+        first = (exc.errors() or [{}])[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse(status_code=400, content={"error": f"malformed request: {where}: {first.get('msg', exc)}"})
+
+    app.add_exception_handler(Busy, busy)
+    app.add_exception_handler(TimedOut, timed_out)
+    app.add_exception_handler(RequestValidationError, malformed)
+
+
+def _grpc_interceptors():
+    import grpc
+    from grpc import aio
+    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
+
+    from .model import Busy, TimedOut
+
+    class Statuses(ExceptionToStatusInterceptor):
+        """Our errors' gRPC codes, quietly (KServe's logs each with its traceback)."""
+
+        async def handle_exception(self, ex, request_or_iterator, context, method_name):
+            if isinstance(ex, Busy):
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(ex))
+            if isinstance(ex, TimedOut):
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(ex))
+            from kserve.errors import InvalidInput
+
+            if isinstance(ex, InvalidInput):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ex.reason)
+            await super().handle_exception(ex, request_or_iterator, context, method_name)
+
+    class Access(aio.ServerInterceptor):
+        """One line per RPC: method, status code, latency."""
+
+        async def intercept_service(self, continuation, details):
+            handler = await continuation(details)
+            if handler is None or handler.unary_unary is None:
+                return handler
+            inner, method = handler.unary_unary, details.method.rsplit("/", 1)[-1]
+
+            async def timed(request, context):
+                start = time.perf_counter()
+                try:
+                    return await inner(request, context)
+                finally:
+                    code = context.code() or grpc.StatusCode.OK
+                    peer = context.peer() or "-"
+                    log.info("%s grpc %s %s %.1f ms", peer, method, getattr(code, "name", code),
+                             (time.perf_counter() - start) * 1e3)
+
+            return grpc.unary_unary_rpc_method_handler(timed, request_deserializer=handler.request_deserializer,
+                                                       response_serializer=handler.response_serializer)
+
+    return (Access(), Statuses())
+
+
+def serve(model, *, host: str = "0.0.0.0", http_port: int = 8080, grpc_port: int = 8081,
+          max_body: int = 64 << 20, grace_s: float = GRACE_S, verbose: bool = False) -> int:
+    """Runs the servers until SIGTERM or Ctrl-C; loads ``model`` once they listen. Returns the exit
+    code: 0 after a clean stop, 1 when the model could not load (its error on one line)."""
+    import_kserve()
+    from grpc import aio
+    from kserve.model_repository import ModelRepository
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+    from kserve.protocol.grpc.servicer import InferenceServicer
+    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+    from kserve.protocol.rest.server import RESTServer
+
+    from ..errors import UnionCAMError
+    from .model import UnionCAMDataPlane
+
+    configure_logging(verbose)
+    if not verbose:
+        import warnings
+
+        from fastapi.exceptions import FastAPIDeprecationWarning
+
+        # FastAPI's deprecation notes about KServe's response class, once per request otherwise.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FastAPIDeprecationWarning)
+
+    repository = ModelRepository()
+    repository.update(model)
+    dataplane = UnionCAMDataPlane(model_registry=repository)
+    extension = ModelRepositoryExtension(model_registry=repository)
+    rest = RESTServer("kserve.model_server:app", dataplane, extension, http_port, grace_period=int(grace_s))
+    rest.config.host = host
+    rest.create_application()
+    from kserve.model_server import app
+
+    _add_handlers(app)
+    app.add_middleware(BodyLimit, limit=max_body)
+    app.add_middleware(AccessLog)  # outermost: it also logs the body limit's refusals
+    failure: list[BaseException] = []
+    state = {"rest": rest._server}
+
+    def load():
+        try:
+            t = time.perf_counter()
+            model.load()
+            log.info("ready: model %r on %s, loaded and warmed in %.1f s", model.name, host,
+                     time.perf_counter() - t)
+        except BaseException as e:  # noqa: BLE001 - reported on one line, and the servers stop
+            failure.append(e)
+            state["rest"].should_exit = True
+
+    async def run() -> None:
+        grpc_server = aio.server(interceptors=_grpc_interceptors(),
+                                 options=[("grpc.max_receive_message_length", max_body),
+                                          ("grpc.max_send_message_length", max(max_body, 256 << 20))])
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(dataplane, extension), grpc_server)
+        grpc_server.add_insecure_port(f"{'[::]' if host == '0.0.0.0' else host}:{grpc_port}")
+        await grpc_server.start()
+        log.info("listening: HTTP %s:%d, gRPC %s:%d; loading the model", host, http_port, host, grpc_port)
+        threading.Thread(target=load, name="unioncam-load", daemon=True).start()
+        stopping = asyncio.create_task(_stop_grpc_when(state["rest"], grpc_server, grace_s))
+        await state["rest"].serve()  # returns once SIGTERM's requests in flight are answered
+        await stopping
+
+    # uvicorn re-raises the signal it handled to the handler it found: a no-op here, so the
+    # process ends by returning, exit 0, never by the default action's exit 143.
+    previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        asyncio.run(run())
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        model.stop()
+    if failure:
+        e = failure[0]
+        if isinstance(e, UnionCAMError):
+            raise e
+        raise UnionCAMError(f"the model could not load: {type(e).__name__}: {e}") from e
+    log.info("stopped")
+    return 0
+
+
+async def _stop_grpc_when(rest, grpc_server, grace_s: float) -> None:
+    """Stops the gRPC server (refusing new calls, finishing those in flight) as soon as the REST
+    server is told to exit, so that both drain at once."""
+    while not rest.should_exit:
+        await asyncio.sleep(0.05)
+    await grpc_server.stop(grace_s)
