@@ -72,7 +72,7 @@ def interrupted(sig: int, command: list[str], out: Path) -> dict:
         driver.kill()
         _, err = driver.communicate()
     after = time.monotonic() - sent
-    resumed = subprocess.run([sys.executable, "-m", "unioncam", *command], stderr=subprocess.PIPE, text=True,
+    resumed = subprocess.run(check=False, args=[sys.executable, "-m", "unioncam", *command], stderr=subprocess.PIPE, text=True,
                              env=os.environ, timeout=180)
     return {"rc": driver.returncode, "stderr": err, "seconds_after_signal": after, "rc_resume": resumed.returncode,
             "stderr_resume": resumed.stderr[-3000:]}

@@ -20,8 +20,8 @@ import pytest
 
 pytest.importorskip("ray", reason='needs the ray extra: pip install "unioncam[ray]"')
 
-from unioncam.cli import main  # noqa: E402
-from unioncam.distributed.dataset import LOOPBACK  # noqa: E402
+from unioncam.cli import main
+from unioncam.distributed.dataset import LOOPBACK
 
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "horse.png", "motorcycle_left.png", "rocket.jpg")
 #: Seconds without a finished image, with the nodes gone, before the run stops (the product's default is 60).
@@ -50,7 +50,7 @@ def serial(photos, lite0_artifacts, tmp_path_factory):
 def scenario(name: str, out: Path, artifacts: Path, photos) -> tuple[dict, str]:
     env = {**os.environ, **LOOPBACK, "UNIONCAM_RAY_LOST_S": str(GRACE_S), "RAY_ADDRESS": ""}
     # The timeout is the test's bound on a hang: the product must stop well within it.
-    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "ray_cluster_run.py"), name, str(out),
+    proc = subprocess.run(check=False, args=[sys.executable, str(Path(__file__).parent / "ray_cluster_run.py"), name, str(out),
                            str(artifacts), *map(str, photos)], capture_output=True, text=True, timeout=240, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert lines, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -5,18 +5,31 @@ import argparse
 import sys
 from pathlib import Path
 
-
+from ..classes import parse_class
 from ..errors import UnionCAMError, UsageError
+from ..explain_files import LazyExplainer, explain_file, failure_message
+from ..export_cache import choose_layer
+from ..image_io import approximate
+from ..outputs import (
+    claim_outputs,
+    collect_images,
+    finished_report,
+    output_stems,
+    own_outputs,
+)
 from ..registry import METHODS, method_info
 from ..runtime.backends import BACKENDS, devices
-from ..explain_files import LazyExplainer, explain_file, failure_message
-from ..image_io import approximate
-from ..outputs import claim_outputs, collect_images, finished_report, output_stems, own_outputs
-from ..export_cache import choose_layer
-from ..classes import parse_class
 from ..validation import check_class_option
-from .common import (add_model_options, check_model_options, check_out_folder, ensure_out, open_runtime, positive_int,
-                     report_settings, resolve_model_spec)
+from .common import (
+    add_model_options,
+    check_model_options,
+    check_out_folder,
+    ensure_out,
+    open_runtime,
+    positive_int,
+    report_settings,
+    resolve_model_spec,
+)
 
 #: From this many images on, ``explain`` runs on Ray when Ray is installed (docs/ray.md, "Whole data sets").
 RAY_THRESHOLD = 256
@@ -61,6 +74,12 @@ def add_parser(sub) -> None:
                                            "local Ray on this machine)")
     ray.add_argument("--gpus-per-worker", type=float, default=None,
                      help="GPUs each actor reserves with --device cuda (default 1)")
+    served = p.add_argument_group("on a running server (`unioncam serve`)")
+    served.add_argument("--server", metavar="URL",
+                        help="explain on a running `unioncam serve` at http://HOST:PORT (its model and settings; "
+                             "--method, --theta, --max-passes and --class go with each request); writes the same files")
+    served.add_argument("--served-model", default="unioncam", metavar="NAME",
+                        help="the server's model name (its --model-name; default unioncam)")
     p.set_defaults(func=run)
 
 
@@ -106,6 +125,8 @@ def _explainer(args, model_spec):
 def run(args: argparse.Namespace) -> int:
     from ..image_io import sample_image_path
 
+    if args.server:
+        return run_remote(args)
     model_spec = resolve_model_spec(args)
     check_model_options(args, model_spec)  # before any image is read or model exported
     args.class_idx, args.class_by_name = parse_class(args.class_text)
@@ -130,7 +151,6 @@ def run(args: argparse.Namespace) -> int:
     # image that reads, so a run whose every image is bad loads nothing; a bad image is reported
     # and the others are still explained.
     explain = LazyExplainer(lambda: _explainer(args, model_spec))
-    failures = 0
     todo = list(zip(images, stems))
     if not args.overwrite:
         # Resume as the Ray path does: complete outputs of this photo with these settings are kept.
@@ -143,10 +163,18 @@ def run(args: argparse.Namespace) -> int:
         if done:
             print(f"unioncam: {done} of {len(images)} images already explained in {args.out} (same settings); "
                   f"explaining the other {len(todo)} (--overwrite redoes them)", file=sys.stderr)
+    return _explain_each(args, todo, explain, model_spec.input_size,
+                         lambda: report_settings(args, model_spec, explain.layer))
+
+
+def _explain_each(args, todo, explain, size, settings) -> int:
+    """Explains each (path, stem) into ``args.out``, one line per image; a bad image is reported and
+    the others go on. Returns the exit code (1 if any image failed)."""
+    failures = 0
     for path, stem in todo:
         try:
-            rep, _, _ = explain_file(path, stem, args.out, explain=explain, size=model_spec.input_size,
-                                     settings=lambda: report_settings(args, model_spec, explain.layer), lenient=args.lenient,
+            rep, _, _ = explain_file(path, stem, args.out, explain=explain, size=size,
+                                     settings=settings, lenient=args.lenient,
                                      timings=lambda: {"load": explain.load_ms})
         except Exception as e:  # one image never stops the others; --debug shows the traceback
             if explain.load_error is not None:
@@ -165,3 +193,55 @@ def run(args: argparse.Namespace) -> int:
         print(f"{path}: {rep['class_name']} (class {rep['class_idx']}, p={rep['score']:.3f}){selected}, {took} -> "
               f"{args.out / (stem + '.png')}")
     return 1 if failures else 0
+
+
+#: Options a server's own settings fix: refused with --server (docs/serve.md, "explain --server").
+SERVER_FIXES = {"artifacts": None, "layer": None, "weights": None, "reshape": None, "input_size": None,
+                "batch_size": None, "threads": None, "precision": None, "provider_options": None,
+                "backend": "onnxruntime", "device": "cpu", "workers": None, "ray_address": None,
+                "gpus_per_worker": None}
+
+
+def run_remote(args: argparse.Namespace) -> int:
+    """``explain --server URL``: the images explained by a running ``unioncam serve``, written as a
+    local run writes them. The model is the server's; the method, theta and budget are the server's
+    unless given here."""
+    from ..image_io import sample_image_path
+    from ..serve.client import RemoteExplainer, check_server_url
+    from .common import as_usage_error
+
+    given = [k for k, default in SERVER_FIXES.items() if getattr(args, k, default) != default]
+    if given:
+        raise UsageError(f"--server explains with the server's model and settings; leave out "
+                         f"{', '.join('--' + k.replace('_', '-') for k in given)}")
+    args.class_idx, args.class_by_name = parse_class(args.class_text)
+    images = collect_images(args.images) if args.images else [sample_image_path("chelsea")]
+    own = own_outputs(images)
+    images = [p for p in images if Path(p) not in own]
+    if not images:
+        raise UsageError("no image files found in the given folders")
+    check_out_folder(args.out)
+    with as_usage_error():
+        check_server_url(args.server)
+    remote = RemoteExplainer(args.server, args.served_model)
+    check_class_option(args.class_idx, remote.num_classes if remote.num_classes > 0 else None,
+                       by_name=args.class_by_name)
+    stems = output_stems([Path(p) for p in images], args.out)
+    claim_outputs(args.out, stems, replace_user_files=args.replace_user_files)
+    ensure_out(args.out)
+    overrides = {"theta": args.theta if args.theta != 10.0 else None}
+    if args.max_passes is not None:
+        overrides["max_passes"] = args.max_passes
+    method = args.method if args.method != "unioncam" else None
+    explain = LazyExplainer(lambda: ((lambda x: remote(x, args.class_idx, method, **overrides)), None))
+
+    def settings() -> dict:
+        s = remote.settings
+        return {"model": s.get("model"), "weights": f"served by {remote.url}", "layer": s.get("layer"),
+                "theta": float(s["theta"]) if "theta" in s else None, "method": s.get("method"),
+                "max_passes": s.get("max_passes"), "precision": s.get("precision"),
+                "class_requested": args.class_idx, "input_size": list(remote.input_size),
+                "backend": s.get("backend"), "device": s.get("device"), "lenient": bool(args.lenient),
+                "plain": bool(args.plain)}
+
+    return _explain_each(args, [(p, s) for p, s in zip(images, stems)], explain, remote.input_size, settings)
