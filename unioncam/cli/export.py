@@ -41,6 +41,15 @@ def add_parser(sub) -> None:
     p.add_argument("--chunk", type=int, default=END_TO_END_CHUNK,
                    help="--end-to-end: masked passes per loop iteration inside the graph (peak memory ~ chunk "
                         "forward passes; docs/one-graph.md, \"One graph, no Python\", has the measured table)")
+    triton = p.add_argument_group("a Triton model repository for the one graph (docs/serve.md, \"Triton\")")
+    triton.add_argument("--triton", type=Path, metavar="DIR",
+                        help="--end-to-end: also write DIR/NAME/config.pbtxt and DIR/NAME/1/model.onnx (platform "
+                             "onnxruntime_onnx, inputs and outputs from the graph)")
+    triton.add_argument("--triton-name", default="unioncam", metavar="NAME", help="the model's name (default unioncam)")
+    triton.add_argument("--triton-device", choices=("cpu", "gpu"), default="cpu",
+                        help="the instance group's kind (default cpu)")
+    triton.add_argument("--triton-tensorrt", choices=("FP32", "FP16"),
+                        help="with --triton-device gpu: ONNX Runtime's TensorRT accelerator at this precision")
     p.set_defaults(func=run)
 
 
@@ -68,6 +77,16 @@ def run(args: argparse.Namespace) -> int:
     with as_usage_error():
         size = check_input_size(args.input_size) if args.input_size else s.input_size
     check_out_folder(args.out)
+    if args.triton is not None:
+        from ..export.triton import model_config, repository_paths
+
+        if not args.end_to_end:
+            raise UsageError("--triton writes a model repository for the one graph; add --end-to-end")
+        with as_usage_error("--triton"):
+            model_config(args.triton_name, [], [], kind=args.triton_device, tensorrt=args.triton_tensorrt)
+            check_out_folder(args.triton)
+        claim(list(repository_paths(args.triton, args.triton_name)), replace_user_files=args.replace_user_files,
+              elsewhere="choose another --triton folder")
     if args.end_to_end:
         claim([args.out / "unioncam.onnx", args.out / "unioncam.json"], replace_user_files=args.replace_user_files)
     else:
@@ -88,6 +107,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"exported {args.model} layer {info['layer']} end to end to {info['path']}: {info['bytes'] / 1e6:.1f} MB, "
               f"{info['nodes']} nodes, up to {info['channels']} masked passes in chunks of {info['chunk']}, "
               f"{info['export_s']:.0f} s")
+        if args.triton is not None:
+            from ..export.triton import write_repository
+
+            repo = write_repository(info["path"], args.triton, name=args.triton_name, kind=args.triton_device,
+                                    tensorrt=args.triton_tensorrt, replace_user_files=args.replace_user_files)
+            print(f"  Triton model repository: {repo['config']} and {repo['model']} ({len(repo['inputs'])} inputs, "
+                  f"{len(repo['outputs'])} outputs, {args.triton_device}"
+                  f"{', TensorRT ' + args.triton_tensorrt if args.triton_tensorrt else ''})")
         if args.engine:
             from ..runtime.backends.tensorrt.builder import parse_check
 
