@@ -63,6 +63,7 @@ def model_config(name: str, inputs: list[dict], outputs: list[dict], *, kind: st
         >>> print(model_config("m", [{"name": "x", "data_type": "TYPE_FP32", "dims": [1, 3]}], []).splitlines()[1])
         platform: "onnxruntime_onnx"
     """
+    check_model_name(name)
     if kind not in KINDS:
         raise InvalidInputError(f"instance kind {kind!r}: choose {' or '.join(KINDS)}")
     if tensorrt is not None and (kind != "gpu" or tensorrt not in TRT_PRECISIONS):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..artifacts import END_TO_END_CHUNK, check_replaceable
 from ..errors import UsageError
-from ..validation import GRAPH_PRECISIONS, MAX_GRAPH_BATCH as MAX_BATCH
+from ..validation import GRAPH_PRECISIONS
+from ..validation import MAX_GRAPH_BATCH as MAX_BATCH
 from .common import add_replace_option
 
 
@@ -55,10 +56,14 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..model_specs import spec
-    from ..validation import check_input_size, check_opset, check_positive_int, check_theta
-
-    from ..reshape import parse_reshape
     from ..ownership import claim
+    from ..reshape import parse_reshape
+    from ..validation import (
+        check_input_size,
+        check_opset,
+        check_positive_int,
+        check_theta,
+    )
     from .common import as_usage_error, check_out_folder
 
     # Every option, before the model loads (a minute for the larger ones): a bad one is exit 2.

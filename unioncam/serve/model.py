@@ -44,8 +44,8 @@ class Busy(ServerNotReady):
     """More requests in flight than ``--max-inflight``: answered 503 at once."""
 
 
-class TimedOut(InferenceError):
-    """A request unanswered after ``--request-timeout`` seconds: answered 504."""
+class TimedOut(Exception):
+    """A request unanswered after ``--request-timeout`` seconds: answered 504 (gRPC DEADLINE_EXCEEDED)."""
 
 
 class UnionCAMModel(Model):
@@ -122,7 +122,7 @@ class UnionCAMModel(Model):
         except asyncio.TimeoutError:
             future.cancel()  # still waiting for a thread: it never runs; running: it finishes, unanswered
             raise TimedOut(f"no answer within the server's limit of {self.timeout_s:g} s (--request-timeout); "
-                           "send fewer images a request, or a smaller max_passes", status=504) from None
+                           "send fewer images a request, or a smaller max_passes") from None
 
     # -- the work, on a pool thread -------------------------------------------------------------
     def _answer(self, body, verb: InferenceVerb):

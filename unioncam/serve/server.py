@@ -81,6 +81,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._drain(receive, int(length))
             return await _refuse(send, 400, self._message(int(length)))
         # No length given (chunked): read up to the limit, then hand the app what was read.
         chunks, size, more = [], 0, True
@@ -90,10 +91,12 @@ class BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
+            more = message.get("more_body", False)
             if size > self.limit:
+                if more:
+                    await self._drain(receive, 0)
                 return await _refuse(send, 400, self._message(size, at_least=True))
             chunks.append(chunk)
-            more = message.get("more_body", False)
         body = b"".join(chunks)
         sent = False
 
@@ -105,6 +108,19 @@ class BodyLimit:
             return await receive()
 
         return await self.app(scope, replay, send)
+
+    async def _drain(self, receive, length: int) -> None:
+        """Reads and drops a refused body up to 4 limits, so that the client, still sending, reads
+        its 400 instead of a reset connection; a larger body is cut off unread."""
+        if length > 4 * self.limit:
+            return
+        read, more = 0, True
+        while more and read <= 4 * self.limit:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            read += len(message.get("body", b""))
+            more = message.get("more_body", False)
 
     def _message(self, size: int, at_least: bool = False) -> str:
         return (f"the request body is {'at least ' if at_least else ''}{size:,} bytes, above this server's limit of "
