@@ -247,10 +247,11 @@ def test_eight_concurrent_requests_equal_the_serial_results(server, explainer):
 # -- bad input: 400 with one line, and the next request is answered ------------------------------
 
 def _huge_png() -> bytes:
-    """A PNG whose header declares 100000 x 100000 pixels, with a few bytes of data."""
+    """A PNG whose header declares 10000 x 10000 pixels (above the server's 40 M, below this machine's
+    ceiling), with a few bytes of data."""
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 10000, 10000, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
 
@@ -277,7 +278,9 @@ BAD = {
                                        {"name": "class", "datatype": "INT64", "shape": [1], "data": [1000]}]),
     "huge declared image": lambda: _v2([{"name": "image", "datatype": "BYTES", "shape": [1],
                                          "data": [_b64(_huge_png())]}]),
-    "body over the limit": lambda: b'{"inputs": [' + b" " * (5 << 20) + b"]}",
+    # A good request, padded past the server's 4 MiB: only the limit refuses it.
+    "body over the limit": lambda: _v2([{"name": "image", "datatype": "BYTES", "shape": [1],
+                                         "data": [_b64(photo())]}]) + b" " * (5 << 20),
     "a parameter naming a file": lambda: _v2([{"name": "image", "datatype": "BYTES", "shape": [1],
                                                "data": [_b64(photo())]}], {"artifacts": "/etc"}),
     "not JSON": lambda: b"{not json",
@@ -292,11 +295,18 @@ def _jpeg() -> bytes:
     return cv2.imencode(".jpg", cv2.imread(str(PHOTOS / "chelsea.png")))[1].tobytes()
 
 
+#: What the one line must say, where a wrong refusal could also be a 400.
+SAYS = {"huge declared image": "server's limit", "body over the limit": "--max-body-mb",
+        "a parameter naming a file": "unknown parameter", "truncated JPEG": "image 0", "wrong dtype": "FP32",
+        "unknown class name": "no such animal", "out of range": "[0, 1]"}
+
+
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_400_with_one_line_and_the_next_request_is_answered(server, case):
     code, answer = post(f"{server.url}/v2/models/unioncam/infer", BAD[case]())
     assert code == 400, (case, code, answer)
     assert isinstance(answer.get("error"), str) and "\n" not in answer["error"] and "Traceback" not in answer["error"]
+    assert SAYS.get(case, "") in answer["error"], answer
     good = _v2([{"name": "image", "datatype": "BYTES", "shape": [1], "data": [_b64(photo("coffee"))]}])
     code, answer = post(f"{server.url}/v2/models/unioncam/infer", good)
     assert code == 200 and server.proc.poll() is None
