@@ -94,6 +94,18 @@ def test_runtime_matches_eager_at_any_theta(positive_gradients):
     assert min(np.abs(a - b).max() for i, a in enumerate(seen) for b in seen[i + 1:]) > 0.1
 
 
+def test_per_call_theta_and_budget_equal_the_constructors(positive_gradients):
+    """A server honours a request's theta and max_passes on its one Explainer: per call, the same
+    maps as an Explainer built with them."""
+    _, art = positive_gradients
+    images = tiny_images(2, seed=4).numpy()
+    shared = Explainer(art)
+    for kwargs in ({"theta": 100.0}, {"max_passes": 2}, {"theta": 37.5, "max_passes": None}):
+        np.testing.assert_array_equal(shared(images, **kwargs).cam, Explainer(art, **kwargs)(images).cam)
+        np.testing.assert_array_equal(shared(images, **kwargs).denoising, Explainer(art, **kwargs)(images).denoising)
+    assert not np.array_equal(shared(images, theta=100.0).denoising, shared(images).denoising)
+
+
 def test_class_scores_and_probabilities_match_eager(tiny_art):
     model, art = tiny_art
     images = tiny_images(3, seed=13)

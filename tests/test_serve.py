@@ -166,19 +166,23 @@ def test_v1_predict_and_explain_equal_the_runtime(server, explainer):
 
 
 def test_v2_rest_json_equals_the_runtime(server, explainer):
-    """Plain JSON as curl sends it: the image as base64 text, the answer as JSON numbers."""
+    """Plain JSON as curl sends it: the image as base64 text, the answer as JSON numbers; the request's
+    method and budget are the ones it ran with, and the answer says so."""
     data = photo("coffee")
-    ref = explainer(model_input(data), None, None, theta=20.0)
+    ref = explainer(model_input(data), None, "scorecam", max_passes=8)
     body = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
                                    "data": [base64.b64encode(data).decode()]}],
-                       "parameters": {"theta": 20}}).encode()
+                       "parameters": {"method": "scorecam", "max_passes": 8, "theta": 20}}).encode()
     code, answer = post(f"{server.url}/v2/models/unioncam/infer", body)
     assert code == 200, answer
     out = {o["name"]: o for o in answer["outputs"]}
     cam = np.asarray(out["cam"]["data"], dtype=np.float32).reshape(out["cam"]["shape"])
     np.testing.assert_array_equal(cam, ref.cam)
-    assert out["selected"]["data"] == ref.selected and answer["parameters"]["theta"] == "10.0"
-    assert json.loads(answer["parameters"]["timings_ms"])["total"] > 0
+    assert not np.array_equal(ref.cam, explainer(model_input(data), None, "scorecam").cam)  # the budget matters
+    assert "selected" not in out  # a baseline has no AMS
+    params = answer["parameters"]
+    assert (params["method"], params["max_passes"], params["theta"]) == ("scorecam", 8, "20.0")
+    assert json.loads(params["timings_ms"])["total"] > 0
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -338,16 +342,18 @@ def test_explain_on_a_server_writes_the_files_of_a_local_run(server, lite0_artif
 
     image = tmp_path / "coffee.png"
     image.write_bytes(photo("coffee"))
-    assert main(["explain", str(image), "--server", server.url, "--out", str(tmp_path / "remote"),
+    # A class other than the predicted one (espresso, 967): the request must carry it.
+    assert main(["explain", str(image), "--server", server.url, "--class", "cup", "--out", str(tmp_path / "remote"),
                  "--no-progress"]) == 0
     assert main(["explain", str(image), "--artifacts", str(lite0_artifacts), "--max-passes", str(PASSES),
-                 "--out", str(tmp_path / "local"), "--no-progress"]) == 0
+                 "--class", "cup", "--out", str(tmp_path / "local"), "--no-progress"]) == 0
     remote, local = tmp_path / "remote", tmp_path / "local"
     np.testing.assert_array_equal(np.load(remote / "coffee_cam.npy"), np.load(local / "coffee_cam.npy"))
     assert (remote / "coffee.png").read_bytes() == (local / "coffee.png").read_bytes()
     a, b = (json.loads((d / "coffee.json").read_text()) for d in (remote, local))
     differ = {k for k in a if a[k] != b.get(k)} - {"timings_ms", "weights"}
     assert not differ, {k: (a[k], b[k]) for k in differ}
+    assert a["class_idx"] == 968
 
 
 def test_explain_on_no_server_is_one_line_and_exit_1(tmp_path, capsys):

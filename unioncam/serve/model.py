@@ -215,7 +215,7 @@ class UnionCAMModel(Model):
                 tensor.data = array
             outputs.append(tensor)
         return InferResponse(response_id=request.id or "", model_name=self.name, infer_outputs=outputs,
-                             parameters=protocol.answer_parameters(exp, self.settings),
+                             parameters=protocol.answer_parameters(exp, self.settings, req),
                              use_binary_outputs=request.use_binary_outputs, requested_outputs=request.request_outputs)
 
     # v1: {"instances": [...]} -> {"predictions": [...]} or {"explanations": [...]}
@@ -286,7 +286,7 @@ class UnionCAMModel(Model):
             if "overlay" in tensors:
                 item["overlay_png_b64"] = base64.b64encode(tensors["overlay"][i]).decode()
             explanations.append(item)
-        return {"explanations": explanations, "parameters": protocol.answer_parameters(exp, self.settings)}
+        return {"explanations": explanations, "parameters": protocol.answer_parameters(exp, self.settings, req)}
 
     def _predictions(self, req: protocol.Request) -> list[dict]:
         probs = self.explainer.probabilities(req.images)

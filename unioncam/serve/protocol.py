@@ -204,10 +204,16 @@ def answer_tensors(exp, rgbs: list | None, overlay: bool) -> list[tuple[str, str
     return out
 
 
-def answer_parameters(exp, settings: dict) -> dict:
-    """The answer's parameters: the server's settings, the method, and the timings and counters as JSON
+def answer_parameters(exp, settings: dict, request: Request | None = None) -> dict:
+    """The answer's parameters: the settings this request ran with (the server's, with the request's
+    theta and max_passes where it gave them), the method, and the timings and counters as JSON
     (what a local run's report holds besides the tensors)."""
     stats = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in exp.stats.items()}
+    settings = dict(settings)
+    if request is not None and request.theta is not None:
+        settings["theta"] = request.theta
+    if request is not None and request.max_passes != "default":
+        settings["max_passes"] = request.max_passes
     out = {**{k: v for k, v in settings.items() if v is not None}, "method": exp.method,
            "timings_ms": json.dumps(exp.timings_ms), "stats": json.dumps(stats, default=str)}
     # The v2 protocol's parameters are bool, int64 or string: a float travels as its shortest repr.
