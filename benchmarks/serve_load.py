@@ -157,6 +157,47 @@ def in_process(artifacts: Path, images: list[bytes], requests: int, max_passes: 
             "wall_s": wall, "throughput_per_s": requests / wall, **summarize(times)}
 
 
+def interleaved(server: Server, artifacts: Path, images: list[bytes], rounds: int, max_passes: int | None,
+                device: str = "cpu") -> dict:
+    """One client, the overhead measured fairly: each round sends the same photo through the
+    in-process Explainer, REST and gRPC in turn, so that drift and the photos' sizes hit all three
+    alike. Also the server's own explanation time (the answer's timings), to split the overhead."""
+    import json
+
+    from unioncam.runtime import Explainer
+
+    from unioncam.bench import summarize
+    from unioncam.image_io import decode_rgb, to_model_input
+
+    paths = {"rest": client("rest", server), "grpc": client("grpc", server)}
+    times = {"in-process": [], "rest": [], "grpc": []}
+    inside = {"rest": [], "grpc": []}
+    params = None if max_passes == 64 else {"max_passes": "exact" if max_passes is None else max_passes}
+    with Explainer(artifacts, max_passes=max_passes, device=device) as e:
+        size = tuple(e.manifest.input_size)
+        e(to_model_input(decode_rgb(images[0]), size)[None])
+        for i in range(rounds):
+            data = images[i % len(images)]
+            t = time.perf_counter()
+            e(to_model_input(decode_rgb(data), size)[None]).cam  # noqa: B018
+            times["in-process"].append((time.perf_counter() - t) * 1e3)
+            for name, (mod, c) in paths.items():
+                t = time.perf_counter()
+                answer = one_request(mod, c, data, params)
+                answer.as_numpy("cam")
+                times[name].append((time.perf_counter() - t) * 1e3)
+                raw = answer.get_response()
+                p = raw["parameters"] if isinstance(raw, dict) else {k: v.string_param for k, v in raw.parameters.items()}
+                inside[name].append(json.loads(p["timings_ms"])["total"])
+    out = {k: summarize(v) for k, v in times.items()}
+    for name, spent in inside.items():
+        out[name]["explain_p50_ms"] = float(np.median(spent))
+        out[name]["ratio_p50"] = out[name]["p50_ms"] / out["in-process"]["p50_ms"]
+        # Per round: the server's time over the in-process time of the same photo in the same round.
+        out[name]["ratio_median_paired"] = float(np.median(np.array(times[name]) / np.array(times["in-process"])))
+    return out
+
+
 def refusals(artifacts: Path, images: list[bytes], n: int = 20) -> dict:
     """A server with --max-inflight 1 held busy by an exact explanation: the latency of its 503s."""
     from unioncam.bench import summarize
@@ -211,6 +252,10 @@ def main() -> None:
         for protocol in ("rest", "grpc"):  # warm-up: each protocol's first calls
             load_cell(server, protocol, 1, 2, images)
         rss_start = rss_mb(server.proc.pid)
+        paired = {"64": interleaved(server, art, images, args.requests, 64, args.device),
+                  "exact": interleaved(server, art, images, args.exact_requests, None, args.device)}
+        print("paired", {k: {p: round(v[p].get("ratio_median_paired", 1), 3) for p in v} for k, v in paired.items()},
+              flush=True)
         for clients in (1, 2, 4, 8):
             for protocol in ("rest", "grpc"):
                 cells.append({"budget": 64, **load_cell(server, protocol, clients, args.requests, images)})
@@ -230,7 +275,7 @@ def main() -> None:
                "memory": {"requests": args.memory_requests, "answered": memory["answered"],
                           "errors": memory["errors"], "rss_start_mb": rss_start, "rss_warm_mb": rss_warm,
                           "rss_end_mb": rss_end, "growth": rss_end / rss_warm - 1},
-               "refusals": refused, "exit_code_after_sigterm": code}
+               "refusals": refused, "exit_code_after_sigterm": code, "paired": paired}
     write_md(payload)
 
 
@@ -249,6 +294,10 @@ def write_md(payload: dict) -> None:
                     f"{ref['p99_ms']:.0f} | 1.000x | {ref['throughput_per_s']:.2f} | 1.00x | 0 | 0 |")
     mem = payload["memory"]
     ref = payload["refusals"]
+    paired_rows = "\n".join(
+        f"| {budget} | {path} | {v['n']} | {v['p50_ms']:.0f} | {v.get('explain_p50_ms', v['p50_ms']):.0f} | "
+        f"{v.get('ratio_p50', 1.0):.3f}x | {v.get('ratio_median_paired', 1.0):.3f}x |"
+        for budget, cells in payload["paired"].items() for path, v in cells.items())
     md = (f"# `unioncam serve` under load: {payload['model']} ({payload['layer']}), {m['cores']} cores\n\n"
           f"{m['cpu']}, device {payload['device']}. The real server (`python -m unioncam serve`, KServe's REST and gRPC servers) on "
           "127.0.0.1 in a process of its own; tritonclient's clients (HTTP with binary tensors, gRPC), one per "
@@ -259,6 +308,13 @@ def write_md(payload: dict) -> None:
           "budget.\n\n"
           "| budget | path | clients | n | p50 | p90 | p99 | p50 vs in-process | req/s | vs in-process | errors | lost |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+          "**One client, side by side**: each round sends the same photo through the in-process `Explainer`, "
+          "REST and gRPC in turn (drift and photo sizes hit all three alike). *explain p50*: the server's own "
+          "explanation time from the answer's timings; the rest of a request's time is decoding, transport "
+          "and encoding. *paired*: the median over rounds of (server time / in-process time of the same photo "
+          "in the same round).\n\n"
+          "| budget | path | n | p50 ms | explain p50 ms | p50 vs in-process | paired |\n|---|---|---|---|---|---|---|\n"
+          + paired_rows + "\n\n"
           f"**Memory**: the server's RSS {mem['rss_warm_mb']:.0f} MB after the cells above, "
           f"{mem['rss_end_mb']:.0f} MB after {mem['answered']} more requests ({mem['errors']} errors): "
           f"{mem['growth']:+.1%} (started at {mem['rss_start_mb']:.0f} MB after warm-up).\n\n"
