@@ -444,3 +444,25 @@ def test_a_port_in_use_is_exit_2(server, lite0_artifacts):
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and f"--grpc-port {server.grpc}" in r.stderr, r.stderr
 
+
+
+def test_a_model_that_cannot_load_stops_the_server_with_one_line_and_exit_1(lite0_artifacts, tmp_path):
+    """The ports listen first; a graph that fails its check at load (a flipped byte) stops both
+    servers: one line naming the folder and what to do, exit 1, never ready."""
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(lite0_artifacts, art)
+    graph = art / "masked_forward.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    s = Server(art, tmp_path / "server.log")
+    try:
+        code = s.proc.wait(120)
+    finally:
+        s.stop()
+    log = s.log.read_text().strip().splitlines()
+    assert code == 1, log
+    assert log[-1].startswith("unioncam: error:") and str(art) in log[-1] and "Traceback" not in "\n".join(log)
+    assert not any("ready: model" in line for line in log)
