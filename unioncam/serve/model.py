@@ -220,50 +220,8 @@ class UnionCAMModel(Model):
 
     # v1: {"instances": [...]} -> {"predictions": [...]} or {"explanations": [...]}
     def _v1(self, body: dict, verb: InferenceVerb) -> dict:
-        instances = body.get("instances", body.get("inputs"))
-        if not isinstance(instances, list) or not instances:
-            raise InvalidInputError('send {"instances": [...]}: each an image {"b64": "<base64 JPEG or PNG>"} '
-                                    "or the model's input as nested lists (3, H, W) in [0, 1]")
-        self._check_batch(len(instances))
-        blobs, tensors, classes = [], [], []
-        for i, inst in enumerate(instances):
-            cls = None
-            if isinstance(inst, dict):
-                cls = inst.get("class")
-                extra = sorted(set(inst) - {"b64", "image_bytes", "class", "input"})
-                if extra:
-                    raise InvalidInputError(f"instance {i} has the unknown key {extra[0]!r}; use b64 (or "
-                                            "image_bytes.b64), input, class")
-                blob = inst.get("image_bytes", inst)
-                if isinstance(blob, dict) and "b64" in blob:
-                    try:
-                        blobs.append(base64.b64decode(blob["b64"], validate=True))
-                    except (ValueError, TypeError):
-                        raise InvalidInputError(f"instance {i}: 'b64' is not valid base64") from None
-                elif "input" in inst:
-                    tensors.append(inst["input"])
-                else:
-                    raise InvalidInputError(f"instance {i} holds no image: give b64 or input")
-            else:
-                tensors.append(inst)
-            classes.append(cls)
-        if blobs and tensors:
-            raise InvalidInputError("mix of encoded images and tensors in one request; send one kind")
-        if blobs:
-            inputs, datatypes = {protocol.IMAGE: np.array(blobs, dtype=object)}, {protocol.IMAGE: "BYTES"}
-        else:
-            try:
-                array = np.asarray(tensors, dtype=np.float32)
-            except (ValueError, TypeError):
-                raise InvalidInputError("the instances are not arrays of numbers of one shape (3, H, W)") from None
-            inputs, datatypes = {protocol.TENSOR: array}, {protocol.TENSOR: "FP32"}
-        if any(c is not None for c in classes):
-            if any(c is None for c in classes):
-                raise InvalidInputError("give 'class' in every instance or in none")
-            inputs[protocol.CLASS] = np.array(classes, dtype=object)
-        parameters = body.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise InvalidInputError('"parameters" must be an object')
+        inputs, datatypes, parameters = protocol.v1_inputs(body)
+        self._check_batch(np.asarray(next(iter(inputs.values()))).shape[0])
         if verb == InferenceVerb.PREDICT:
             parameters = {k: v for k, v in parameters.items() if k not in ("overlay",)}
             req = self._request(inputs, parameters, datatypes)

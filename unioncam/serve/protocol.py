@@ -106,6 +106,65 @@ def parse_parameters(parameters: dict | None) -> dict:
     return out
 
 
+def v1_inputs(body: dict) -> tuple[dict, dict, dict]:
+    """A v1 body as named inputs, their v2 dtypes, and the parameters: ``{"instances": [...]}``, each
+    an image ``{"b64": ...}`` (or ``{"image_bytes": {"b64": ...}}``), ``{"input": (3, H, W) lists}``
+    or the lists alone, each optionally with ``"class"``; optional top-level ``"parameters"``.
+
+    Example:
+        >>> inputs, dtypes, params = v1_inputs({"instances": [{"b64": "iVBO", "class": 281}]})
+        >>> sorted(inputs), dtypes["image"], inputs["class"].tolist(), params
+        (['class', 'image'], 'BYTES', [281], {})
+    """
+    import base64
+    import binascii
+
+    instances = body.get("instances", body.get("inputs"))
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInputError('send {"instances": [...]}: each an image {"b64": "<base64 JPEG or PNG>"} '
+                                "or the model's input as nested lists (3, H, W) in [0, 1]")
+    blobs, tensors, classes = [], [], []
+    for i, inst in enumerate(instances):
+        cls = None
+        if isinstance(inst, dict):
+            cls = inst.get("class")
+            extra = sorted(set(inst) - {"b64", "image_bytes", "class", "input"})
+            if extra:
+                raise InvalidInputError(f"instance {i} has the unknown key {extra[0]!r}; use b64 (or "
+                                        "image_bytes.b64), input, class")
+            blob = inst.get("image_bytes", inst)
+            if isinstance(blob, dict) and "b64" in blob:
+                try:
+                    blobs.append(base64.b64decode(blob["b64"], validate=True))
+                except (binascii.Error, ValueError, TypeError):
+                    raise InvalidInputError(f"instance {i}: 'b64' is not valid base64") from None
+            elif "input" in inst:
+                tensors.append(inst["input"])
+            else:
+                raise InvalidInputError(f"instance {i} holds no image: give b64 or input")
+        else:
+            tensors.append(inst)
+        classes.append(cls)
+    if blobs and tensors:
+        raise InvalidInputError("mix of encoded images and tensors in one request; send one kind")
+    if blobs:
+        inputs, datatypes = {IMAGE: np.array(blobs, dtype=object)}, {IMAGE: "BYTES"}
+    else:
+        try:
+            array = np.asarray(tensors, dtype=np.float32)
+        except (ValueError, TypeError):
+            raise InvalidInputError("the instances are not arrays of numbers of one shape (3, H, W)") from None
+        inputs, datatypes = {TENSOR: array}, {TENSOR: "FP32"}
+    if any(c is not None for c in classes):
+        if any(c is None for c in classes):
+            raise InvalidInputError("give 'class' in every instance or in none")
+        inputs[CLASS] = np.array(classes, dtype=object)
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInputError('"parameters" must be an object')
+    return inputs, datatypes, parameters
+
+
 def parse_classes(value, batch: int, num_classes: int) -> np.ndarray | None:
     """Classes for ``batch`` images from a tensor or a parameter: indices, ImageNet names, or one for all.
 
