@@ -466,3 +466,14 @@ def test_a_model_that_cannot_load_stops_the_server_with_one_line_and_exit_1(lite
     assert code == 1, log
     assert log[-1].startswith("unioncam: error:") and str(art) in log[-1] and "Traceback" not in "\n".join(log)
     assert not any("ready: model" in line for line in log)
+
+
+def test_json_sent_as_curl_sends_it_is_read(server):
+    """``curl -d`` says application/x-www-form-urlencoded; the body is JSON all the same."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    v1 = json.dumps({"instances": [{"b64": _b64(photo("coffee"))}]}).encode()
+    code, answer = post(f"{server.url}/v1/models/unioncam:predict", v1, form)
+    assert code == 200 and answer["predictions"][0]["class_name"] == "espresso", answer
+    v2 = _v2([{"name": "image", "datatype": "BYTES", "shape": [1], "data": [_b64(photo("coffee"))]}])
+    code, answer = post(f"{server.url}/v2/models/unioncam/infer", v2, form)
+    assert code == 200 and [o["data"] for o in answer["outputs"] if o["name"] == "class_idx"] == [[967]], answer

@@ -129,6 +129,8 @@ class UnionCAMModel(Model):
         try:
             if isinstance(body, InferRequest):
                 return self._v2(body)
+            if isinstance(body, (bytes, bytearray)):  # JSON sent without a JSON Content-Type (curl -d)
+                body = _json_object(body)
             if isinstance(body, dict):
                 return self._v1(body, verb)
             raise InvalidInputError(f"unrecognised request body ({type(body).__name__}); send v1 JSON "
@@ -277,6 +279,18 @@ class UnionCAMModel(Model):
         return self.explainer.manifest.num_classes if self.explainer else -1
 
 
+def _json_object(body: bytes) -> dict:
+    import orjson
+
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInputError(f"the body is not JSON ({e}); send v1 JSON {{\"instances\": [...]}}") from None
+    if not isinstance(value, dict):
+        raise InvalidInputError('the body is JSON but not an object; send {"instances": [...]}')
+    return value
+
+
 def _top5(logits: np.ndarray, names) -> list[dict]:
     from ..outputs import top5
 
@@ -301,10 +315,12 @@ class UnionCAMDataPlane(DataPlane):
             return super().decode_inference_request(body, headers, model_name)
         import orjson
 
-        length = (headers or {}).get("inference-header-content-length")
-        if length is None or not str(length).isdigit() or int(length) > len(body):
-            raise InvalidInput("a binary v2 body needs the Inference-Header-Content-Length header, at most the "
-                               "body's length")
+        # No Inference-Header-Content-Length: the body is JSON alone, whatever its Content-Type says
+        # (curl -d sends form-urlencoded unless told otherwise).
+        length = (headers or {}).get("inference-header-content-length", str(len(body)))
+        if not str(length).isdigit() or int(length) > len(body):
+            raise InvalidInput("the Inference-Header-Content-Length header must be the JSON header's length, at "
+                               "most the body's")
         try:
             head = orjson.loads(body[:int(length)])
         except orjson.JSONDecodeError as e:

@@ -73,7 +73,7 @@ def parse_parameters(parameters: dict | None) -> dict:
 
     Example:
         >>> parse_parameters({"max_passes": "64", "overlay": "true", "method": "unioncam"})
-        {'method': 'unioncam', 'max_passes': 64, 'overlay': True}
+        {'max_passes': 64, 'overlay': True, 'method': 'unioncam'}
     """
     from ..validation import check_max_passes, check_method, check_theta
 
