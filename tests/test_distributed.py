@@ -198,8 +198,9 @@ def test_sigterm_and_ctrl_c_stop_a_ray_run_quietly_and_it_resumes(dataset, lite0
     Ray's C++ stack or its killed-actor notes, exit 143 (130 for Ctrl-C); the same command resumes."""
     out = tmp_path / "out"
     photos = [str(dataset / n) for n in ("astronaut.png", "chelsea.png", "coffee.png", "horse.png")]
+    # 64 passes: the three photos after the first take seconds, so the signal lands mid-run.
     cmd = [sys.executable, "-m", "unioncam", "explain", *photos, "--artifacts", str(lite0_artifacts), "--workers", "1",
-           *BUDGET, "--out", str(out), "--no-progress"]
+           "--max-passes", "64", "--out", str(out), "--no-progress"]
     driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and not list(out.glob("*.json")) and driver.poll() is None:

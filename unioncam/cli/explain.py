@@ -195,7 +195,7 @@ def _explain_each(args, todo, explain, size, settings) -> int:
     return 1 if failures else 0
 
 
-#: Options a server's own settings fix: refused with --server (docs/serve.md, "explain --server").
+#: Options a server's own settings fix: refused with --server (docs/serve.md, "Call it").
 SERVER_FIXES = {"artifacts": None, "layer": None, "weights": None, "reshape": None, "input_size": None,
                 "batch_size": None, "threads": None, "precision": None, "provider_options": None,
                 "backend": "onnxruntime", "device": "cpu", "workers": None, "ray_address": None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..registry import METHODS
-from ..runtime.backends import devices
+from ..runtime.backends import BACKENDS, devices
 from .common import (
     add_model_source_options,
     as_usage_error,
@@ -13,8 +13,8 @@ from .common import (
     resolve_model_spec,
 )
 
-#: Runtime backends a server runs (the eager reference is for checking, not serving).
-SERVE_BACKENDS = ("onnxruntime", "tensorrt")
+#: Runtime backends a server runs: every registered one but the eager reference (for checking, not serving).
+SERVE_BACKENDS = tuple(name for name, info in BACKENDS.items() if not info.eager)
 
 
 def add_parser(sub) -> None:
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
         "loads and warms once the ports listen; readiness is false until then. SIGTERM: stop accepting, finish "
         "the requests in flight, exit 0. See docs/serve.md.")
     add_model_source_options(p)
-    p.add_argument("--backend", choices=SERVE_BACKENDS, default="onnxruntime", help="onnxruntime (default) or tensorrt")
+    p.add_argument("--backend", choices=SERVE_BACKENDS, default="onnxruntime", help="a runtime backend (default onnxruntime)")
     p.add_argument("--device", choices=devices(), default="cpu", help="cpu (default), cuda or tensorrt")
     p.add_argument("--method", choices=METHODS, default="unioncam",
                    help="the method of requests that name none (default unioncam)")

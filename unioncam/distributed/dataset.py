@@ -274,6 +274,11 @@ def _ray_session(ray, ray_address: str | None):
                 yield
             except KeyboardInterrupt:
                 interrupted = True  # Ctrl-C or SIGTERM: Ray's lines about its killed actors are no news
+                if not verbose():
+                    # Nor are Ray Data's: its executor thread logs the shutdown under it as an error.
+                    for name in list(logging.root.manager.loggerDict):
+                        if name == "ray" or name.startswith("ray."):
+                            logging.getLogger(name).disabled = True
                 raise
             finally:
                 if started:
