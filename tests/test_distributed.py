@@ -201,7 +201,10 @@ def test_sigterm_and_ctrl_c_stop_a_ray_run_quietly_and_it_resumes(dataset, lite0
     # 64 passes: the three photos after the first take seconds, so the signal lands mid-run.
     cmd = [sys.executable, "-m", "unioncam", "explain", *photos, "--artifacts", str(lite0_artifacts), "--workers", "1",
            "--max-passes", "64", "--out", str(out), "--no-progress"]
-    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default restored in the child: a suite started in the background (nohup, `cmd &`)
+    # passes SIGINT down ignored, and Python keeps an ignored SIGINT ignored, as a shell's job expects.
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and not list(out.glob("*.json")) and driver.poll() is None:
         time.sleep(0.1)
