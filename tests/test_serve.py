@@ -76,6 +76,16 @@ class Server:
             raise
 
 
+def ready_server(artifacts: Path, log: Path, *extra: str):
+    """A module fixture's body: the server, ready, stopped after the module (SIGTERM)."""
+    s = Server(artifacts, log, *extra)
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop()
+
+
 def status(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -97,13 +107,8 @@ def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]
 
 @pytest.fixture(scope="module")
 def server(lite0_artifacts, tmp_path_factory):
-    s = Server(lite0_artifacts, tmp_path_factory.mktemp("serve") / "server.log", "--max-inflight", "16",
+    yield from ready_server(lite0_artifacts, tmp_path_factory.mktemp("serve") / "server.log", "--max-inflight", "16",
                "--max-body-mb", "4")
-    try:
-        s.wait_ready()
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -370,13 +375,8 @@ def test_explain_on_no_server_is_one_line_and_exit_1(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def limited(lite0_artifacts, tmp_path_factory):
-    s = Server(lite0_artifacts, tmp_path_factory.mktemp("serve") / "limited.log", "--max-inflight", "2",
+    yield from ready_server(lite0_artifacts, tmp_path_factory.mktemp("serve") / "limited.log", "--max-inflight", "2",
                "--request-timeout", "1")
-    try:
-        s.wait_ready()
-        yield s
-    finally:
-        s.stop()
 
 
 def _exact(server: Server) -> bytes:  # noqa: ARG001
