@@ -71,141 +71,85 @@ def last_feature_map(model: nn.Module, input_size=(224, 224)) -> tuple[str, tupl
     return name, records[-1][3]
 
 
-class _AttentionSpy:
-    """Which modules run attention, seen from the ops, not the names: a module is an attention
-    where, innermost in the forward pass, it calls ``scaled_dot_product_attention`` or a softmax
-    over a (..., N, N) score matrix (N > 1), or is an ``nn.MultiheadAttention``. Records also the
-    ids of every module's tensor inputs, to find the norm that feeds an attention."""
+def _trace(model: nn.Module, input_size):
+    """:func:`unioncam.models.token_flow.trace` of :func:`_probe`'s input, eval mode restored."""
+    from . import token_flow
 
-    def __init__(self):
-        from torch.overrides import TorchFunctionMode
-
-        spy = self
-        self.stack: list[str] = []
-        self.attention: list[str] = []  # in the order they ran
-        self.inputs: dict[str, set[int]] = {}
-        self.alive: list = []
-
-        class Mode(TorchFunctionMode):
-            def __torch_function__(self, func, types, args=(), kwargs=None):
-                kwargs = kwargs or {}
-                if spy.stack and spy._is_attention_op(func, args):
-                    if spy.stack[-1] not in spy.attention:
-                        spy.attention.append(spy.stack[-1])
-                return func(*args, **kwargs)
-
-        self.mode = Mode()
-
-    @staticmethod
-    def _is_attention_op(func, args) -> bool:
-        F = torch.nn.functional
-        if func is F.scaled_dot_product_attention:
-            return True
-        if func in (torch.softmax, F.softmax, torch.Tensor.softmax) and args and isinstance(args[0], torch.Tensor):
-            t = args[0]
-            return t.dim() >= 3 and t.shape[-1] == t.shape[-2] > 1
-        return False
-
-    def hooks(self, name: str, module: nn.Module) -> list:
-        def pre(m, args, kwargs):
-            self.stack.append(name)
-            if isinstance(m, nn.MultiheadAttention) and name not in self.attention:
-                self.attention.append(name)
-            tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
-            self.inputs.setdefault(name, set()).update(id(t) for t in tensors)
-            self.alive.extend(tensors)
-
-        def post(m, args, out):
-            if self.stack and self.stack[-1] == name:
-                self.stack.pop()
-
-        return [module.register_forward_pre_hook(pre, with_kwargs=True), module.register_forward_hook(post)]
+    was_training = model.training
+    try:
+        model.eval()
+        image = torch.rand(1, 3, int(input_size[0]), int(input_size[1]), generator=torch.Generator().manual_seed(0))
+        return token_flow.trace(model, image)
+    except RuntimeError as e:
+        raise ExportError(f"the model cannot run on a (1, 3, {input_size[0]}, {input_size[1]}) input "
+                          f"({str(e).splitlines()[0]}); check --input-size") from None
+    finally:
+        model.train(was_training)
 
 
 def default_target(model: nn.Module, input_size=(224, 224)) -> tuple[str, tuple[int, ...], str | None]:
     """(dotted name, output shape, reshape or None): the layer a CAM explains when nobody named one.
 
-    A CNN's is :func:`last_feature_map`. A vision transformer's is found by its structure, whatever
-    its modules are called (timm's ``norm1``, torchvision's ``ln_1``, Hugging Face's
-    ``layernorm_before``), when its last spatial outputs come after the last (B, K, h, w) map:
+    A CNN's is :func:`last_feature_map`. Where attention runs after the last (B, K, h, w) map, the
+    model is a vision transformer, and its target is found by data flow, whatever its modules are
+    called or however they nest (:mod:`unioncam.models.token_flow`, docs/models.md):
 
-    - tokens (B, N, D) with N a square grid after 0-2 class tokens (ViT, DeiT): the last block's
-      input, the last LayerNorm whose output feeds an attention (:class:`_AttentionSpy`; the layer
-      pytorch-grad-cam's users pick: the last block's output reaches the class token's head through
-      no attention, so its patch tokens get no gradient), else the output that enters the last
-      module holding an attention; with ``reshape="tokens"``;
-    - channels-last maps (B, h, w, D) that permute an earlier (B, D, h, w) map (Swin): the last
-      block's (a module with children; a final norm's only where no block's is), with ``reshape="bhwc"``.
+    - tokens (1, N, D): the last block's input, the last token tensor a module outputs that reaches
+      the last attention's q, k and v through per-token ops; reshaped with the leading tokens
+      (class, distillation, registers) and the grid read off the patch embedding;
+    - channels-last maps (B, h, w, D) that permute an earlier (B, D, h, w) map, attention in windows
+      (Swin): the last block's output (a module with children; a final norm's only where no
+      block's is), with ``reshape="bhwc"``.
 
     Raises:
-        LayerNotFoundError: neither a feature map nor tokens (give --layer and --reshape).
+        LayerNotFoundError: tokens whose last block input no module outputs, or tokens with no
+            attention (give --layer and --reshape).
     """
-    import math
+    from . import token_flow
 
-    records = []  # (order, name, module type, id, shape)
-    alive, hooks = [], []
-    spy = _AttentionSpy()
-    norms_by_type = set()
-
-    def hook(name):
-        def fn(m, _i, out):
-            if isinstance(out, torch.Tensor) and out.dim() in (3, 4):
-                kind = type(m).__name__ + ("/block" if any(True for _ in m.children()) else "")
-                records.append((len(records), name, kind, id(out), tuple(out.shape)))
-                alive.append(out)
-        return fn
-
-    for name, mod in model.named_modules():
-        if name:
-            hooks.append(mod.register_forward_hook(hook(name)))
-            hooks.extend(spy.hooks(name, mod))
-            if isinstance(mod, nn.LayerNorm):
-                norms_by_type.add(name)
-    with spy.mode:
-        _probe(model, input_size, hooks)
-    alive.clear()
-    spy.alive.clear()
+    tr = _trace(model, input_size)
+    records = tr.records
     convs = {(s[1], s[2], s[3]) for _, _, kind, _, s in records if len(s) == 4 and "Conv" in kind}
-
-    def is_tokens(s):
-        # The probe's one image: a window batch inside a Swin block ((windows, k*k, D)) is not tokens of it.
-        return len(s) == 3 and s[0] == 1 and any(
-            s[1] - c > 0 and math.isqrt(s[1] - c) ** 2 == s[1] - c for c in (1, 2, 0))
 
     def is_channels_last(s):
         return len(s) == 4 and (s[3], s[1], s[2]) in convs and s[1] * s[2] > 1
 
     spatial_cnn = [r for r in records if len(r[4]) == 4 and not is_channels_last(r[4]) and r[4][2] * r[4][3] > 1]
-    transformer = [r for r in records if is_tokens(r[4]) or is_channels_last(r[4])]
-    if not transformer or (spatial_cnn and spatial_cnn[-1][0] > transformer[-1][0]):
-        name, shape = last_feature_map(model, input_size)
-        return name, shape, None
+    cnn_after = (lambda order: bool(spatial_cnn) and spatial_cnn[-1][0] > order)
+    own = [a for a in tr.attention if a.batch == 1]
     inner = getattr(model, "unioncam_inner", None)
 
     def strip(name):
         return name[len(inner) + 1:] if inner and name.startswith(inner + ".") else name
 
-    fed = set().union(*(spy.inputs.get(a, set()) for a in spy.attention)) if spy.attention else set()
-    norms = [r for r in records if is_tokens(r[4]) and r[1] in norms_by_type and r[3] in fed]
-    if not norms and spy.attention:
-        # No norm before the attention: the tokens that enter the last module holding one.
-        holder = spy.attention[-1].rpartition(".")[0]
-        entering = spy.inputs.get(holder, set()) if holder else set()
-        norms = [r for r in records if is_tokens(r[4]) and r[3] in entering]
+    found = token_flow.last_block_input(tr)
+    if found and not cnn_after(own[-1].order):
+        name, shape, tid = found
+        tokens = shape[1]
+        layout = token_flow.token_layout(tr, tokens, input_size, source=tid)
+        if layout is None:
+            raise LayerNotFoundError(f"the last block's input {strip(name)!r} holds {tokens} tokens, which are no grid "
+                                     f"over the {input_size[0]}x{input_size[1]} input after at most "
+                                     f"{token_flow.MAX_EXTRA_TOKENS} leading tokens; give --reshape tokens:C:HxW")
+        return strip(name), shape, token_flow.reshape_spec(*layout)
     last = [r for r in records if is_channels_last(r[4])]
     # A block's output, not a final norm's: the last block is what a Swin user explains.
     last = [r for r in last if r[2].endswith("/block")] or last
-    if norms and not (last and last[-1][0] > norms[-1][0]):
-        same = [r for r in norms if r[3] == norms[-1][3]]
-        r = min(same, key=lambda r: (r[1].count("."), -r[0]))
-        return strip(r[1]), r[4], "tokens"
-    if last:
+    if last and not cnn_after(last[-1][0]):
         same = [r for r in last if r[3] == last[-1][3]]
         r = min(same, key=lambda r: (r[1].count("."), -r[0]))
         return strip(r[1]), last[-1][4], "bhwc"
-    raise LayerNotFoundError("this model's tokens reach no attention this probe could see (a softmax over an N x N "
-                             "score matrix, scaled_dot_product_attention or nn.MultiheadAttention); give --layer (the "
-                             "last block's input) and --reshape tokens")
+    tokens = [r for r in records if len(r[4]) == 3 and r[4][0] == 1
+              and token_flow.token_layout(tr, r[4][1], input_size, source=r[3]) is not None and not cnn_after(r[0])]
+    if tokens or own:
+        why = ("no module outputs the tokens that enter its last attention (the last block's input is made "
+               "inline; wrap it in a module, e.g. nn.Identity)" if own else
+               "its tokens reach no attention this probe could see (a softmax over an N x N product, "
+               "scaled_dot_product_attention or nn.MultiheadAttention)")
+        raise LayerNotFoundError(f"no automatic layer for this transformer: {why}; give --layer (the last block's "
+                                 "input) and --reshape tokens")
+    name, shape = last_feature_map(model, input_size)
+    return name, shape, None
 
 
 def output_classes(model: nn.Module, input_size=(224, 224)) -> int:
