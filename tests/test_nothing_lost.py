@@ -150,11 +150,13 @@ def test_a_masked_graph_from_another_model_is_refused(tiny_art, tmp_path, foreig
 
 def test_a_killed_runs_temporaries_are_removed_and_nothing_else(tmp_path):
     """Only unioncam's own temporary files of this host whose process is gone are removed: a live
-    run's, and a user's hidden ``.notes.tmp``, are kept."""
+    run's, a user's hidden ``.notes.tmp``, and a user's file named exactly like a dead run's
+    temporary but never recorded in the ledger, are kept."""
     import subprocess
     import sys
 
     from unioncam.atomic import remove_stale_temporaries, temporary_prefix
+    from unioncam.ownership import record_temporary
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
@@ -162,10 +164,13 @@ def test_a_killed_runs_temporaries_are_removed_and_nothing_else(tmp_path):
     stale = tmp_path / (mine.replace(f"-{os.getpid()}-", f"-{dead}-") + "abc.tmp")
     live = tmp_path / (mine + "def.tmp")
     users = tmp_path / ".notes.tmp"
-    for f in (stale, live, users):
+    lookalike = tmp_path / (mine.replace(f"-{os.getpid()}-", f"-{dead}-") + "xyz.tmp")
+    for f in (stale, live, lookalike):
+        record_temporary(f) if f is not lookalike else None
+    for f in (stale, live, users, lookalike):
         f.write_text("x")
     assert remove_stale_temporaries(tmp_path) == 1
-    assert not stale.exists() and live.exists() and users.exists()
+    assert not stale.exists() and live.exists() and users.exists() and lookalike.exists()
 
 
 def test_explaining_a_folder_into_itself_twice_skips_its_own_outputs(tmp_path, capsys):

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .atomic import default_mode
+from .digests import sha256_file  # noqa: F401 - re-exported: the manifest checks and older callers
 from .errors import ArtifactError, OutputPathError, UnwritableError
 
 MANIFEST = "manifest.json"
@@ -62,17 +63,6 @@ def _schema_problem(d: dict) -> str | None:
     if missing:
         return f"'files' lists no SHA-256 for {', '.join(missing)}"
     return None
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 @dataclass

@@ -429,13 +429,17 @@ def approximate(report: dict) -> bool:
     return bool(report.get("max_passes")) and bool(estimated)
 
 
+def encode_image(path: str | Path, bgr: np.ndarray) -> bytes:
+    """A BGR image's bytes in the format ``path``'s suffix names (PNG without one)."""
+    ok, buf = cv2.imencode(Path(path).suffix or ".png", bgr)
+    if not ok:
+        raise ImageReadError(f"cannot encode an image for {path}")
+    return buf.tobytes()
+
+
 def write_image(path: str | Path, bgr: np.ndarray, *, own: bool = False) -> None:
     """Write a BGR image atomically; the format follows the file suffix. ``own``: recorded as
     unioncam's output (:mod:`unioncam.ownership`)."""
-    path = Path(path)
     from .atomic import write_bytes
 
-    ok, buf = cv2.imencode(path.suffix or ".png", bgr)
-    if not ok:
-        raise ImageReadError(f"cannot encode an image for {path}")
-    write_bytes(path, buf.tobytes(), own=own)
+    write_bytes(path, encode_image(path, bgr), own=own)

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import sha256_file
+from . import ownership
+from .digests import sha256_bytes, sha256_file
 from .errors import InvalidInputError, UnionCAMError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 #: The report keys that must match for a finished output to be reused by a resumed run.
-SETTINGS = ("model", "weights", "layer", "theta", "method", "max_passes", "precision", "class_requested", "input_size",
-            "plain")
+SETTINGS = ("model", "weights", "weights_sha256", "layer", "theta", "method", "max_passes", "precision",
+            "class_requested", "input_size", "plain", "lenient")
 
 
 def collect_images(paths) -> list[Path]:
@@ -150,9 +151,10 @@ def report(settings: dict, path, rgb: np.ndarray, exp, timings_ms: dict, digest:
         "image": str(path),
         "image_sha256": digest,
         "image_size": [int(rgb.shape[0]), int(rgb.shape[1])],
-        **{k: settings.get(k) for k in ("input_size", "model", "method", "weights", "layer", "theta",
-                                         "max_passes", "precision", "class_requested")},
+        **{k: settings.get(k) for k in ("input_size", "model", "method", "weights", "weights_sha256", "layer",
+                                         "theta", "max_passes", "precision", "class_requested")},
         "plain": bool(settings.get("plain")),
+        "lenient": bool(settings.get("lenient")),
         "class_idx": e0["class_idx"],
         "class_name": class_name(e0["class_idx"], num_classes),
         "score": score,
@@ -169,12 +171,14 @@ def report(settings: dict, path, rgb: np.ndarray, exp, timings_ms: dict, digest:
 
 
 def write_outputs(out: Path, stem: str, rgb: np.ndarray, cam: np.ndarray, report: dict, *, plain: bool = False) -> dict:
-    """The three outputs of one image, each written atomically, the JSON last. Returns their paths.
+    """The three outputs of one image, each written atomically, the JSON last, holding the SHA-256
+    of the map and the overlay as written (``outputs_sha256``): a report on disk describes exactly
+    the files beside it, and a resume trusts only what those digests confirm. Returns their paths.
 
     The PNG is the overlay with its key (:func:`unioncam.image_io.with_key`), or with ``plain`` the
     overlay alone, pixel-aligned with the photo (for pipelines)."""
     from . import atomic
-    from .image_io import caption, overlay, with_key, write_image
+    from .image_io import caption, encode_image, overlay, with_key
 
     cam = np.asarray(cam, dtype=np.float32)
     if not (np.isfinite(cam).all() and cam.min() >= 0.0 and cam.max() <= 1.0):
@@ -182,9 +186,12 @@ def write_outputs(out: Path, stem: str, rgb: np.ndarray, cam: np.ndarray, report
     paths = output_paths(out, stem)
     buf = io.BytesIO()
     np.save(buf, cam)
-    atomic.write_bytes(paths["npy"], buf.getvalue(), own=True)
+    npy = buf.getvalue()
     picture = overlay(rgb, cam)
-    write_image(paths["png"], picture if plain else with_key(picture, caption(report)), own=True)
+    png = encode_image(paths["png"], picture if plain else with_key(picture, caption(report)))
+    report = {**report, "outputs_sha256": {"npy": sha256_bytes(npy), "png": sha256_bytes(png)}}
+    atomic.write_bytes(paths["npy"], npy, own=True)
+    atomic.write_bytes(paths["png"], png, own=True)
     atomic.write_text(paths["json"], json.dumps(report, indent=2), own=True)
     return {k: str(v) for k, v in paths.items()}
 
@@ -195,25 +202,26 @@ def output_paths(out: Path, stem: str) -> dict:
 
 def claim_outputs(out: Path, stems, *, replace_user_files: bool = False, extra=()) -> None:
     """Before any work: refuse (:class:`unioncam.errors.OutputPathError`) if an output of ``stems``
-    in ``out``, or a file of ``extra`` (an index), exists and unioncam did not write it."""
-    from .ownership import claim
-
-    claim([p for s in stems for p in output_paths(out, s).values()] + [Path(e) for e in extra],
-          replace_user_files=replace_user_files)
+    in ``out``, or a file of ``extra`` (an index), is not ours to replace; the folder's ledger is
+    compacted first where it has grown (:func:`unioncam.ownership.compact`)."""
+    if Path(out).is_dir():
+        ownership.compact(out)
+    ownership.claim([p for s in stems for p in output_paths(out, s).values()] + [Path(e) for e in extra],
+                    replace_user_files=replace_user_files)
 
 
 def finished_report(out: Path, stem: str, image, settings: dict) -> dict | None:
     """The report of a previous run's complete, valid outputs for ``image`` with the same settings,
-    else None (the image is explained again). Valid: the JSON parses and names this image and these
-    settings, the map loads as a finite float32 array in [0, 1] of the input size, the PNG exists,
-    and unioncam wrote all three as they are (a user's file of that name is never taken as done)."""
-    from .ownership import Ledger
-
+    else None (the image is explained again). Trusted only as far as digests confirm it: the JSON
+    parses and names this image (its SHA-256) and these settings (the weights' SHA-256, leniency
+    included); the map and the overlay hash to the digests the report recorded; unioncam wrote all
+    three as they are (a user's file of that name is never taken as done); the map is a finite
+    float32 array in [0, 1] of the input size."""
     paths = output_paths(out, stem)
-    ledger = Ledger(out)
-    if not all(p.is_file() and ledger.owns(p) for p in paths.values()):
-        return None
+    led = ownership.ledger(out)
     try:
+        if not all(p.is_file() and led.owns(p) for p in paths.values()):
+            return None
         rep = json.loads(paths["json"].read_text())
         # A key the caller leaves out (a layer chosen only at load) is not compared.
         if rep.get("image") != str(image) or any(rep.get(k) != settings[k] for k in SETTINGS if k in settings):
@@ -221,13 +229,14 @@ def finished_report(out: Path, stem: str, image, settings: dict) -> dict | None:
         # The same name is not the same photo: a file replaced in place is explained again.
         if rep.get("image_sha256") != image_digest(image):
             return None
+        recorded = rep.get("outputs_sha256") or {}
+        if any(recorded.get(k) != sha256_file(paths[k]) for k in ("npy", "png")):
+            return None  # a map or overlay of another run (killed, or a full disk, between the writes)
         cam = np.load(paths["npy"], allow_pickle=False)
         if (cam.dtype != np.float32 or list(cam.shape) != list(settings.get("input_size") or cam.shape)
                 or not np.isfinite(cam).all() or cam.min() < 0 or cam.max() > 1):
             return None
-        if not paths["png"].is_file() or paths["png"].stat().st_size == 0:
-            return None
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (OSError, ValueError, TypeError, AttributeError, UnionCAMError):
         return None
     return rep
 
@@ -246,18 +255,19 @@ def image_digest(path) -> str:
 
 
 def own_outputs(paths: list[Path]) -> set[Path]:
-    """The inputs that are overlays an earlier run wrote (recorded in their folder's ledger, bytes
-    unchanged): ``explain DIR --out DIR`` run twice must not explain its own overlays. A user's PNG
-    with an overlay's name is an input like any other."""
-    from .ownership import Ledger
-
-    ledgers: dict[Path, Ledger] = {}
+    """The inputs that are images an earlier run of any command wrote (overlays, ``eval``'s grid:
+    recorded in their folder's ledger, bytes unchanged): ``explain DIR --out DIR`` run twice, or
+    ``eval`` over ``explain``'s folder, must not explain our own pictures. A user's PNG with an
+    overlay's name is an input like any other."""
     own = set()
     for p in paths:
         p = Path(p)
         if p.suffix.lower() != ".png" or not p.is_file():
             continue
-        ledger = ledgers.setdefault(p.parent, Ledger(p.parent))
-        if ledger.digests.get(p.name) and ledger.owns(p):
+        try:
+            led = ownership.ledger(p.parent)
+        except UnionCAMError:
+            continue  # an unreadable ledger claims nothing; the outputs' check says why
+        if led.recorded(p):
             own.add(p)
     return own

@@ -59,8 +59,11 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
         except (AttributeError, ValueError, OSError):
             pass
+    from ..ownership import writing_as
+
     try:
-        return int(args.func(args) or 0)
+        with writing_as(args.command):  # each command replaces only its own outputs
+            return int(args.func(args) or 0)
     except UnionCAMError as e:
         if args.debug:
             raise

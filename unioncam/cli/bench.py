@@ -123,8 +123,9 @@ def run(args: argparse.Namespace) -> int:
         print_list()
         return 0
     _validate(args)
-    from ..ownership import claim
+    from ..ownership import check_locations, claim
 
+    check_locations({"--json": args.json, "--md": args.md, "--plot": args.plot})
     claim([p for p in (args.json, args.md, args.plot) if p is not None], replace_user_files=args.replace_user_files,
           elsewhere="write the report elsewhere")
     if args.plot:

@@ -4,11 +4,12 @@ when a command needs them, so ``--help`` is instant."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from pathlib import Path
 
-from ..errors import UnwritableError
+from ..errors import UnionCAMError, UnwritableError
 from ..atomic import remove_stale_temporaries
 from ..export_cache import ModelRequest, open_explainer
 from ..validation import PRECISIONS, PROVIDER_OPTIONS
@@ -194,11 +195,36 @@ def open_runtime(args, model_spec, **kwargs):
     return open_explainer(model_request(args, model_spec), artifacts=getattr(args, "artifacts", None), **kwargs)
 
 
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    from ..digests import sha256_file
+
+    return sha256_file(path)
+
+
+def weights_digest(args) -> str | None:
+    """The SHA-256 of the weights a run uses, which a resume compares (a path is not the bytes):
+    the exported folder's fingerprint, or the ``--weights`` file's; None for bundled weights (the
+    model's name fixes them) and untrained ones."""
+    artifacts = getattr(args, "artifacts", None)
+    try:
+        if artifacts:
+            from ..artifacts import Manifest
+
+            return Manifest.load(artifacts).extra.get("fingerprint", {}).get("weights_sha256")
+        if getattr(args, "weights", None):
+            st = os.stat(args.weights)
+            return _file_digest(os.path.realpath(args.weights), st.st_size, st.st_mtime_ns)
+    except (OSError, UnionCAMError):
+        return None  # the load says why, with the path
+    return None
+
+
 def report_settings(args, model_spec, layer: str) -> dict:
     """The run's options as its reports record them (and a resumed run compares them)."""
     weights = (f"exported folder {args.artifacts}" if getattr(args, "artifacts", None) else str(args.weights)
                if args.weights else ("bundled ImageNet" if model_spec.bundled_weights else "random (untrained)"))
-    return {"model": args.model, "weights": weights, "layer": layer, "theta": args.theta, "method": args.method,
+    return {"model": args.model, "weights": weights, "weights_sha256": weights_digest(args), "layer": layer, "theta": args.theta, "method": args.method,
             "max_passes": args.max_passes, "precision": args.precision or "fp32", "class_requested": args.class_idx,
             "input_size": list(model_spec.input_size), "backend": args.backend, "device": args.device,
             "lenient": bool(args.lenient), "plain": bool(getattr(args, "plain", False))}

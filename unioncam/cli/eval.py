@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, UnionCAMError
 from ..registry import METHODS
-from ..outputs import collect_images
+from ..outputs import collect_images, own_outputs
 from ..ownership import claim
 from .common import add_model_options
 
@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     with as_usage_error("--steps"):
         check_steps(args.steps, model_spec.input_size)
     files = collect_images(args.paths)
+    own = own_outputs(files)  # explain's overlays and our grids are not photos
+    files = [f for f in files if Path(f) not in own]
     if not files:
         raise InvalidInputError("no image files found in the given paths")
     outputs = [args.out / name for name in OUTPUTS]

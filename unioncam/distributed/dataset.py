@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import BackendUnavailableError, InvalidInputError, UnionCAMError, UsageError
+from ..ownership import consents
 
 INDEX = "index.parquet"
 
@@ -20,8 +21,10 @@ LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def import_ray(local: bool = False):
-    """The ray module; ``local``: this process will start its own cluster, on loopback only (where
-    Ray is not imported yet: a process that already imported it keeps its own settings)."""
+    """The ray module; ``local``: this process starts its own cluster, or joins one whose nodes listen
+    on loopback (:func:`is_loopback`), so it must be on loopback too (where Ray is not imported yet:
+    a process that already imported it keeps its own settings). Without it, Ray takes the machine's
+    network address for the driver's node, finds no node there, and the join waits for ever."""
     if local and "ray" not in sys.modules:
         for key, value in LOOPBACK.items():
             os.environ.setdefault(key, value)
@@ -33,6 +36,22 @@ def import_ray(local: bool = False):
     return ray
 
 
+def is_loopback(address: str | None) -> bool:
+    """Whether ``--ray-address`` names this machine's loopback (``127.x.x.x``, ``::1``, ``localhost``)."""
+    import ipaddress
+
+    target = parse_address(address) if address else None
+    if target is None:
+        return False
+    host = target[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def default_settings(artifact_dir: Path, **options) -> dict:
     """The report settings of an explanation of ``artifact_dir`` with ``options`` (theta, method,
     max_passes, class_requested, backend, device, batch_size), as ``unioncam explain --artifacts``
@@ -40,7 +59,8 @@ def default_settings(artifact_dir: Path, **options) -> dict:
     from ..artifacts import Manifest
 
     m = Manifest.load(artifact_dir)
-    return {"model": m.model, "weights": f"exported folder {artifact_dir}", "layer": m.layer,
+    return {"model": m.model, "weights": f"exported folder {artifact_dir}",
+            "weights_sha256": m.extra.get("fingerprint", {}).get("weights_sha256"), "layer": m.layer,
             "input_size": list(m.input_size), "theta": 10.0, "method": "unioncam", "max_passes": None, "precision": "fp32",
             "class_requested": None, "backend": "onnxruntime", "device": "cpu", "batch_size": None, **options}
 
@@ -158,7 +178,7 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
     from .worker import COLUMNS, row_from_report
 
     say = log or (lambda line: print(line, file=sys.stderr))
-    ray = import_ray(local=ray_address is None)
+    ray = import_ray(local=ray_address is None or is_loopback(ray_address))
     artifact_dir, out = Path(artifact_dir), Path(out)
     from ..artifacts import Manifest
 
@@ -254,7 +274,7 @@ def _ray_session(ray, ray_address: str | None):
                 if ray_address:
                     check_reachable(ray_address)
                     try:
-                        ray.init(address=ray_address, **quiet)
+                        _join(ray, ray_address, quiet)
                     except ConnectionError as e:  # "auto" with no cluster here, or a token the cluster refused
                         token = "" if os.environ.get("RAY_AUTH_MODE") == "token" else (
                             "; a cluster from `ray start --head` asks for its token: set RAY_AUTH_MODE=token (the "
@@ -289,12 +309,52 @@ def _ray_session(ray, ray_address: str | None):
             print(said[0].rstrip(), file=sys.stderr)
 
 
+#: Seconds ``ray.init`` has to join a cluster that answered (``UNIONCAM_RAY_JOIN_S`` overrides it).
+JOIN_TIMEOUT_S = 60.0
+
+
+def _join(ray, address: str, options: dict) -> None:
+    """``ray.init(address=...)`` within :data:`JOIN_TIMEOUT_S` s. Ray's join waits without end where
+    this machine is none of the cluster's nodes (it looks for a node at the machine's own address);
+    here it runs in a daemon thread, abandoned at the deadline, and the run stops with the cause.
+
+    Raises:
+        BackendUnavailableError: not joined in time (naming the fixes); ConnectionError: Ray's own.
+    """
+    import threading
+
+    timeout = float(os.environ.get("UNIONCAM_RAY_JOIN_S") or JOIN_TIMEOUT_S)
+    box: dict = {}
+
+    def join():
+        try:
+            ray.init(address=address, **options)
+            box["ok"] = True
+        except BaseException as e:  # noqa: BLE001 - raised again in the driver's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=join, name="unioncam-ray-join", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "error" in box:
+        raise box["error"]
+    if "ok" not in box:
+        import socket
+
+        raise BackendUnavailableError(
+            f"--ray-address {address}: the cluster answered but this driver could not join it within {timeout:.0f} s "
+            f"(Ray looks for a node of the cluster at this machine's own address, {socket.gethostname()}'s, and "
+            "finds none); run the driver on a node of the cluster, or join this machine first (`ray start "
+            f"--address {address}`), or use Ray Client (ray://HOST:10001)")
+
+
 #: Restarts of one explainer actor after its process or node died (Ray's ``max_restarts``).
 ACTOR_RESTARTS = 3
 #: Retries of the image an actor held when it died (Ray's ``max_task_retries``).
 TASK_RETRIES = 3
-#: Seconds without a finished image, while the cluster lacks the nodes its workers need, before the
-#: run stops (``UNIONCAM_RAY_LOST_S`` overrides it): long enough for a node to rejoin, never for ever.
+#: Seconds the cluster may have no room for even one explainer (its nodes lost) before the run stops
+#: (``UNIONCAM_RAY_LOST_S`` overrides it): long enough for a node to rejoin, never for ever. A run
+#: with room for one explainer goes on however slow its images are.
 LOST_GRACE_S = 60.0
 
 
@@ -307,14 +367,25 @@ class ClusterLostError(BackendUnavailableError):
         self.left = left
 
 
-def _rows_while_the_cluster_can_run(ray, results, need: dict, todo: list, rows: dict):
-    """The rows of ``results`` as they come, from a reader thread, until the run finishes or stalls
-    for want of its nodes: no row for :data:`LOST_GRACE_S` s while the cluster has less than the
-    pool ``need``s (``{"CPU": n * cpus, "GPU": n * gpus}``). A lost node's worker is restarted by
-    Ray where there is room; where there is none, its image would wait for ever.
+def _room_for_one(ray, per_worker: dict) -> dict:
+    """{resource: have} for each resource the alive nodes have less of, in all, than one explainer
+    needs (``per_worker``); empty while one can run. Ray's own state: the resources of the nodes it
+    holds alive, not the time since the last image."""
+    try:
+        have = ray.cluster_resources()
+    except Exception:  # noqa: BLE001 - the head itself is gone
+        have = {}
+    return {k: have.get(k, 0.0) for k, v in per_worker.items() if v and have.get(k, 0.0) < v}
+
+
+def _rows_while_the_cluster_can_run(ray, results, per_worker: dict, todo: list, rows: dict):
+    """The rows of ``results`` as they come, from a reader thread, until the run finishes, or the
+    cluster has had no room for one explainer (``per_worker``: ``{"CPU": cpus, "GPU": gpus}``) for
+    :data:`LOST_GRACE_S` s. A lost node's worker is restarted by Ray where there is room; where there
+    is none, its image would wait for ever.
 
     Raises:
-        ClusterLostError: the stall above, or Ray's retries exhausted; naming the images left.
+        ClusterLostError: the loss above, or Ray's retries exhausted; naming the images left.
     """
     import queue
     import threading
@@ -340,28 +411,25 @@ def _rows_while_the_cluster_can_run(ray, results, need: dict, todo: list, rows: 
         return ClusterLostError(f"the Ray run stopped: {reason}; {len(images)} images left ({shown}); the finished "
                                 "ones are in the index, and the same command resumes the rest", images)
 
-    last_row = time.monotonic()
+    short_since = None
     while True:
         try:
             item = box.get(timeout=1.0)
         except queue.Empty:
-            if time.monotonic() - last_row < grace:
+            short = _room_for_one(ray, per_worker)
+            if not short:
+                short_since = None
                 continue
-            try:
-                have = ray.cluster_resources()  # the nodes alive now
-            except Exception:  # noqa: BLE001 - the head itself is gone
-                have = {}
-            short = {k: v for k, v in need.items() if v and have.get(k, 0.0) < v}
-            if short:
-                what = ", ".join(f"{have.get(k, 0.0):g} of the {v:g} {k}s the workers need" for k, v in short.items())
-                raise lost(f"no image finished for {grace:.0f} s and the cluster has {what}: nodes were lost") from None
-            continue
+            short_since = short_since or time.monotonic()
+            if time.monotonic() - short_since < grace:
+                continue
+            what = ", ".join(f"{have:g} of the {per_worker[k]:g} {k}s one explainer needs" for k, have in short.items())
+            raise lost(f"for {grace:.0f} s the cluster has had {what}: its nodes were lost") from None
         if item is done:
             return
         if isinstance(item, BaseException):
             first = (str(item).strip().splitlines() or [type(item).__name__])[0][:300]
             raise lost(f"Ray gave up on the work ({type(item).__name__}: {first})") from None
-        last_row = time.monotonic()
         yield item
 
 
@@ -371,7 +439,7 @@ def _map(ray, ds, worker, n, num_cpus, num_gpus, artifact_dir, packed, out, sett
         worker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), num_cpus=num_cpus,
         num_gpus=num_gpus or None, max_restarts=ACTOR_RESTARTS, max_task_retries=TASK_RETRIES,
         fn_constructor_kwargs={"artifacts": str(artifact_dir.resolve()), "packed": packed, "out": str(out.resolve()),
-                               "settings": settings, "threads": threads})
+                               "settings": settings, "threads": threads, "consents": consents()})
 
 
 def _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpus_per_worker, progress) -> int:
@@ -410,8 +478,8 @@ def _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpu
 
         bar = progress_bar(total=len(todo), desc=f"explain ({n} workers)", unit="image")
     try:
-        need = {"CPU": n * num_cpus, "GPU": n * (num_gpus or 0)}
-        for row in _rows_while_the_cluster_can_run(ray, results, need, todo, rows):
+        per_worker = {"CPU": num_cpus, "GPU": num_gpus or 0}
+        for row in _rows_while_the_cluster_can_run(ray, results, per_worker, todo, rows):
             rows[row["stem"]] = dict(row)
             if bar is not None:
                 bar.update(1)

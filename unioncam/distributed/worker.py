@@ -57,9 +57,12 @@ def unpack_artifacts(packed: dict) -> Path:
 class ExplainWorker:
     """``map_batches`` callable class: {"image": [...], "stem": [...]} -> index rows."""
 
-    def __init__(self, artifacts: str, packed, out: str, settings: dict, threads: int | None):
+    def __init__(self, artifacts: str, packed, out: str, settings: dict, threads: int | None,
+                 consents: dict | None = None):
+        from ..ownership import grant
         from ..runtime import Explainer
 
+        grant(consents)  # the user's files the driver was allowed to replace, as they were then
         folder = Path(artifacts)
         if packed is not None and not (folder / "manifest.json").is_file():
             folder = unpack_artifacts(packed)  # a node that does not share the driver's disk
@@ -77,8 +80,14 @@ class ExplainWorker:
     def explain_one(self, image: str, path: str, stem: str) -> dict:
         """``image`` as the user gave it (the report's name), ``path`` absolute (a worker's working
         directory is not the driver's)."""
+        from ..ownership import writing_as
+
         row = empty_row(image, stem)
         row["worker"] = self.worker
+        with writing_as("explain"):
+            return self._explain_one(row, image, path, stem)
+
+    def _explain_one(self, row: dict, image: str, path: str, stem: str) -> dict:
         try:
             rep, paths, write_ms = explain_file(
                 path, stem, self.out, explain=lambda x: self.explainer(x, self.settings.get("class_requested")),
