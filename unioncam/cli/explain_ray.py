@@ -10,13 +10,14 @@ from ..runtime.backends import backend_info
 
 def run_distributed(args, model_spec, images) -> int:
     from ..distributed import explain_dataset
-    from ..distributed.dataset import import_ray
+    from ..distributed.dataset import import_ray, is_loopback
     from ..export_cache import ensure_precision, exported
     from .common import ensure_out, model_request, report_settings
 
     from ..distributed.dataset import check_reachable
 
-    import_ray(local=not args.ray_address)  # the one-line error naming the extra comes before any export
+    # The one-line error naming the extra comes before any export; a loopback cluster is joined on loopback.
+    import_ray(local=not args.ray_address or is_loopback(args.ray_address))
     if args.backend == "torch":
         raise UsageError("explaining on Ray runs the exported graphs; use --backend onnxruntime or tensorrt "
                                 "(not torch) with --workers or --ray-address")
