@@ -295,6 +295,11 @@ BAD = {
     "not JSON": lambda: b"{not json",
     "no image": lambda: _v2([{"name": "class", "datatype": "INT64", "shape": [1], "data": [1]}]),
     "not base64": lambda: _v2([{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["%%%"]}]),
+    # A request says what it sends: -1 is no shape, even where the data would fill it.
+    "negative dimension": lambda: _v2([{"name": "input", "datatype": "FP32", "shape": [-1, 3, 224, 224],
+                                        "data": [0.5] * (3 * 224 * 224)}]),
+    "theta true": lambda: _v2([{"name": "image", "datatype": "BYTES", "shape": [1], "data": [_b64(photo())]}],
+                              {"theta": True}),
 }
 
 
@@ -307,7 +312,8 @@ def _jpeg() -> bytes:
 #: What the one line must say, where a wrong refusal could also be a 400.
 SAYS = {"huge declared image": "server's limit", "body over the limit": "--max-body-mb",
         "a parameter naming a file": "unknown parameter", "truncated JPEG": "image 0", "wrong dtype": "FP32",
-        "unknown class name": "no such animal", "out of range": "[0, 1]"}
+        "unknown class name": "no such animal", "out of range": "[0, 1]",
+        "negative dimension": "positive integers", "theta true": "theta"}
 
 
 @pytest.mark.parametrize("case", list(BAD))

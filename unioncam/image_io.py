@@ -14,9 +14,13 @@ from .verbosity import native_stderr, verbose
 
 #: OpenCV's default decode limit (2**30 pixels), unless OPENCV_IO_MAX_IMAGE_PIXELS says otherwise.
 MAX_PIXELS = 1 << 30
-#: Peak bytes per pixel of reading, resizing and drawing one photo at its own resolution (decode 3-4,
-#: RGB copy 3, float32 copy 12, the overlay's map, colours and blend 13): 20000x20000 measured 6.5 GB.
+#: Peak bytes per pixel of the whole per-image path at the photo's own resolution (read, model input,
+#: overlay with its key, PNG bytes), with margin: tests/test_memory_ceiling.py measures the slope of
+#: the peak between two sizes in a fresh process (11 B/px on 2026-12-08, 64 before the overlay was
+#: blended in bands) and fails where it exceeds this.
 BYTES_PER_PIXEL = 32
+#: Pixels the overlay blends at a time (its float32 temporaries: about 70 bytes each).
+OVERLAY_BAND_PIXELS = 1 << 20
 
 
 def pixel_ceiling() -> int:
@@ -376,10 +380,16 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: int 
     h, w = rgb.shape[:2]
     cam = np.clip(np.nan_to_num(np.asarray(cam, dtype=np.float32)), 0.0, 1.0)
     cam = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
-    heat = cv2.applyColorMap((cam * 255.0).round().astype(np.uint8), colormap).astype(np.float32)
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).astype(np.float32)
-    weight = (alpha * cam)[..., None]
-    return (heat * weight + bgr * (1.0 - weight)).round().clip(0, 255).astype(np.uint8)
+    out = np.empty((h, w, 3), np.uint8)
+    # Blended in bands of rows: the float32 temporaries of a whole 144 Mpx photo would need 9 GB.
+    step = max(1, OVERLAY_BAND_PIXELS // max(w, 1))
+    for top in range(0, h, step):
+        c = cam[top:top + step]
+        heat = cv2.applyColorMap((c * 255.0).round().astype(np.uint8), colormap).astype(np.float32)
+        bgr = cv2.cvtColor(rgb[top:top + step], cv2.COLOR_RGB2BGR).astype(np.float32)
+        weight = (alpha * c)[..., None]
+        out[top:top + step] = (heat * weight + bgr * (1.0 - weight)).round().clip(0, 255).astype(np.uint8)
+    return out
 
 
 def with_key(bgr: np.ndarray, caption: str, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:

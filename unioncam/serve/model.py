@@ -196,6 +196,7 @@ class UnionCAMModel(Model):
             if tensor.name in inputs:
                 raise InvalidInputError(f"input {tensor.name!r} is given twice")
             datatypes[tensor.name] = tensor.datatype
+            protocol.check_shape(tensor.name, tensor.shape)
             inputs[tensor.name] = tensor.as_numpy()
         wanted = [o.name for o in (request.request_outputs or [])]
         if "overlay" in wanted:

@@ -68,6 +68,27 @@ def _as_bool(value, name: str) -> bool:
     raise InvalidInputError(f"parameter {name!r} must be true or false, got {value!r}")
 
 
+#: The most elements one input may declare (a photo's bytes travel as one element).
+MAX_ELEMENTS = 1 << 28
+
+
+def check_shape(name: str, shape) -> tuple[int, ...]:
+    """An input's declared shape: a list of positive integers (no -1: a request says what it sends),
+    checked before any element is looked at.
+
+    Example:
+        >>> check_shape("image", [1])
+        (1,)
+    """
+    dims = list(shape) if isinstance(shape, (list, tuple)) else None
+    if (not dims or len(dims) > 4 or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1
+                                         for d in dims)):
+        raise InvalidInputError(f"input {name!r}: shape must be 1 to 4 positive integers, got {shape!r}")
+    if int(np.prod([int(d) for d in dims], dtype=object)) > MAX_ELEMENTS:
+        raise InvalidInputError(f"input {name!r}: shape {list(dims)} declares more than {MAX_ELEMENTS} elements")
+    return tuple(int(d) for d in dims)
+
+
 def parse_parameters(parameters: dict | None) -> dict:
     """The request's parameters, checked by the library's own validation.
 
@@ -84,7 +105,9 @@ def parse_parameters(parameters: dict | None) -> dict:
         if key not in PARAMETERS:
             raise InvalidInputError(f"unknown parameter {key!r}; this server accepts {', '.join(PARAMETERS)}")
         if key == "method":
-            out["method"] = check_method(str(value))
+            if not isinstance(value, str):
+                raise InvalidInputError(f"parameter 'method' must be a method's name, got {value!r}")
+            out["method"] = check_method(value.strip().lower())
         elif key == "max_passes":
             if isinstance(value, str) and value.strip().lower() == "exact":
                 out["max_passes"] = None
@@ -95,6 +118,8 @@ def parse_parameters(parameters: dict | None) -> dict:
                     value = int(value)
                 out["max_passes"] = check_max_passes(value)
         elif key == "theta":
+            if isinstance(value, bool):  # JSON true is not a number
+                raise InvalidInputError(f"parameter 'theta' must be a number in [0, 100], got {value!r}")
             try:
                 out["theta"] = check_theta(float(value))
             except (TypeError, ValueError) as e:
