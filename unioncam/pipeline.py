@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import algebra
+from . import algebra, cancel
 from .algebra.namespace import namespace
 from .explanation import Explanation
 from .registry import METHODS, method_info
@@ -135,6 +135,7 @@ def score_maps(passes: Passes, images, image_index, maps, classes, *, stage: str
         image = passes.image(images, int(b), stage)
         tail = stage == "region" and getattr(passes, "tail", False)
         for s in range(0, pos.size, size):
+            cancel.check()  # a batch of passes is the natural point to drop work nobody waits for
             chunk = rows[s:s + size]
             n = chunk.shape[0]
             if n < size and tail:
@@ -160,6 +161,7 @@ def score_maps(passes: Passes, images, image_index, maps, classes, *, stage: str
 def run_gradient(passes: Passes, images, requested: np.ndarray, *, gradients: bool = True) -> GradientPass:
     """The gradient pass in calls of ``passes.gradient_batch`` images (padded with black images
     where ``passes.pad``); the padding's outputs are dropped."""
+    cancel.check()
     B = images.shape[0]
     step = passes.gradient_batch or B
     if step >= B and not (passes.pad and passes.gradient_batch):
@@ -167,6 +169,7 @@ def run_gradient(passes: Passes, images, requested: np.ndarray, *, gradients: bo
     xp = namespace(images)
     outs = []
     for s in range(0, B, step):
+        cancel.check()
         x, r = images[s:s + step], requested[s:s + step]
         n = x.shape[0]
         if passes.pad and n < step:

@@ -237,7 +237,8 @@ def run_remote(args: argparse.Namespace) -> int:
 
     def settings() -> dict:
         s = remote.settings
-        return {"model": s.get("model"), "weights": f"served by {remote.url}", "layer": s.get("layer"),
+        return {"model": s.get("model"), "weights": f"served by {remote.url}",
+                "weights_sha256": s.get("weights_sha256"), "layer": s.get("layer"),
                 "theta": float(s["theta"]) if "theta" in s else None, "method": s.get("method"),
                 "max_passes": s.get("max_passes"), "precision": s.get("precision"),
                 "class_requested": args.class_idx, "input_size": list(remote.input_size),

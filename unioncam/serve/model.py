@@ -35,6 +35,7 @@ from kserve.protocol.infer_type import (
 )
 
 from ..errors import InvalidInputError, UnionCAMError
+from .. import cancel
 from . import protocol
 
 log = logging.getLogger("unioncam.serve")
@@ -111,8 +112,11 @@ class UnionCAMModel(Model):
         if not self.ready:
             raise ModelNotReady(self.name, "the model is loading; /v2/health/ready turns true when it can answer")
         self._admit()
+        # The request's token: its client leaving (server.Disconnects) or its time limit passing
+        # stops the work at the next batch of passes, and the slot is free again.
+        token = cancel.current() or cancel.Token()
         try:
-            future = self._pool.submit(self._answer, body, verb)
+            future = self._pool.submit(self._answer_while_wanted, token, body, verb)
         except BaseException:
             self._release()
             raise
@@ -120,9 +124,18 @@ class UnionCAMModel(Model):
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), self.timeout_s), {}
         except asyncio.TimeoutError:
-            future.cancel()  # still waiting for a thread: it never runs; running: it finishes, unanswered
-            raise TimedOut(f"no answer within the server's limit of {self.timeout_s:g} s (--request-timeout); "
-                           "send fewer images a request, or a smaller max_passes") from None
+            future.cancel()  # still waiting for a thread: it never runs
+            token.cancel("past the request's time limit")  # running: it stops at its next batch of passes
+            raise TimedOut(f"no answer within the server's time limit of {self.timeout_s:g} s; send fewer images a "
+                           "request, or a smaller max_passes") from None
+        except asyncio.CancelledError:
+            token.cancel("the client went away")
+            raise
+
+    def _answer_while_wanted(self, token, body, verb: InferenceVerb):
+        with cancel.cancellable(token):
+            cancel.check()  # dropped while it waited for a thread
+            return self._answer(body, verb)
 
     # -- the work, on a pool thread -------------------------------------------------------------
     def _answer(self, body, verb: InferenceVerb):

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 
+from .. import cancel
 from . import import_kserve
 
 log = logging.getLogger("unioncam.serve")
@@ -127,13 +128,81 @@ class BodyLimit:
                 f"{self.limit:,} (--max-body-mb); send fewer or smaller images")
 
 
-async def _refuse(send, status: int, message: str) -> None:
+#: Seconds a refused client is told to wait (``Retry-After``), as Triton and Ray Serve answer 503.
+RETRY_AFTER_S = 1
+_INFERENCE = (b"/infer", b":predict", b":explain")
+
+
+class Admission:
+    """ASGI middleware: an inference request past the in-flight bound is answered 503 with
+    ``Retry-After`` before its body is parsed (the body is read and dropped, so the client, still
+    sending, reads the answer): a refusal costs the bytes, never the JSON, base64 or images."""
+
+    def __init__(self, app, model):
+        self.app, self.model = app, model
+
+    async def __call__(self, scope, receive, send):
+        if (scope["type"] == "http" and scope.get("method") == "POST"
+                and scope.get("path", "").encode().endswith(_INFERENCE)
+                and self.model.inflight >= self.model.max_inflight):
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                more = message.get("more_body", False)
+            return await _refuse(send, 503, f"{self.model.inflight} requests in flight, the server's bound "
+                                            f"({self.model.max_inflight}); retry after {RETRY_AFTER_S} s",
+                                 retry_after=RETRY_AFTER_S)
+        return await self.app(scope, receive, send)
+
+
+class Disconnects:
+    """ASGI middleware: each inference request gets a cancellation token (:mod:`unioncam.cancel`);
+    once its body is read, a watcher waits for the client to go away and cancels it, so the
+    explanation stops at its next batch of passes and its slot is free again."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if not (scope["type"] == "http" and scope.get("method") == "POST"
+                and scope.get("path", "").encode().endswith(_INFERENCE)):
+            return await self.app(scope, receive, send)
+        token, watcher = cancel.Token(), None
+
+        async def watch():
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    token.cancel("the client went away")
+                    return
+
+        async def reading():
+            nonlocal watcher
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False) and watcher is None:
+                watcher = asyncio.ensure_future(watch())
+            elif message["type"] == "http.disconnect":
+                token.cancel("the client went away")
+            return message
+
+        try:
+            with cancel.cancellable(token):
+                return await self.app(scope, reading, send)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+
+async def _refuse(send, status: int, message: str, retry_after: int | None = None) -> None:
     import json
 
     body = json.dumps({"error": message}).encode()
+    extra = [(b"retry-after", str(retry_after).encode())] if retry_after else []
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"), *extra]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -169,7 +238,8 @@ def _add_handlers(app) -> None:
     from .model import Busy, TimedOut
 
     async def busy(_, exc):
-        return JSONResponse(status_code=503, content={"error": str(exc)})
+        return JSONResponse(status_code=503, content={"error": str(exc)},
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
 
     async def timed_out(_, exc):
         return JSONResponse(status_code=504, content={"error": str(exc)})
@@ -266,6 +336,8 @@ def serve(model, *, host: str = "0.0.0.0", http_port: int = 8080, grpc_port: int
 
     _add_handlers(app)
     app.add_middleware(BodyLimit, limit=max_body)
+    app.add_middleware(Disconnects)
+    app.add_middleware(Admission, model=model)  # before the body limit reads a byte
     app.add_middleware(AccessLog)  # outermost: it also logs the body limit's refusals
     failure: list[BaseException] = []
     state = {"rest": rest._server}
