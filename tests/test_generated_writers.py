@@ -245,17 +245,29 @@ def test_a_run_stopped_at_any_write_leaves_only_true_reports_and_the_next_finish
     complete_outputs_match_their_reports(out)
 
 
-CHANGES = ("theta", "photo", "lenient", "map-swapped", "overlay-edited")
+CHANGES = ("theta", "photo", "lenient", "map-swapped", "overlay-edited", "killed-mid-write")
 
 
 @examples(10)
 @given(change=st.sampled_from(CHANGES))
-def test_a_change_between_runs_is_never_called_already_explained(change, capsys, tmp_path_factory):
+def test_a_change_between_runs_is_never_called_already_explained(change, capsys, tmp_path_factory, monkeypatch):
     root = tmp_path_factory.mktemp("c")
     cat, dog = photo(root / "in" / "cat.png", 1), photo(root / "in" / "dog.png", 2)
     out = root / "out"
     assert explain(capsys, out, cat, dog)[0] == 0
     extra = []
+    if change == "killed-mid-write":  # a run with other settings wrote its map, then died before its report
+        real, calls = atomic._place, []
+
+        def dying(tmp, path, replace):
+            calls.append(path)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real(tmp, path, replace)
+
+        monkeypatch.setattr(atomic, "_place", dying)
+        assert explain(capsys, out, cat, extra=["--method", "gradcam", "--overwrite"])[0] == 130
+        monkeypatch.undo()
     if change == "theta":
         extra = ["--theta", "30"]
     elif change == "photo":
