@@ -298,6 +298,8 @@ BAD = {
     # A request says what it sends: -1 is no shape, even where the data would fill it.
     "negative dimension": lambda: _v2([{"name": "input", "datatype": "FP32", "shape": [-1, 3, 224, 224],
                                         "data": [0.5] * (3 * 224 * 224)}]),
+    "empty body": lambda: b"",
+    "deeply nested JSON": lambda: b"[" * 100000 + b"]" * 100000,
     "theta true": lambda: _v2([{"name": "image", "datatype": "BYTES", "shape": [1], "data": [_b64(photo())]}],
                               {"theta": True}),
 }
@@ -313,7 +315,8 @@ def _jpeg() -> bytes:
 SAYS = {"huge declared image": "server's limit", "body over the limit": "--max-body-mb",
         "a parameter naming a file": "unknown parameter", "truncated JPEG": "image 0", "wrong dtype": "FP32",
         "unknown class name": "no such animal", "out of range": "[0, 1]",
-        "negative dimension": "positive integers", "theta true": "theta"}
+        "negative dimension": "positive integers", "theta true": "theta", "empty body": "inputs",
+        "deeply nested JSON": "JSON"}
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -325,6 +328,30 @@ def test_bad_input_is_400_with_one_line_and_the_next_request_is_answered(server,
     good = _v2([{"name": "image", "datatype": "BYTES", "shape": [1], "data": [_b64(photo("coffee"))]}])
     code, answer = post(f"{server.url}/v2/models/unioncam/infer", good)
     assert code == 200 and server.proc.poll() is None
+
+
+def test_encoded_bodies_415_and_huge_headers_refused(server):
+    """A gzip body is refused by name (not parsed as JSON); a 1 MB header is refused before it is read."""
+    import gzip
+
+    good = _v2([{"name": "image", "datatype": "BYTES", "shape": [1], "data": [_b64(photo("coffee"))]}])
+    code, answer = post(f"{server.url}/v2/models/unioncam/infer", gzip.compress(good), {"Content-Encoding": "gzip"})
+    assert code == 415 and "gzip" in answer["error"], answer
+    try:  # refused before anything reads it: h11 answers 4xx or closes while the client still sends
+        code, _ = post(f"{server.url}/v2/models/unioncam/infer", good, {"X-Big": "a" * (1 << 20)})
+        assert 400 <= code < 500, code
+    except (urllib.error.URLError, ConnectionError):
+        pass
+    assert post(f"{server.url}/v2/models/unioncam/infer", good)[0] == 200
+
+
+def test_a_lying_binary_length_prefix_is_400(server):
+    head = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                   "parameters": {"binary_data_size": 8}}]}).encode()
+    body = head + struct.pack("<I", 1 << 30) + b"abcd"  # says 1 GiB, holds 4 bytes
+    code, answer = post(f"{server.url}/v2/models/unioncam/infer", body,
+                        {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"})
+    assert code == 400 and "length" in answer["error"], (code, answer)
 
 
 def test_nan_is_400_over_binary_rest_and_grpc(server):

@@ -11,6 +11,7 @@ DEADLINE_EXCEEDED); its slot is held until its thread is done, so the bound stay
 from __future__ import annotations
 
 import asyncio
+import struct
 import base64
 import logging
 import threading
@@ -210,7 +211,12 @@ class UnionCAMModel(Model):
                 raise InvalidInputError(f"input {tensor.name!r} is given twice")
             datatypes[tensor.name] = tensor.datatype
             protocol.check_shape(tensor.name, tensor.shape)
-            inputs[tensor.name] = tensor.as_numpy()
+            try:
+                inputs[tensor.name] = tensor.as_numpy()
+            except (struct.error, ValueError, TypeError) as e:  # a length prefix that lies, a count that differs
+                raise InvalidInputError(f"input {tensor.name!r}: its data does not hold the {tensor.datatype} "
+                                        f"elements its shape {list(tensor.shape)} declares ({type(e).__name__}); for "
+                                        "binary BYTES, each element is a 4-byte length and that many bytes") from None
         wanted = [o.name for o in (request.request_outputs or [])]
         if "overlay" in wanted:
             parameters = {**parameters, "overlay": True}

@@ -70,6 +70,17 @@ def configure_logging(verbose: bool) -> None:
         other.propagate = False
 
 
+#: Seconds a request's body may pause before its last byte (a client that stalls holds a connection).
+BODY_READ_TIMEOUT_S = 30.0
+#: Bytes of a request's line and headers together (h11's bound): a 1 MB header or 10,000 headers are
+#: refused (431) before anything reads them.
+MAX_HEADER_BYTES = 64 << 10
+
+
+class _Stalled(Exception):
+    pass
+
+
 class BodyLimit:
     """ASGI middleware: a POST body above ``limit`` bytes is answered 400 before the app reads it
     (by its Content-Length, else while it arrives), so no handler parses it."""
@@ -80,7 +91,29 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT"):
             return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        encoding = headers.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
+        if encoding not in ("", "identity"):
+            await self._drain(receive, 0)
+            return await _refuse(send, 415, f"Content-Encoding {encoding} is not accepted; send the body "
+                                            "uncompressed (Content-Encoding: identity)")
+        stalled = {"at": None}
+
+        async def timed_receive():
+            try:
+                return await asyncio.wait_for(receive(), BODY_READ_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                stalled["at"] = True
+                raise _Stalled() from None
+
+        try:
+            return await self._limited(scope, timed_receive, send, headers)
+        except _Stalled:
+            return await _refuse(send, 408, f"the request body stalled: no bytes for {BODY_READ_TIMEOUT_S:g} s "
+                                            "before its end; send the whole body")
+
+    async def _limited(self, scope, receive, send, headers):
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             await self._drain(receive, int(length))
             return await _refuse(send, 400, self._message(int(length)))
@@ -232,8 +265,11 @@ class AccessLog:
 
 def _add_handlers(app) -> None:
     """Our errors' HTTP codes, and FastAPI's own validation errors as 400 with one line."""
+    import json
+
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from .model import Busy, TimedOut
 
@@ -247,11 +283,26 @@ def _add_handlers(app) -> None:
     async def malformed(_, exc):
         first = (exc.errors() or [{}])[0]
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return JSONResponse(status_code=400, content={"error": f"malformed request: {where}: {first.get('msg', exc)}"})
+        if not where:  # the body itself: empty, or not the object the route takes
+            return JSONResponse(status_code=400, content={
+                "error": 'the request body is empty or not a JSON object; send {"inputs": [...]} (v2) or '
+                         '{"instances": [...]} (v1)'})
+        return JSONResponse(status_code=400, content={"error": f"malformed request: field {where}: "
+                                                               f"{first.get('msg', exc)}"})
+
+    async def http_error(_, exc):
+        # KServe's and FastAPI's own refusals ({"detail": ...}) in our one shape.
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 400 and "parsing the body" in detail:
+            detail = ("the request body is not JSON, or nests deeper than a JSON parser takes; send v2 JSON "
+                      '{"inputs": [...]}')
+        return JSONResponse(status_code=exc.status_code, content={"error": " ".join(detail.split())},
+                            headers=getattr(exc, "headers", None))
 
     app.add_exception_handler(Busy, busy)
     app.add_exception_handler(TimedOut, timed_out)
     app.add_exception_handler(RequestValidationError, malformed)
+    app.add_exception_handler(StarletteHTTPException, http_error)
 
 
 def _grpc_interceptors():
@@ -331,6 +382,8 @@ def serve(model, *, host: str = "0.0.0.0", http_port: int = 8080, grpc_port: int
     extension = ModelRepositoryExtension(model_registry=repository)
     rest = RESTServer("kserve.model_server:app", dataplane, extension, http_port, grace_period=int(grace_s))
     rest.config.host = host
+    rest.config.http = "h11"  # h11 bounds the request line and headers; httptools takes any size
+    rest.config.h11_max_incomplete_event_size = MAX_HEADER_BYTES
     rest.create_application()
     from kserve.model_server import app
 
