@@ -408,8 +408,28 @@ def test_explain_on_no_server_is_one_line_and_exit_1(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def limited(lite0_artifacts, tmp_path_factory):
-    yield from ready_server(lite0_artifacts, tmp_path_factory.mktemp("serve") / "limited.log", "--max-inflight", "2",
-               "--request-timeout", "1")
+    import os
+
+    os.environ["UNIONCAM_SERVE_BODY_TIMEOUT_S"] = "2"  # the server process reads it at its start
+    try:
+        yield from ready_server(lite0_artifacts, tmp_path_factory.mktemp("serve") / "limited.log", "--max-inflight",
+                                "2", "--request-timeout", "1")
+    finally:
+        os.environ.pop("UNIONCAM_SERVE_BODY_TIMEOUT_S", None)
+
+
+def test_a_stalled_body_is_408_and_the_connection_let_go(limited):
+    """Headers promise 1000 bytes, 10 arrive, then nothing: 408 once the body read timeout passes."""
+    with socket.create_connection(("127.0.0.1", limited.http), timeout=30) as sock:
+        sock.sendall(b"POST /v2/models/unioncam/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"inputs\":")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
 
 
 def _exact(server: Server) -> bytes:  # noqa: ARG001

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -70,8 +71,9 @@ def configure_logging(verbose: bool) -> None:
         other.propagate = False
 
 
-#: Seconds a request's body may pause before its last byte (a client that stalls holds a connection).
-BODY_READ_TIMEOUT_S = 30.0
+#: Seconds a request's body may pause before its last byte (a client that stalls holds a connection);
+#: ``UNIONCAM_SERVE_BODY_TIMEOUT_S`` overrides it.
+BODY_READ_TIMEOUT_S = float(os.environ.get("UNIONCAM_SERVE_BODY_TIMEOUT_S") or 30.0)
 #: Bytes of a request's line and headers together (h11's bound): a 1 MB header or 10,000 headers are
 #: refused (431) before anything reads them.
 MAX_HEADER_BYTES = 64 << 10
