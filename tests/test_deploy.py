@@ -112,6 +112,11 @@ def test_the_custom_predictor_runs_unioncam_serve_as_configured(name, port, port
     assert args.model_name == "unioncam" and (args.http_port, args.grpc_port) == (8080, 8081)
     assert args.max_inflight == isvc["spec"]["predictor"]["containerConcurrency"]
     assert args.request_timeout == isvc["spec"]["predictor"]["timeout"]
+    # Safe defaults: a budget, and request limits whose measured peak (0.96 GiB at every limit at once,
+    # docs/serve.md "Deploy") plus the bodies in flight stay inside the pod's memory limit.
+    assert args.max_passes == 64 and args.max_batch == 4 and args.max_image_pixels == 16_000_000
+    limit_gib = float(container["resources"]["limits"]["memory"].removesuffix("Gi"))
+    assert 0.96 + args.max_inflight * args.max_body_mb / 1024 < limit_gib
     ports = container["ports"]
     assert [p["containerPort"] for p in ports] == [port] and ports[0].get("name") == port_name
     probe = container["readinessProbe"]["httpGet"]
