@@ -41,6 +41,7 @@ from unioncam.validation import check_input_size, check_opset, check_positive_in
 
 from .graphs import MaskedForward, trace
 from .onnx_export import check_loads, export_onnx, stamp
+from unioncam.settings import DEFAULTS
 
 E2E_ONNX = "unioncam.onnx"
 OUTPUTS = ["cam", "denoising", "region", "de_region", "betas", "selected", "class", "score", "status", "passes"]
@@ -194,7 +195,7 @@ def _stitch(front, body, back, out_path: Path, metadata: dict | None = None) -> 
 
 
 def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, input_size=(224, 224),
-                      theta: float = 10.0, chunk: int = DEFAULT_CHUNK, opset: int = 18, log=None,
+                      theta: float = DEFAULTS.theta, chunk: int = DEFAULT_CHUNK, opset: int = 18, log=None,
                       model_name: str | None = None, reshape: str | None = None,
                       replace_user_files: bool = False) -> dict:
     """Write ``unioncam.onnx`` and ``unioncam.json`` into ``out_dir``, each atomically, replacing

@@ -33,6 +33,7 @@ from unioncam.validation import (
 
 from .backends import backend_info
 from .passes import RunnerPasses
+from unioncam.settings import DEFAULTS
 
 #: Images per gradient call: one, so that the gradient session sees one shape whatever the batch.
 GRADIENT_BATCH = 1
@@ -76,7 +77,7 @@ class Explainer:
     """
 
     def __init__(self, artifact_dir: str | Path, *, backend: str = "onnxruntime", device: str = "cpu",
-                 batch_size: int | None = None, theta: float = 10.0, skip_constant: bool = True,
+                 batch_size: int | None = None, theta: float = DEFAULTS.theta, skip_constant: bool = True,
                  skip_duplicates: bool = True, max_passes: int | None = None, threads: int | None = None,
                  progress: bool = False, method: str = "unioncam", buffers: str = "auto", precision: str = "fp32",
                  session_options=None, provider_options=None):

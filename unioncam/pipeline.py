@@ -34,6 +34,7 @@ from .algebra.namespace import namespace
 from .explanation import Explanation
 from .registry import METHODS, method_info
 from .validation import check_classes
+from .settings import DEFAULTS
 
 #: The stages a masked pass belongs to. A backend may give each its own session with its own
 #: fixed shape: "region" scores activation maps (h, w) of one channel each, "fusion" scores the
@@ -94,7 +95,7 @@ class Passes(Protocol):
 class PassOptions:
     """How the method runs its passes (checked by the constructors, :mod:`unioncam.validation`)."""
 
-    theta: float = 10.0
+    theta: float = DEFAULTS.theta
     skip_constant: bool = True
     skip_duplicates: bool = False
     max_passes: int | None = None

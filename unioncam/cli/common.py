@@ -13,6 +13,7 @@ from ..errors import UnionCAMError, UnwritableError
 from ..atomic import remove_stale_temporaries
 from ..export_cache import ModelRequest, open_explainer
 from ..validation import PRECISIONS, PROVIDER_OPTIONS
+from ..settings import DEFAULTS
 
 
 def positive_int(text: str) -> int:
@@ -50,7 +51,8 @@ def add_model_source_options(p) -> None:
     p.add_argument("--layer", help="target layer, dotted module name (default: the model's documented default)")
     p.add_argument("--reshape", help="a vision transformer's layer output as maps: tokens (B, N, D; class tokens "
                                      "dropped), tokens:C:HxW, or bhwc (Swin); default: found with the layer")
-    p.add_argument("--theta", type=float, default=10.0, help="AMD percentile threshold in [0, 100] (default 10)")
+    p.add_argument("--theta", type=float, default=DEFAULTS.theta,
+                   help=f"AMD percentile threshold in [0, 100] (default {DEFAULTS.theta:g})")
     p.add_argument("--batch-size", type=positive_int, help="masked forward passes per call (default: per backend)")
     p.add_argument("--threads", type=positive_int,
                    help="CPU threads of each session (default: every core; on a busy machine fewer can be faster)")

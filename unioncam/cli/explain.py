@@ -30,6 +30,7 @@ from .common import (
     report_settings,
     resolve_model_spec,
 )
+from ..settings import DEFAULTS
 
 #: From this many images on, ``explain`` runs on Ray when Ray is installed (docs/ray.md, "Whole data sets").
 RAY_THRESHOLD = 256
@@ -229,7 +230,7 @@ def run_remote(args: argparse.Namespace) -> int:
     stems = output_stems([Path(p) for p in images], args.out)
     claim_outputs(args.out, stems, replace_user_files=args.replace_user_files)
     ensure_out(args.out)
-    overrides = {"theta": args.theta if args.theta != 10.0 else None}
+    overrides = {"theta": args.theta if args.theta != DEFAULTS.theta else None}
     if args.max_passes is not None:
         overrides["max_passes"] = args.max_passes
     method = args.method if args.method != "unioncam" else None

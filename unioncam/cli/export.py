@@ -11,6 +11,7 @@ from ..errors import UsageError
 from ..validation import GRAPH_PRECISIONS
 from ..validation import MAX_GRAPH_BATCH as MAX_BATCH
 from .common import add_replace_option
+from ..settings import DEFAULTS
 
 
 def add_parser(sub) -> None:
@@ -37,7 +38,7 @@ def add_parser(sub) -> None:
                         "(docs/budgets.md, \"Latency budgets\"); fp32 is always written")
     p.add_argument("--end-to-end", action="store_true",
                    help="write unioncam.onnx instead: the whole method in one graph (image in, explanation out)")
-    p.add_argument("--theta", type=float, default=10.0, help="--end-to-end: AMD percentile baked into the graph")
+    p.add_argument("--theta", type=float, default=DEFAULTS.theta, help="--end-to-end: AMD percentile baked into the graph")
     add_replace_option(p)
     p.add_argument("--chunk", type=int, default=END_TO_END_CHUNK,
                    help="--end-to-end: masked passes per loop iteration inside the graph (peak memory ~ chunk "

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import BackendUnavailableError, InvalidInputError, UnionCAMError, UsageError
 from ..ownership import consents
+from ..settings import DEFAULTS
 
 INDEX = "index.parquet"
 
@@ -61,7 +62,8 @@ def default_settings(artifact_dir: Path, **options) -> dict:
     m = Manifest.load(artifact_dir)
     return {"model": m.model, "weights": f"exported folder {artifact_dir}",
             "weights_sha256": m.extra.get("fingerprint", {}).get("weights_sha256"), "layer": m.layer,
-            "input_size": list(m.input_size), "theta": 10.0, "method": "unioncam", "max_passes": None, "precision": "fp32",
+            "input_size": list(m.input_size), "theta": DEFAULTS.theta, "method": DEFAULTS.method, "max_passes": DEFAULTS.max_passes,
+            "precision": DEFAULTS.precision,
             "class_requested": None, "backend": "onnxruntime", "device": "cpu", "batch_size": None, **options}
 
 

@@ -6,6 +6,7 @@ from torch import nn
 from .. import pipeline
 from ..validation import check_theta
 from .cam_method import RegionMapMethod
+from ..settings import DEFAULTS
 
 
 class UnionCAM(RegionMapMethod):
@@ -47,7 +48,7 @@ class UnionCAM(RegionMapMethod):
 
     method = "unioncam"
 
-    def __init__(self, model: nn.Module, target_layer: str | nn.Module, *, theta: float = 10.0,
+    def __init__(self, model: nn.Module, target_layer: str | nn.Module, *, theta: float = DEFAULTS.theta,
                  batch_size: int = 64, skip_constant: bool = True, skip_duplicates: bool = False,
                  max_passes: int | None = None, progress: bool = False, reshape: str | None = None):
         super().__init__(model, target_layer, batch_size=batch_size, skip_constant=skip_constant,
