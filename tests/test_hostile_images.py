@@ -81,3 +81,17 @@ def test_a_damaged_photo_is_an_error_row_and_the_others_are_explained(jpegs, tmp
     rc = main(["explain", str(jpegs / "flipped.jpg"), "--out", str(out), "--lenient", *FAST])
     assert rc == 0 and (out / "flipped.json").is_file()
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in jpegs.iterdir()} == before
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_a_multipage_rgb_tiff_reads_its_first_page(tmp_path, dtype):
+    """A valid multipage RGB TIFF is read as OpenCV reads one, its first page (issue 38: it was
+    refused with advice to install tifffile, which was installed)."""
+    tifffile = pytest.importorskip("tifffile")
+    from unioncam.image_io import read_rgb
+
+    pages = np.random.default_rng(0).integers(0, 256, (3, 40, 50, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "multi.tif", pages if dtype == "uint8" else pages.astype(np.float32) / 255)
+    rgb = read_rgb(tmp_path / "multi.tif")
+    assert rgb.shape == (40, 50, 3)
+    assert np.abs(rgb.astype(int) - pages[0]).max() <= 1

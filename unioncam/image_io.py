@@ -283,7 +283,8 @@ def decode_rgb(data, name: str = "the image", *, lenient: bool = False, size: tu
             # No photo holds such values: the decoder read the layout wrong, the file is not to blame.
             raise ImageReadError(f"{path}: OpenCV decodes this float TIFF to values in [{lo:.3g}, {hi:.3g}], which no "
                                  "image holds: it cannot read this file's layout (tiles, a predictor or a sample "
-                                 "format it lacks); save it as an 8- or 16-bit TIFF or PNG, or install tifffile")
+                                 "format it lacks); save it as an 8- or 16-bit TIFF or PNG"
+                                 + ("" if _has_tifffile() else ", or install tifffile"))
         if lo < 0.0 or hi > 1.0:
             # Refused, never clipped: the same rule as for arrays (docs/guarantees.md, "Guarantees under bad input and faults").
             raise ImageReadError(f"{path} holds float pixels in [{lo:.4g}, {hi:.4g}]; a float image must lie in "
@@ -303,6 +304,12 @@ def decode_rgb(data, name: str = "the image", *, lenient: bool = False, size: tu
     raise ImageReadError(f"{path} has {channels} channels; expected 1 (grey), 3 (colour) or 4 (with alpha)")
 
 
+def _has_tifffile() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tifffile") is not None
+
+
 def _tiff_second_opinion(path: Path, data: np.ndarray) -> np.ndarray | None:
     """A TIFF read by ``tifffile`` (where installed) in OpenCV's layout: (h, w) or (h, w, 3|4) BGR,
     float32 for float samples; None where it is no TIFF or tifffile cannot read it either. OpenCV
@@ -314,7 +321,8 @@ def _tiff_second_opinion(path: Path, data: np.ndarray) -> np.ndarray | None:
 
         import tifffile
 
-        arr = np.asarray(tifffile.imread(io.BytesIO(data.tobytes())))
+        # key=0: the first page, as OpenCV reads a multipage TIFF
+        arr = np.asarray(tifffile.imread(io.BytesIO(data.tobytes()), key=0))
     except Exception:  # noqa: BLE001 - a second opinion only: OpenCV's verdict stands
         return None
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
