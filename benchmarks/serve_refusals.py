@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +40,31 @@ def body() -> bytes:
                        "parameters": {"max_passes": "exact"}}).encode()
 
 
+def post(url: str, data: bytes, start: float) -> tuple[int, float]:
+    time.sleep(max(0.0, start - time.time()))  # every client at once
+    t = time.perf_counter()
+    req = urllib.request.Request(f"{url}/v2/models/unioncam/infer", data, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=600) as r:
+            r.read()
+            code = r.status
+    except urllib.error.HTTPError as e:
+        e.read()
+        code = e.code
+    return code, (time.perf_counter() - t) * 1e3
+
+
+def probe(url: str, done, out) -> None:
+    while not done.is_set():
+        t = time.perf_counter()
+        try:
+            urllib.request.urlopen(f"{url}/v2/health/ready", timeout=10).read()
+        except (urllib.error.URLError, OSError):
+            pass
+        out.append((time.perf_counter() - t) * 1e3)
+        time.sleep(0.05)
+
+
 def run(artifacts: str, checkout: str | None, clients: int = 40) -> dict:
     http, grpc = free_port(), free_port()
     env = dict(os.environ)
@@ -60,42 +85,23 @@ def run(artifacts: str, checkout: str | None, clients: int = 40) -> dict:
                 pass
             assert time.monotonic() < deadline and proc.poll() is None, "the server did not start"
             time.sleep(0.2)
-        data, refused, health, codes = body(), [], [], []
-        done = threading.Event()
-
-        def post():
-            t = time.perf_counter()
-            req = urllib.request.Request(f"{url}/v2/models/unioncam/infer", data, {"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=600) as r:
-                    codes.append(r.status)
-            except urllib.error.HTTPError as e:
-                codes.append(e.code)
-                if e.code == 503:
-                    refused.append((time.perf_counter() - t) * 1e3)
-
-        def probe():
-            while not done.is_set():
-                t = time.perf_counter()
-                try:
-                    urllib.request.urlopen(f"{url}/v2/health/ready", timeout=10).read()
-                except (urllib.error.URLError, OSError):
-                    pass
-                health.append((time.perf_counter() - t) * 1e3)
-                time.sleep(0.05)
-
-        prober = threading.Thread(target=probe)
-        prober.start()
-        workers = [threading.Thread(target=post) for _ in range(clients)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        done.set()
-        prober.join()
+        # Clients and prober in processes of their own: threads of one Python would time their own GIL.
+        ctx = multiprocessing.get_context("fork")
+        data, done, manager = body(), ctx.Event(), ctx.Manager()
+        with ctx.Pool(clients) as pool:
+            health = manager.list()
+            prober = ctx.Process(target=probe, args=(url, done, health))
+            prober.start()
+            start = time.time() + 2.0
+            pending = [pool.apply_async(post, (url, data, start)) for _ in range(clients)]
+            results = [r.get(timeout=900) for r in pending]
+            done.set()
+            prober.join()
+            health = list(health)
+        codes = [c for c, _ in results]
+        refused = [ms for c, ms in results if c == 503]
         return {"codes": {c: codes.count(c) for c in sorted(set(codes))},
-                "refusal_ms": summarize(refused) if refused else {},
-                "health_ms": summarize(health)}
+                "refusal_ms": summarize(refused) if refused else {}, "health_ms": summarize(health)}
     finally:
         proc.terminate()
         proc.wait(60)

@@ -57,7 +57,10 @@ def serial(photos, lite0_artifacts, tmp_path_factory):
 def scenario(spec: dict, out: Path, artifacts: Path, photos) -> dict:
     """One cluster and its driver(s) (tests/ray_cluster_run.py), in a Ray temp folder of its own."""
     tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    env = {**os.environ, **LOOPBACK, "UNIONCAM_RAY_LOST_S": str(GRACE_S), "RAY_ADDRESS": "", "RAY_TMPDIR": tmp}
+    # None of this process's Ray variables: a Ray started in-process by another test module (its auth
+    # token, its address) must not make this cluster another user's.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update({**LOOPBACK, "UNIONCAM_RAY_LOST_S": str(GRACE_S), "RAY_TMPDIR": tmp})
     try:
         # The timeout is the test's bound on a hang: the product must stop well within it.
         proc = subprocess.run(check=False, args=[sys.executable, str(Path(__file__).parent / "ray_cluster_run.py"),

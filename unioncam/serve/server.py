@@ -74,9 +74,10 @@ def configure_logging(verbose: bool) -> None:
 #: Seconds a request's body may pause before its last byte (a client that stalls holds a connection);
 #: ``UNIONCAM_SERVE_BODY_TIMEOUT_S`` overrides it.
 BODY_READ_TIMEOUT_S = float(os.environ.get("UNIONCAM_SERVE_BODY_TIMEOUT_S") or 30.0)
-#: Bytes of a request's line and headers together (h11's bound): a 1 MB header or 10,000 headers are
-#: refused (431) before anything reads them.
+#: A request's headers: at most this many, of this many bytes in all; more is answered 431 before any
+#: handler sees them.
 MAX_HEADER_BYTES = 64 << 10
+MAX_HEADERS = 100
 
 
 class _Stalled(Exception):
@@ -180,15 +181,23 @@ class Admission:
         if (scope["type"] == "http" and scope.get("method") == "POST"
                 and scope.get("path", "").encode().endswith(_INFERENCE)
                 and self.model.inflight >= self.model.max_inflight):
+            # Answered first, then the body read and dropped: the client, whose bytes sit in the
+            # socket's buffers, reads its 503 at once, and the connection closes cleanly.
+            await _refuse(send, 503, f"{self.model.inflight} requests in flight, the server's bound "
+                                     f"({self.model.max_inflight}); retry after {RETRY_AFTER_S} s",
+                          retry_after=RETRY_AFTER_S)
             more = True
             while more:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     return
                 more = message.get("more_body", False)
-            return await _refuse(send, 503, f"{self.model.inflight} requests in flight, the server's bound "
-                                            f"({self.model.max_inflight}); retry after {RETRY_AFTER_S} s",
-                                 retry_after=RETRY_AFTER_S)
+            return
+        headers = scope.get("headers") or []
+        if scope["type"] == "http" and (len(headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in headers)
+                                        > MAX_HEADER_BYTES):
+            return await _refuse(send, 431, f"the request's headers are above this server's limit ({MAX_HEADERS} "
+                                            f"headers, {MAX_HEADER_BYTES // 1024} KiB in all); send fewer or smaller")
         return await self.app(scope, receive, send)
 
 
@@ -384,8 +393,6 @@ def serve(model, *, host: str = "0.0.0.0", http_port: int = 8080, grpc_port: int
     extension = ModelRepositoryExtension(model_registry=repository)
     rest = RESTServer("kserve.model_server:app", dataplane, extension, http_port, grace_period=int(grace_s))
     rest.config.host = host
-    rest.config.http = "h11"  # h11 bounds the request line and headers; httptools takes any size
-    rest.config.h11_max_incomplete_event_size = MAX_HEADER_BYTES
     rest.create_application()
     from kserve.model_server import app
 
