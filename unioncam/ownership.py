@@ -370,19 +370,15 @@ def compact(folder: str | Path) -> int:
     exclusive lock, so no append is lost."""
     path = ledger_path(folder)
     led = ledger(folder)
-    live = {}
-    for name, digests in led.digests.items():
-        digest = sha256_regular(Path(led.path.parent) / name)
-        if digest in digests:
-            live[name] = (digest, digests[digest])
-    if led.lines - len(live) < COMPACT_SLACK:
+    if led.lines - len(led.digests) < COMPACT_SLACK:  # live entries are at most one a name
         return 0
     fd = _open_ledger(path, write=True)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         led.refresh()  # lines appended before the lock are kept if they describe a file
+        live = {}
         for name, digests in led.digests.items():
-            digest = sha256_regular(Path(led.path.parent) / name)
+            digest = sha256_regular(led.path.parent / name)
             if digest in digests:
                 live[name] = (digest, digests[digest])
         text = "".join(json.dumps({"name": n, "sha256": d, "by": b}, ensure_ascii=True) + "\n"
