@@ -217,7 +217,7 @@ def test_a_path_like_model_is_a_clear_error(tmp_path, capsys):
 
 
 def test_an_unknown_model_lists_every_way_to_name_one(capsys):
-    assert main(["explain", "--model", "nope"]) == 1
+    assert main(["explain", "--model", "nope"]) == 2  # the option's fault: a usage error
     err = capsys.readouterr().err
     assert "pkg.module:factory" in err and "timm:" in err and "torchvision:" in err
 

@@ -255,12 +255,12 @@ def test_eight_concurrent_requests_equal_the_serial_results(server, explainer):
 
 # -- bad input: 400 with one line, and the next request is answered ------------------------------
 
-def _huge_png() -> bytes:
-    """A PNG whose header declares 10000 x 10000 pixels (above the server's 40 M, below this machine's
-    ceiling), with a few bytes of data."""
+def _huge_png(side: int = 10000) -> bytes:
+    """A PNG whose header declares side x side pixels (10000: above a request's pixels at the default
+    budget, below this machine's ceiling), with a few bytes of data."""
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 10000, 10000, 8, 2, 0, 0, 0))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
 
@@ -300,6 +300,15 @@ BAD = {
                                         "data": [0.5] * (3 * 224 * 224)}]),
     "empty body": lambda: b"",
     "deeply nested JSON": lambda: b"[" * 100000 + b"]" * 100000,
+    # Each image within a request's pixels (16 M of about 35 M), three of them above: refused by
+    # their headers before the first is decoded.
+    "images above the request's pixels together": lambda: _v2([{"name": "image", "datatype": "BYTES", "shape": [3],
+                                                                 "data": [_b64(_huge_png(4000))] * 3}]),
+    # A count no batch holds: refused by its declared shape, before an element is read.
+    "more classes than a batch holds": lambda: _v2([{"name": "image", "datatype": "BYTES", "shape": [1],
+                                                     "data": [_b64(photo())]},
+                                                    {"name": "class", "datatype": "INT64", "shape": [50000],
+                                                     "data": [1] * 50000}]),
     "theta true": lambda: _v2([{"name": "image", "datatype": "BYTES", "shape": [1], "data": [_b64(photo())]}],
                               {"theta": True}),
 }
@@ -316,7 +325,8 @@ SAYS = {"huge declared image": "server's limit", "body over the limit": "--max-b
         "a parameter naming a file": "unknown parameter", "truncated JPEG": "image 0", "wrong dtype": "FP32",
         "unknown class name": "no such animal", "out of range": "[0, 1]",
         "negative dimension": "positive integers", "theta true": "theta", "empty body": "inputs",
-        "deeply nested JSON": "JSON"}
+        "deeply nested JSON": "JSON", "images above the request's pixels together": "in all",
+        "more classes than a batch holds": "50000 elements"}
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -483,6 +493,25 @@ def test_work_past_its_time_limit_stops_and_frees_its_slot(limited):
     print(f"slot free {time.monotonic() - timed_out:.2f} s after the 504s")
 
 
+def test_a_client_that_leaves_frees_its_work_within_the_bound(server):
+    """A client sends sixteen exact explanations (most of a minute of work here, within the server's
+    120 s limit) and hangs up: the work stops at its next batch of passes, and the next request,
+    which needs the one worker thread, is answered within the bound."""
+    exact16 = _v2([{"name": "image", "datatype": "BYTES", "shape": [16], "data": [_b64(photo())] * 16}],
+                 {"max_passes": "exact"})
+    with socket.create_connection(("127.0.0.1", server.http), timeout=30) as sock:
+        sock.sendall(b"POST /v2/models/unioncam/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(exact16)}\r\n\r\n".encode() + exact16)
+        time.sleep(1.0)  # admitted and working
+    left = time.monotonic()
+    small = _v2([{"name": "image", "datatype": "BYTES", "shape": [1], "data": [_b64(photo())]}], {"max_passes": 2})
+    code, answer = post(f"{server.url}/v2/models/unioncam/infer", small)
+    waited = time.monotonic() - left
+    assert code == 200, answer
+    assert waited < RELEASE_BOUND_S, f"the next request waited {waited:.1f} s: the abandoned work ran on"
+    print(f"next request answered {waited:.2f} s after the client left")
+
+
 def test_sigterm_finishes_the_requests_in_flight_and_exits_0(limited):
     """Last in the module: it stops the limited server. Two requests in flight (a budget that fits
     the time limit), then SIGTERM: both are answered 200, then the process exits 0."""
@@ -508,13 +537,21 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0(limited):
 
 @pytest.mark.parametrize("args", [["--http-port", "0"], ["--http-port", "65536"], ["--http-port", "9", "--grpc-port", "9"],
                                   ["--max-inflight", "0"], ["--request-timeout", "nan"], ["--max-body-mb", "0"],
-                                  ["--model-name", "../x"], ["--backend", "torch"]])
+                                  ["--model-name", "../x"], ["--backend", "torch"], ["--host", "no.such.host.invalid"],
+                                  ["--memory-mb", "0"], ["--memory-mb", "nan"], ["--max-body-mb", "100"]])
 def test_bad_server_options_exit_2_before_loading(args, lite0_artifacts):
     r = subprocess.run([sys.executable, "-m", "unioncam", "serve", "--artifacts", str(lite0_artifacts), "--host",
                         "127.0.0.1", *args], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert "error" in last and "listening" not in r.stderr, r.stderr
+    assert args[-2] in last, last  # the message names the option it is about
+
+
+def test_an_unknown_model_is_exit_2_naming_the_option():
+    r = subprocess.run([sys.executable, "-m", "unioncam", "serve", "--model", "nope", "--host", "127.0.0.1"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and "--model" in r.stderr.strip().splitlines()[-1], r.stderr
 
 
 def test_a_port_in_use_is_exit_2(server, lite0_artifacts):

@@ -31,7 +31,7 @@ def pixel_ceiling() -> int:
     return int(min(MAX_PIXELS, machine_memory() // 2 // BYTES_PER_PIXEL))
 
 
-def _header_size(source) -> tuple[int, int] | None:
+def header_size(source) -> tuple[int, int] | None:
     """(width, height) from the header of a file (a path) or of encoded bytes, nothing decoded; None
     where the format is not one ``imagesize`` reads (OpenCV's own limit still applies when decoding)."""
     import io
@@ -209,7 +209,7 @@ def read_rgb(path: str | Path, *, lenient: bool = False) -> np.ndarray:
         raise ImageReadError(f"image not found: {path} (give the path of an existing image file)")
     if not path.is_file():
         raise ImageReadError(f"{path} is not a regular file (a device, pipe or socket); give an image file")
-    size = _header_size(path)
+    size = header_size(path)
     try:
         data = _read_bounded(path, size)
     except MemoryError:
@@ -246,7 +246,7 @@ def decode_rgb(data, name: str = "the image", *, lenient: bool = False, size: tu
     data = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
     label = Path(name)
     try:
-        size = size if size is not None else _header_size(data)
+        size = size if size is not None else header_size(data)
         if max_pixels is not None:
             if size is None:
                 raise ImageReadError(f"{name}: its header gives no picture size (not a JPEG, PNG or other format "

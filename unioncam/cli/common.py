@@ -94,7 +94,14 @@ def resolve_model_spec(args):
     from ..model_specs import ModelSpec, spec
 
     if getattr(args, "artifacts", None) is None:
-        s = spec(args.model)
+        from ..errors import ModelNotFoundError
+
+        try:
+            s = spec(args.model)
+        except ModelNotFoundError as e:  # a name that is no model is the option's fault: exit 2
+            from ..errors import UsageError
+
+            raise UsageError(f"--model: {e}") from None
         if ":" not in args.model and not s.bundled_weights and args.weights is None:
             import warnings
 

@@ -43,13 +43,24 @@ def add_parser(sub) -> None:
     net.add_argument("--request-timeout", type=float, default=120.0,
                      help="seconds a request may take, waiting included; then 504 (default 120)")
     net.add_argument("--max-batch", type=positive_int, default=16, help="images per request (default 16)")
-    net.add_argument("--max-body-mb", type=float, default=64.0,
-                     help="largest request body, MiB; larger is refused before it is parsed (default 64)")
-    net.add_argument("--max-image-pixels", type=positive_int, default=40_000_000,
-                     help="pixels an image may declare in its header; more is refused before decoding (default 40M)")
+    net.add_argument("--memory-mb", type=float, default=DEFAULT_MEMORY_MB,
+                     help="the server's memory budget, MiB (set it below the pod's limit): a quarter holds the bodies "
+                          "in flight (the body limit), what the loaded model leaves of the rest bounds the pixels a "
+                          f"request may declare (default {DEFAULT_MEMORY_MB:g}; docs/serve.md, \"Limits\")")
+    net.add_argument("--max-body-mb", type=float, default=None,
+                     help="largest request body, MiB, refused before it is read (default: from --memory-mb; at most "
+                          "that)")
+    net.add_argument("--max-image-pixels", type=positive_int, default=None,
+                     help="pixels a request's images may declare together, refused before decoding (default: from "
+                          "--memory-mb; at most that)")
     p.set_defaults(func=run)
 
 
+#: The server's memory budget by default, MiB: a 2 GiB pod, what the shipped manifests give.
+DEFAULT_MEMORY_MB = 2048.0
+#: The share of the budget the bodies in flight may hold, and how many copies of its body a request
+#: keeps while it is parsed (the bytes, the JSON or base64 they decode to, the arrays).
+BODY_SHARE, BODY_COPIES = 0.25, 3
 #: Ceilings of the server's own options (docs/serve.md, "Limits").
 MAX_INFLIGHT = 4096
 MAX_CONCURRENCY = 256
@@ -69,23 +80,41 @@ def check_serve_options(args) -> None:
         check_count(args.concurrency, "--concurrency", MAX_CONCURRENCY)
         check_count(args.max_batch, "--max-batch", MAX_SERVE_BATCH)
         check_duration(args.request_timeout, "--request-timeout")
-        if not 0 < args.max_body_mb <= MAX_BODY_MB:  # NaN fails too
-            raise InvalidInputError(f"--max-body-mb must be in (0, {MAX_BODY_MB:g}], got {args.max_body_mb}")
+        if not 0 < args.memory_mb < float("inf"):  # NaN fails too
+            raise InvalidInputError(f"--memory-mb must be a positive number of MiB, got {args.memory_mb}")
+        derived = body_limit_mb(args.memory_mb, args.max_inflight)
+        if args.max_body_mb is not None and not 0 < args.max_body_mb <= min(MAX_BODY_MB, derived):
+            raise InvalidInputError(f"--max-body-mb must be in (0, {min(MAX_BODY_MB, derived):g}], got "
+                                    f"{args.max_body_mb}: {args.max_inflight} bodies (--max-inflight) of at most that "
+                                    f"fit a quarter of --memory-mb {args.memory_mb:g}; give more --memory-mb or less "
+                                    "--max-inflight")
         if args.http_port == args.grpc_port:
             raise InvalidInputError(f"--http-port and --grpc-port are both {args.http_port}; give them different ports")
         if not args.model_name or not all(c.isalnum() or c in "-_." for c in args.model_name):
             raise InvalidInputError(f"--model-name {args.model_name!r}: use letters, digits, '-', '_' and '.'")
 
 
+def body_limit_mb(memory_mb: float, max_inflight: int) -> float:
+    """The largest body, MiB: ``max_inflight`` of them, ``BODY_COPIES`` times each, fill ``BODY_SHARE``
+    of the budget.
+
+    Example:
+        >>> body_limit_mb(2048, 32)
+        5.333333333333333
+    """
+    return min(MAX_BODY_MB, memory_mb * BODY_SHARE / (max_inflight * BODY_COPIES))
+
+
 def run(args: argparse.Namespace) -> int:
     from ..serve import import_kserve
-    from ..serve.server import check_port_free
+    from ..serve.server import check_host, check_port_free
 
     args.precision = args.precision or "fp32"
     model_spec = resolve_model_spec(args)
     check_model_options(args, model_spec)
     check_serve_options(args)
     import_kserve()  # a missing extra is said before anything loads
+    check_host(args.host)
     check_port_free(args.host, args.http_port, "--http-port")
     check_port_free(args.host, args.grpc_port, "--grpc-port")
     from ..serve.model import UnionCAMModel
@@ -105,10 +134,11 @@ def run(args: argparse.Namespace) -> int:
                     "weights_sha256": (m.extra or {}).get("fingerprint", {}).get("weights_sha256")}
         return explainer, settings
 
+    max_body_mb = args.max_body_mb or body_limit_mb(args.memory_mb, args.max_inflight)
     model = UnionCAMModel(args.model_name, load, max_inflight=args.max_inflight, concurrency=args.concurrency,
                           timeout_s=args.request_timeout, max_batch=args.max_batch,
-                          max_pixels=args.max_image_pixels)
+                          memory_mb=args.memory_mb * (1 - BODY_SHARE), max_pixels=args.max_image_pixels)
     from ..verbosity import verbose
 
     return serve(model, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-                 max_body=int(args.max_body_mb * (1 << 20)), verbose=verbose())
+                 max_body=int(max_body_mb * (1 << 20)), verbose=verbose())

@@ -17,23 +17,11 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, InvalidInputError, UnionCAMError
 from ..explanation import Explanation
+from . import protocol
 
 #: Seconds to wait for the server: connecting, and each answer (an exact VGG-16 explanation on a CPU
 #: takes minutes; the server's own --request-timeout answers 504 before this).
 TIMEOUT_S = 600.0
-
-_DTYPES = {"FP32": np.float32, "INT64": np.int64, "FP64": np.float64, "INT32": np.int32}
-
-
-def _bytes_tensor(raw: bytes) -> np.ndarray:
-    """The v2 protocol's BYTES layout: each element a 4-byte little-endian length, then its bytes."""
-    items, i = [], 0
-    while i < len(raw):
-        n = int.from_bytes(raw[i:i + 4], "little")
-        items.append(raw[i + 4:i + 4 + n])
-        i += 4 + n
-    return np.array(items, dtype=object)
-
 
 def check_server_url(url: str) -> str:
     """``http(s)://HOST[:PORT]`` (``HOST:PORT`` is taken as http), normalised; a port in 1..65535.
@@ -136,22 +124,17 @@ class RemoteExplainer:
                 size = (out.get("parameters") or {}).get("binary_data_size")
                 if size is not None:
                     raw, start = body[start:start + size], start + size
-                    if out["datatype"] == "BYTES":
-                        tensors[out["name"]] = _bytes_tensor(raw)
-                    else:
-                        tensors[out["name"]] = np.frombuffer(raw, dtype=_DTYPES[out["datatype"]]).reshape(out["shape"])
+                    tensors[out["name"]] = protocol.binary_tensor(out["name"], raw, out["datatype"], tuple(out["shape"]))
                 else:
                     tensors[out["name"]] = np.asarray(out["data"]).reshape(out["shape"])
             params = answer.get("parameters") or {}
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, UnionCAMError) as e:
             raise UnionCAMError(f"the server at {self.url} sent an answer this client cannot read ({e}); is it "
                                 "`unioncam serve` of the same version?") from None
         self.settings = {k: v for k, v in params.items() if k not in ("timings_ms", "stats")}
-        get = tensors.get
-        return Explanation(
-            cam=np.ascontiguousarray(tensors["cam"], dtype=np.float32), score=get("score"), class_idx=get("class_idx"),
-            beta_denoising=get("beta_denoising"), beta_region=get("beta_region"),
-            beta_de_region=get("beta_de_region"),
-            selected=[s.decode() if isinstance(s, bytes) else str(s) for s in get("selected", [])],
-            logits=get("logits"), method=params.get("method", "unioncam"),
-            timings_ms=json.loads(params.get("timings_ms", "{}")), stats=json.loads(params.get("stats", "{}")))
+        fields = {o.name: tensors.get(o.name) for o in protocol.OUTPUTS if o.name != "overlay"}
+        fields["cam"] = np.ascontiguousarray(fields["cam"], dtype=np.float32)
+        fields["selected"] = [s.decode() if isinstance(s, bytes) else str(s) for s in tensors.get("selected", [])]
+        return Explanation(**fields, method=params.get("method", "unioncam"),
+                           timings_ms=json.loads(params.get("timings_ms", "{}")),
+                           stats=json.loads(params.get("stats", "{}")))

@@ -23,6 +23,8 @@ path, a module or a factory: any other parameter is refused.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass, field
 
@@ -32,10 +34,33 @@ from ..errors import InvalidInputError
 
 #: Input names (:mod:`unioncam.serve`): encoded images, or the model's input tensor; optional classes.
 IMAGE, TENSOR, CLASS = "image", "input", "class"
-#: Outputs in the order an answer lists them.
-OUTPUTS = ("cam", "class_idx", "score", "beta_denoising", "beta_region", "beta_de_region", "selected", "logits",
-           "overlay")
-UNIONCAM_ONLY = ("beta_denoising", "beta_region", "beta_de_region", "selected")
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output of an answer: its name, v2 datatype, shape in terms of the batch ``B``, the
+    input's ``H`` x ``W`` and the classes ``C``, and when it is sent."""
+
+    name: str
+    datatype: str
+    dims: tuple[str, ...]
+    when: str = "always"  # "unioncam": UnionCAM's own; "logits": when the runtime gives them; "overlay": asked for
+
+    def shape(self, size: tuple[int, int], num_classes: int) -> list[int]:
+        """The metadata's shape, -1 for the batch."""
+        known = {"B": -1, "H": size[0], "W": size[1], "C": num_classes}
+        return [known[d] for d in self.dims]
+
+
+#: Every output an answer can hold, in the order it lists them: the one table that the server's
+#: metadata, its v1 and v2 answers and the client read.
+OUTPUTS = (Output("cam", "FP32", ("B", "H", "W")), Output("class_idx", "INT64", ("B",)),
+           Output("score", "FP32", ("B",)),
+           *(Output(k, "FP32", ("B",), "unioncam") for k in ("beta_denoising", "beta_region", "beta_de_region")),
+           Output("selected", "BYTES", ("B",), "unioncam"), Output("logits", "FP32", ("B", "C"), "logits"),
+           Output("overlay", "BYTES", ("B",), "overlay"))
+#: NumPy dtypes of the v2 datatypes an answer uses.
+NUMPY_DTYPES = {"FP32": np.float32, "INT64": np.int64, "BYTES": object}
 #: Request parameters a client may set.
 PARAMETERS = ("method", "max_passes", "theta", "overlay", "class")
 #: Parameters that the v2 protocol's clients (tritonclient, KServe's) set themselves: accepted, not used.
@@ -68,25 +93,80 @@ def _as_bool(value, name: str) -> bool:
     raise InvalidInputError(f"parameter {name!r} must be true or false, got {value!r}")
 
 
-#: The most elements one input may declare (a photo's bytes travel as one element).
-MAX_ELEMENTS = 1 << 28
-
-
-def check_shape(name: str, shape) -> tuple[int, ...]:
-    """An input's declared shape: a list of positive integers (no -1: a request says what it sends),
-    checked before any element is looked at.
+def check_declared(name: str, shape, max_batch: int, size: tuple[int, int]) -> tuple[int, ...]:
+    """An input's declared shape, checked before any element is looked at: positive integers (no -1:
+    a request says what it sends), the batch within ``max_batch``, and ``input`` exactly
+    (B, 3, H, W) of the model's size, so that no request can make the server look at more elements
+    than one full batch holds.
 
     Example:
-        >>> check_shape("image", [1])
-        (1,)
+        >>> check_declared("image", [2], 4, (224, 224))
+        (2,)
+        >>> check_declared("class", [5000], 4, (224, 224))
+        Traceback (most recent call last):
+        ...
+        unioncam.errors.InvalidInputError: input 'class': shape [5000] declares 5000 elements, above this server's limit of 4 images a request (one class per image, or one for all)
     """
     dims = list(shape) if isinstance(shape, (list, tuple)) else None
     if (not dims or len(dims) > 4 or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1
                                          for d in dims)):
         raise InvalidInputError(f"input {name!r}: shape must be 1 to 4 positive integers, got {shape!r}")
-    if int(np.prod([int(d) for d in dims], dtype=object)) > MAX_ELEMENTS:
-        raise InvalidInputError(f"input {name!r}: shape {list(dims)} declares more than {MAX_ELEMENTS} elements")
-    return tuple(int(d) for d in dims)
+    dims = [int(d) for d in dims]
+    if name == TENSOR:
+        if len(dims) != 4 or dims[1:] != [3, *size]:
+            raise InvalidInputError(f"input {name!r}: shape {dims} is not (B, 3, {size[0]}, {size[1]}), the model's "
+                                    "input")
+        count, what = dims[0], "images"
+    else:
+        count = int(np.prod(dims, dtype=object))
+        what = "elements"
+    if count > max_batch:
+        raise InvalidInputError(f"input {name!r}: shape {dims} declares {count} {what}, above this server's limit of "
+                                f"{max_batch} images a request" + (" (one class per image, or one for all)"
+                                                                   if name == CLASS else "; split the request"))
+    return tuple(dims)
+
+
+def binary_tensor(name: str, raw: bytes, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A v2 binary tensor's bytes as an array of its declared shape, every length checked: FP32 and
+    INT64 exactly ``prod(shape)`` elements; BYTES each a 4-byte little-endian length and that many
+    bytes, ``prod(shape)`` of them and nothing after.
+
+    Example:
+        >>> binary_tensor("image", b"\\x02\\x00\\x00\\x00hi", "BYTES", (1,)).tolist()
+        [b'hi']
+        >>> binary_tensor("image", b"\\x09\\x00\\x00\\x00hi", "BYTES", (1,))
+        Traceback (most recent call last):
+        ...
+        unioncam.errors.InvalidInputError: input 'image': element 0's length prefix says 9 bytes, 2 remain; each BYTES element is a 4-byte little-endian length and that many bytes
+    """
+    count = int(np.prod(shape, dtype=object))
+    if datatype != "BYTES":
+        if datatype not in NUMPY_DTYPES:
+            raise InvalidInputError(f"input {name!r}: datatype {datatype!r} is not one this server reads (FP32, INT64, "
+                                    "BYTES)")
+        dtype = np.dtype(NUMPY_DTYPES[datatype])
+        if len(raw) != count * dtype.itemsize:
+            raise InvalidInputError(f"input {name!r}: {len(raw)} bytes of data, but shape {list(shape)} of {datatype} "
+                                    f"takes {count * dtype.itemsize}")
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    items, at = [], 0
+    for i in range(count):
+        if len(raw) - at < 4:
+            raise InvalidInputError(f"input {name!r}: the data ends before element {i} of the {count} its shape "
+                                    f"{list(shape)} declares")
+        n = int.from_bytes(raw[at:at + 4], "little")
+        if n > len(raw) - at - 4:
+            raise InvalidInputError(f"input {name!r}: element {i}'s length prefix says {n} bytes, {len(raw) - at - 4} "
+                                    "remain; each BYTES element is a 4-byte little-endian length and that many bytes")
+        items.append(raw[at + 4:at + 4 + n])
+        at += 4 + n
+    if at != len(raw):
+        raise InvalidInputError(f"input {name!r}: {len(raw) - at} bytes follow the {count} elements its shape "
+                                f"{list(shape)} declares")
+    out = np.empty(count, dtype=object)
+    out[:] = items
+    return out.reshape(shape)
 
 
 def parse_parameters(parameters: dict | None) -> dict:
@@ -131,23 +211,23 @@ def parse_parameters(parameters: dict | None) -> dict:
     return out
 
 
-def v1_inputs(body: dict) -> tuple[dict, dict, dict]:
+def v1_inputs(body: dict, max_batch: int) -> tuple[dict, dict, dict]:
     """A v1 body as named inputs, their v2 dtypes, and the parameters: ``{"instances": [...]}``, each
     an image ``{"b64": ...}`` (or ``{"image_bytes": {"b64": ...}}``), ``{"input": (3, H, W) lists}``
     or the lists alone, each optionally with ``"class"``; optional top-level ``"parameters"``.
 
     Example:
-        >>> inputs, dtypes, params = v1_inputs({"instances": [{"b64": "iVBO", "class": 281}]})
+        >>> inputs, dtypes, params = v1_inputs({"instances": [{"b64": "iVBO", "class": 281}]}, 4)
         >>> sorted(inputs), dtypes["image"], inputs["class"].tolist(), params
         (['class', 'image'], 'BYTES', [281], {})
     """
-    import base64
-    import binascii
-
     instances = body.get("instances", body.get("inputs"))
     if not isinstance(instances, list) or not instances:
         raise InvalidInputError('send {"instances": [...]}: each an image {"b64": "<base64 JPEG or PNG>"} '
                                 "or the model's input as nested lists (3, H, W) in [0, 1]")
+    if len(instances) > max_batch:
+        raise InvalidInputError(f"{len(instances)} instances in one request, above this server's limit of {max_batch} "
+                                "images a request; split the request")
     blobs, tensors, classes = [], [], []
     for i, inst in enumerate(instances):
         cls = None
@@ -221,29 +301,50 @@ def parse_classes(value, batch: int, num_classes: int) -> np.ndarray | None:
 
 def decode_images(blobs, size: tuple[int, int], max_pixels: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """Encoded images (a BYTES tensor) as the model's input (B, 3, H, W) float32 and their RGB photos:
-    the CLI's decoder and resize, each image's declared size checked before a byte is decoded."""
-    from ..image_io import decode_rgb, to_model_input
+    the CLI's decoder and resize. Every image's header is read first and the pixels they declare
+    together are checked against ``max_pixels`` (the request's share of the server's memory) before
+    a byte is decoded.
 
-    blobs = np.asarray(blobs, dtype=object).reshape(-1)
-    if blobs.size == 0:
+    Example:
+        >>> import cv2
+        >>> png = cv2.imencode(".png", np.zeros((4, 6, 3), np.uint8))[1].tobytes()
+        >>> decode_images([png, png], (2, 2), 100)[0].shape
+        (2, 3, 2, 2)
+        >>> decode_images([png, png], (2, 2), 47)
+        Traceback (most recent call last):
+        ...
+        unioncam.errors.InvalidInputError: input 'image': its 2 images declare 48 pixels in all, above this server's limit of 47 a request; send fewer or smaller images
+    """
+    from ..image_io import decode_rgb, header_size, to_model_input
+
+    blobs = [_image_bytes(b, i) for i, b in enumerate(np.asarray(blobs, dtype=object).reshape(-1).tolist())]
+    if not blobs:
         raise InvalidInputError("input 'image' holds no images; send at least one encoded image")
-    rgbs, inputs = [], []
-    for i, blob in enumerate(blobs.tolist()):
-        if isinstance(blob, str):  # JSON carries no raw bytes: an image there is base64 text
-            import base64
-            import binascii
+    sizes = [header_size(b) for b in blobs]
+    for i, s in enumerate(sizes):
+        if s is None:
+            raise InvalidInputError(f"input 'image' element {i}: its header gives no picture size (not a JPEG, PNG "
+                                    "or other format whose size can be read before decoding); send a JPEG or PNG")
+    total = sum(w * h for w, h in sizes)
+    if total > max_pixels:
+        raise InvalidInputError(f"input 'image': its {len(blobs)} images declare {total:,} pixels in all, above this "
+                                f"server's limit of {max_pixels:,} a request; send fewer or smaller images")
+    rgbs = [decode_rgb(b, f"image {i} of the request", size=s, max_pixels=max_pixels)
+            for i, (b, s) in enumerate(zip(blobs, sizes))]
+    return np.stack([to_model_input(rgb, size) for rgb in rgbs]), rgbs
 
-            try:
-                blob = base64.b64decode(blob, validate=True)
-            except (binascii.Error, ValueError):
-                raise InvalidInputError(f"input 'image' element {i} is text that is not base64; send the encoded "
-                                        "image as base64 in JSON, or as raw bytes (binary data, gRPC)") from None
-        if not isinstance(blob, (bytes, bytearray)):
-            raise InvalidInputError(f"input 'image' element {i} is {type(blob).__name__}; send encoded image bytes")
-        rgb = decode_rgb(bytes(blob), f"image {i} of the request", max_pixels=max_pixels)
-        rgbs.append(rgb)
-        inputs.append(to_model_input(rgb, size))
-    return np.stack(inputs), rgbs
+
+def _image_bytes(blob, i: int) -> bytes:
+    """One element of ``image``: raw bytes, or base64 text (JSON carries no raw bytes)."""
+    if isinstance(blob, str):
+        try:
+            return base64.b64decode(blob, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInputError(f"input 'image' element {i} is text that is not base64; send the encoded "
+                                    "image as base64 in JSON, or as raw bytes (binary data, gRPC)") from None
+    if not isinstance(blob, (bytes, bytearray)):
+        raise InvalidInputError(f"input 'image' element {i} is {type(blob).__name__}; send encoded image bytes")
+    return bytes(blob)
 
 
 def check_tensor(array, datatype: str, size: tuple[int, int]) -> np.ndarray:
@@ -273,18 +374,20 @@ def tensor_rgbs(images: np.ndarray) -> list[np.ndarray]:
 
 
 def answer_tensors(exp, rgbs: list | None, overlay: bool) -> list[tuple[str, str, np.ndarray]]:
-    """(name, v2 datatype, array) of each output of an :class:`unioncam.Explanation`."""
-    out = [("cam", "FP32", np.ascontiguousarray(exp.cam, dtype=np.float32)),
-           ("class_idx", "INT64", np.asarray(exp.class_idx, dtype=np.int64)),
-           ("score", "FP32", np.asarray(exp.score, dtype=np.float32))]
-    if exp.method == "unioncam":
-        out += [(k, "FP32", np.asarray(getattr(exp, k), dtype=np.float32))
-                for k in ("beta_denoising", "beta_region", "beta_de_region")]
-        out.append(("selected", "BYTES", np.array([s.encode() for s in exp.selected], dtype=object)))
-    if exp.logits is not None:
-        out.append(("logits", "FP32", np.asarray(exp.logits, dtype=np.float32)))
-    if overlay:
-        out.append(("overlay", "BYTES", np.array([overlay_png(r, c) for r, c in zip(rgbs, exp.cam)], dtype=object)))
+    """(name, v2 datatype, array) of each output of an :class:`unioncam.Explanation`, by :data:`OUTPUTS`."""
+    sent = {"always": True, "unioncam": exp.method == "unioncam", "logits": exp.logits is not None,
+            "overlay": overlay}
+    out = []
+    for o in OUTPUTS:
+        if not sent[o.when]:
+            continue
+        if o.name == "overlay":
+            value = [overlay_png(r, c) for r, c in zip(rgbs, exp.cam)]
+        elif o.name == "selected":
+            value = [s.encode() for s in exp.selected]
+        else:
+            value = getattr(exp, o.name)
+        out.append((o.name, o.datatype, np.ascontiguousarray(np.asarray(value, dtype=NUMPY_DTYPES[o.datatype]))))
     return out
 
 
@@ -310,12 +413,5 @@ def metadata(size: tuple[int, int], num_classes: int) -> tuple[list[dict], list[
     inputs = [{"name": IMAGE, "datatype": "BYTES", "shape": [-1]},
               {"name": TENSOR, "datatype": "FP32", "shape": [-1, 3, H, W]},
               {"name": CLASS, "datatype": "INT64", "shape": [-1]}]
-    outputs = [{"name": "cam", "datatype": "FP32", "shape": [-1, H, W]},
-               {"name": "class_idx", "datatype": "INT64", "shape": [-1]},
-               {"name": "score", "datatype": "FP32", "shape": [-1]},
-               *({"name": k, "datatype": "FP32", "shape": [-1]} for k in ("beta_denoising", "beta_region",
-                                                                          "beta_de_region")),
-               {"name": "selected", "datatype": "BYTES", "shape": [-1]},
-               {"name": "logits", "datatype": "FP32", "shape": [-1, num_classes]},
-               {"name": "overlay", "datatype": "BYTES", "shape": [-1]}]
+    outputs = [{"name": o.name, "datatype": o.datatype, "shape": o.shape(size, num_classes)} for o in OUTPUTS]
     return inputs, outputs

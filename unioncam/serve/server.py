@@ -23,8 +23,7 @@ import sys
 import threading
 import time
 
-from .. import cancel
-from . import import_kserve
+from . import admission, import_kserve
 
 log = logging.getLogger("unioncam.serve")
 
@@ -53,6 +52,31 @@ def check_port_free(host: str, port: int, flag: str) -> None:
                                  f"{flag}") from None
         return
     raise UsageError(f"{flag} {port}: another process listens on {host}:{port}; stop it or choose another {flag}")
+
+
+#: Seconds a --host name may take to resolve before it is called unresolvable.
+RESOLVE_TIMEOUT_S = 5.0
+
+
+def check_host(host: str) -> None:
+    """``--host`` resolves to an address of this machine's, within :data:`RESOLVE_TIMEOUT_S`: else a
+    usage error (exit 2) before anything loads, naming the option."""
+    from concurrent.futures import ThreadPoolExecutor, TimeoutError as Late
+
+    from ..errors import UsageError
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="unioncam-resolve")
+    try:
+        pool.submit(socket.getaddrinfo, host.strip("[]") or "0.0.0.0", None, 0, socket.SOCK_STREAM).result(
+            RESOLVE_TIMEOUT_S)
+    except Late:
+        raise UsageError(f"--host {host}: did not resolve within {RESOLVE_TIMEOUT_S:g} s; give an IP address "
+                         "(0.0.0.0: every interface, 127.0.0.1: this machine only)") from None
+    except (OSError, UnicodeError) as e:
+        raise UsageError(f"--host {host}: does not resolve ({getattr(e, 'strerror', None) or e}); give an IP address "
+                         "or a name of this machine (0.0.0.0: every interface, 127.0.0.1: this machine only)") from None
+    finally:
+        pool.shutdown(wait=False)
 
 
 def configure_logging(verbose: bool) -> None:
@@ -170,50 +194,62 @@ _INFERENCE = (b"/infer", b":predict", b":explain")
 
 
 class Admission:
-    """ASGI middleware: an inference request past the in-flight bound is answered 503 with
-    ``Retry-After`` before its body is parsed (the body is read and dropped, so the client, still
-    sending, reads the answer): a refusal costs the bytes, never the JSON, base64 or images."""
+    """ASGI middleware: each inference request is admitted (:mod:`unioncam.serve.admission`) before
+    a byte of its body is read, or answered 503 with ``Retry-After`` at once (then its body read and
+    dropped, so that the client, still sending, reads the answer): a refusal costs the bytes, never
+    the JSON, base64 or images. Headers past their limits are answered 431 here too."""
 
     def __init__(self, app, model):
         self.app, self.model = app, model
 
     async def __call__(self, scope, receive, send):
-        if (scope["type"] == "http" and scope.get("method") == "POST"
-                and scope.get("path", "").encode().endswith(_INFERENCE)
-                and self.model.inflight >= self.model.max_inflight):
-            # Answered first, then the body read and dropped: the client, whose bytes sit in the
-            # socket's buffers, reads its 503 at once, and the connection closes cleanly.
-            await _refuse(send, 503, f"{self.model.inflight} requests in flight, the server's bound "
-                                     f"({self.model.max_inflight}); retry after {RETRY_AFTER_S} s",
-                          retry_after=RETRY_AFTER_S)
-            more = True
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                more = message.get("more_body", False)
-            return
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
         headers = scope.get("headers") or []
-        if scope["type"] == "http" and (len(headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in headers)
-                                        > MAX_HEADER_BYTES):
+        if len(headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
             return await _refuse(send, 431, f"the request's headers are above this server's limit ({MAX_HEADERS} "
                                             f"headers, {MAX_HEADER_BYTES // 1024} KiB in all); send fewer or smaller")
-        return await self.app(scope, receive, send)
+        if not _is_inference(scope):
+            return await self.app(scope, receive, send)
+        ticket = self.model.slots.admit()
+        if ticket is None:
+            await _refuse(send, 503, busy_message(self.model.slots), retry_after=RETRY_AFTER_S)
+            return await _drop_body(receive)
+        with admission.admitted(ticket):
+            return await self.app(scope, receive, send)
+
+
+def busy_message(slots) -> str:
+    return (f"{slots.inflight} requests in flight, the server's bound ({slots.max_inflight}); retry after "
+            f"{RETRY_AFTER_S} s")
+
+
+def _is_inference(scope) -> bool:
+    return scope.get("method") == "POST" and scope.get("path", "").encode().endswith(_INFERENCE)
+
+
+async def _drop_body(receive) -> None:
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        more = message.get("more_body", False)
 
 
 class Disconnects:
-    """ASGI middleware: each inference request gets a cancellation token (:mod:`unioncam.cancel`);
-    once its body is read, a watcher waits for the client to go away and cancels it, so the
-    explanation stops at its next batch of passes and its slot is free again."""
+    """ASGI middleware: once an inference request's body is read, a watcher waits for its client to
+    go away and cancels the request's token, so the explanation stops at its next batch of passes
+    and its slot is free again."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if not (scope["type"] == "http" and scope.get("method") == "POST"
-                and scope.get("path", "").encode().endswith(_INFERENCE)):
+        ticket = admission.current()
+        if scope["type"] != "http" or ticket is None:
             return await self.app(scope, receive, send)
-        token, watcher = cancel.Token(), None
+        token, watcher = ticket.token, None
 
         async def watch():
             while True:
@@ -232,8 +268,7 @@ class Disconnects:
             return message
 
         try:
-            with cancel.cancellable(token):
-                return await self.app(scope, reading, send)
+            return await self.app(scope, reading, send)
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -316,9 +351,10 @@ def _add_handlers(app) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
 
 
-def _grpc_interceptors():
+def _grpc_interceptors(model):
     import grpc
     from grpc import aio
+    from kserve.errors import InvalidInput
     from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 
     from .model import Busy, TimedOut
@@ -331,11 +367,29 @@ def _grpc_interceptors():
                 await context.abort(grpc.StatusCode.UNAVAILABLE, str(ex))
             if isinstance(ex, TimedOut):
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(ex))
-            from kserve.errors import InvalidInput
-
             if isinstance(ex, InvalidInput):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ex.reason)
             await super().handle_exception(ex, request_or_iterator, context, method_name)
+
+    class Admit(aio.ServerInterceptor):
+        """``ModelInfer`` admitted as REST requests are (:class:`Admission`), before KServe converts
+        its message: UNAVAILABLE at once when every slot is taken."""
+
+        async def intercept_service(self, continuation, details):
+            handler = await continuation(details)
+            if handler is None or handler.unary_unary is None or not details.method.endswith("/ModelInfer"):
+                return handler
+            inner = handler.unary_unary
+
+            async def admitted(request, context):
+                ticket = model.slots.admit()
+                if ticket is None:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, busy_message(model.slots))
+                with admission.admitted(ticket):
+                    return await inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(admitted, request_deserializer=handler.request_deserializer,
+                                                       response_serializer=handler.response_serializer)
 
     class Access(aio.ServerInterceptor):
         """One line per RPC: method, status code, latency."""
@@ -359,7 +413,7 @@ def _grpc_interceptors():
             return grpc.unary_unary_rpc_method_handler(timed, request_deserializer=handler.request_deserializer,
                                                        response_serializer=handler.response_serializer)
 
-    return (Access(), Statuses())
+    return (Access(), Admit(), Statuses())
 
 
 def serve(model, *, host: str = "0.0.0.0", http_port: int = 8080, grpc_port: int = 8081,
@@ -402,7 +456,11 @@ def serve(model, *, host: str = "0.0.0.0", http_port: int = 8080, grpc_port: int
     app.add_middleware(Admission, model=model)  # before the body limit reads a byte
     app.add_middleware(AccessLog)  # outermost: it also logs the body limit's refusals
     failure: list[BaseException] = []
-    state = {"rest": rest._server}
+    import uvicorn
+
+    # Our own uvicorn server on KServe's public config (its host set): KServe's ModelServer binds
+    # every interface and has no option to change it.
+    state = {"rest": uvicorn.Server(rest.config)}
 
     def load():
         try:
@@ -415,7 +473,7 @@ def serve(model, *, host: str = "0.0.0.0", http_port: int = 8080, grpc_port: int
             state["rest"].should_exit = True
 
     async def run() -> None:
-        grpc_server = aio.server(interceptors=_grpc_interceptors(),
+        grpc_server = aio.server(interceptors=_grpc_interceptors(model),
                                  options=[("grpc.max_receive_message_length", max_body),
                                           ("grpc.max_send_message_length", max(max_body, 256 << 20))])
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
