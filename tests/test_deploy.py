@@ -112,11 +112,13 @@ def test_the_custom_predictor_runs_unioncam_serve_as_configured(name, port, port
     assert args.model_name == "unioncam" and (args.http_port, args.grpc_port) == (8080, 8081)
     assert args.max_inflight == isvc["spec"]["predictor"]["containerConcurrency"]
     assert args.request_timeout == isvc["spec"]["predictor"]["timeout"]
-    # Safe defaults: a budget, and request limits whose measured peak (0.96 GiB at every limit at once,
-    # docs/serve.md "Deploy") plus the bodies in flight stay inside the pod's memory limit.
-    assert args.max_passes == 64 and args.max_batch == 4 and args.max_image_pixels == 16_000_000
-    limit_gib = float(container["resources"]["limits"]["memory"].removesuffix("Gi"))
-    assert 0.96 + args.max_inflight * args.max_body_mb / 1024 < limit_gib
+    # Safe defaults: a budget of passes, and one memory budget, with a quarter of the pod's limit to
+    # spare, from which every request limit is derived (its peak measured below).
+    assert args.max_passes == 64 and args.max_batch == 4
+    assert args.max_body_mb is None and args.max_image_pixels is None  # derived, not set one by one
+    limit_mib = float(container["resources"]["limits"]["memory"].removesuffix("Gi")) * 1024
+    assert args.memory_mb <= 0.75 * limit_mib
+    assert container["resources"]["requests"]["memory"] == container["resources"]["limits"]["memory"]
     ports = container["ports"]
     assert [p["containerPort"] for p in ports] == [port] and ports[0].get("name") == port_name
     probe = container["readinessProbe"]["httpGet"]
@@ -136,3 +138,46 @@ def test_the_image_exports_the_model_it_serves():
     lines = (DEPLOY / "Dockerfile").read_text()
     export = next(shlex.split(seg.strip(" \\\n")) for seg in lines.split("&&") if "unioncam export" in seg)
     assert export[export.index("--out") + 1] == _image_command()[_image_command().index("--artifacts") + 1]
+
+
+def _vm(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(key)
+
+
+def test_the_shipped_limits_hold_a_server_at_every_limit_inside_its_budget(lite0_artifacts, tmp_path):
+    """The image's command line (its budget and batch), a server at every limit at once: requests of
+    the most images, whose real photos together declare just under the pixels it allows a request,
+    in bodies just under its body limit, sent at once. Its peak (VmHWM) stays under --memory-mb, and
+    so under the pod's limit with the quarter to spare the manifest check asks."""
+    import re
+    import threading
+
+    import cv2
+    from test_serve import _b64, _v2, post, ready_server
+
+    command = _image_command() + _manifest("kserve-unioncam.yaml")["spec"]["predictor"]["containers"][0]["args"]
+    args = build_parser().parse_args(command[1:])
+    keep = ["--max-batch", str(args.max_batch), "--memory-mb", f"{args.memory_mb:g}", "--max-passes",
+            str(args.max_passes)]
+    log = tmp_path / "server.log"
+    for server in ready_server(lite0_artifacts, log, *keep):
+        allowed = int(re.search(r"may declare ([\d,]+) decoded pixels", log.read_text()).group(1).replace(",", ""))
+        side = int((allowed / args.max_batch) ** 0.5 * 0.98)
+        photo = cv2.imread(str(Path(__import__("skimage").__file__).parent / "data" / "chelsea.png"))
+        big = cv2.imencode(".jpg", cv2.resize(photo, (side, side)), [cv2.IMWRITE_JPEG_QUALITY, 40])[1].tobytes()
+        body = _v2([{"name": "image", "datatype": "BYTES", "shape": [args.max_batch], "data": [_b64(big)] * args.max_batch}])
+        answers: list = []
+        clients = [threading.Thread(target=lambda: answers.append(post(f"{server.url}/v2/models/unioncam/infer", body)))
+                   for _ in range(3)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join()
+        peak = _vm(server.proc.pid, "VmHWM")
+    print(f"{args.max_batch} x {side}x{side} a request ({len(body) / 2**20:.1f} MiB body), 3 at once: peak "
+          f"{peak / 2**20:.0f} MiB of --memory-mb {args.memory_mb:g}")
+    assert [c for c, _ in answers] == [200] * 3, answers
+    assert peak < args.memory_mb * (1 << 20)
