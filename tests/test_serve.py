@@ -597,3 +597,34 @@ def test_json_sent_as_curl_sends_it_is_read(server):
     v2 = _v2([{"name": "image", "datatype": "BYTES", "shape": [1], "data": [_b64(photo("coffee"))]}])
     code, answer = post(f"{server.url}/v2/models/unioncam/infer", v2, form)
     assert code == 200 and [o["data"] for o in answer["outputs"] if o["name"] == "class_idx"] == [[967]], answer
+
+
+# -- on KServe's public surface ----------------------------------------------------------------------
+
+def test_the_server_uses_no_private_name_of_kserves():
+    """Every name taken from KServe is public, and no attribute read or written on anything but our
+    own objects starts with one underscore: KServe's releases may change their internals freely."""
+    import ast
+
+    import unioncam.serve as pkg
+
+    # KServe's own names on the classes we extend, read in a process of its own (KServe's gRPC
+    # messages and tritonclient's, imported here, cannot share one).
+    kserves = set(json.loads(subprocess.run([sys.executable, "-c", (
+        "import json; from unioncam.serve import import_kserve; import_kserve(); from kserve import Model; "
+        "from kserve.model_repository import ModelRepository; from kserve.protocol.dataplane import DataPlane; "
+        "print(json.dumps(sorted({*vars(Model('x')), *dir(Model), *vars(DataPlane(ModelRepository())), "
+        "*dir(DataPlane)})))")], capture_output=True, text=True, check=True).stdout))
+    found = []
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kserve"):
+                found += [f"{path.name}: from {node.module} import {a.name}" for a in node.names
+                          if a.name.startswith("_") or any(p.startswith("_") for p in node.module.split("."))]
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                owner = node.value
+                ours = isinstance(owner, ast.Name) and owner.id in ("self", "cls")
+                if not ours or node.attr in kserves:  # our subclasses' own names must not be KServe's
+                    found.append(f"{path.name}:{node.lineno}: .{node.attr}")
+    assert not found, found
