@@ -321,7 +321,7 @@ def _jpeg() -> bytes:
 
 
 #: What the one line must say, where a wrong refusal could also be a 400.
-SAYS = {"huge declared image": "server's limit", "body over the limit": "--max-body-mb",
+SAYS = {"huge declared image": "server's limit", "body over the limit": "body is",
         "a parameter naming a file": "unknown parameter", "truncated JPEG": "image 0", "wrong dtype": "FP32",
         "unknown class name": "no such animal", "out of range": "[0, 1]",
         "negative dimension": "positive integers", "theta true": "theta", "empty body": "inputs",
@@ -628,3 +628,13 @@ def test_the_server_uses_no_private_name_of_kserves():
                 if not ours or node.attr in kserves:  # our subclasses' own names must not be KServe's
                     found.append(f"{path.name}:{node.lineno}: .{node.attr}")
     assert not found, found
+
+
+def test_a_budget_the_loaded_model_fills_is_exit_2_naming_it(lite0_artifacts):
+    """--memory-mb below what the loaded model uses leaves no pixels for a request: found at load
+    (the figure is measured there), one line naming the option, exit 2, never ready."""
+    r = subprocess.run([sys.executable, "-m", "unioncam", "serve", "--artifacts", str(lite0_artifacts), "--host",
+                        "127.0.0.1", "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+                        "--memory-mb", "200"], capture_output=True, text=True, timeout=120, check=False)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "--memory-mb 200" in last and "ready:" not in r.stderr, r.stderr

@@ -137,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
     max_body_mb = args.max_body_mb or body_limit_mb(args.memory_mb, args.max_inflight)
     model = UnionCAMModel(args.model_name, load, max_inflight=args.max_inflight, concurrency=args.concurrency,
                           timeout_s=args.request_timeout, max_batch=args.max_batch,
-                          memory_mb=args.memory_mb * (1 - BODY_SHARE), max_pixels=args.max_image_pixels)
+                          memory_mb=args.memory_mb, reserved_mb=args.memory_mb * BODY_SHARE,
+                          max_pixels=args.max_image_pixels)
     from ..verbosity import verbose
 
     return serve(model, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,

@@ -74,18 +74,20 @@ class UnionCAMModel(Model):
         concurrency: explanations running at once (threads).
         timeout_s: each request's time limit from its admission, its body's arrival included.
         max_batch: images per request.
-        memory_mb: the process's memory budget; after loading, what the model leaves is shared by the
-            ``concurrency`` requests that work at once, at ``BYTES_PER_PIXEL`` a decoded pixel: that
-            is the pixels a request may declare, all its images together.
+        memory_mb: the process's memory budget; after loading, what the model leaves of it (less
+            ``reserved_mb``, the bodies' share) is shared by the ``concurrency`` requests that work at
+            once, at ``BYTES_PER_PIXEL`` a decoded pixel: that is the pixels a request may declare,
+            all its images together.
         max_pixels: a stricter per-request pixel limit than the budget's (None: the budget's).
     """
 
     def __init__(self, name: str, load, *, max_inflight: int = 32, concurrency: int = 1, timeout_s: float = 120.0,
-                 max_batch: int = 16, memory_mb: float = 2048.0, max_pixels: int | None = None):
+                 max_batch: int = 16, memory_mb: float = 2048.0, reserved_mb: float = 0.0,
+                 max_pixels: int | None = None):
         super().__init__(name)
         self._load = load
         self.slots = admission.Slots(max_inflight, concurrency, timeout_s)
-        self.max_batch, self.memory_mb, self.pixel_cap = max_batch, memory_mb, max_pixels
+        self.max_batch, self.memory_mb, self.reserved_mb, self.pixel_cap = max_batch, memory_mb, reserved_mb, max_pixels
         self.max_pixels = 0  # set by load(), from what the loaded model leaves of the budget
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="unioncam-explain")
         self.explainer = None
@@ -118,7 +120,8 @@ class UnionCAMModel(Model):
 
     def _pixel_limit(self, size: tuple[int, int]) -> int:
         used = admission.resident_bytes()
-        budget = admission.request_pixels(self.memory_mb, used, self.slots.concurrency, BYTES_PER_PIXEL)
+        budget = admission.request_pixels(self.memory_mb - self.reserved_mb, used, self.slots.concurrency,
+                                          BYTES_PER_PIXEL)
         # One image of the model's own input size, in every working request, is the least that serves.
         if budget < size[0] * size[1]:
             raise UsageError(f"--memory-mb {self.memory_mb:g}: the loaded model uses {used / (1 << 20):,.0f} MiB, which "

@@ -61,8 +61,6 @@ OUTPUTS = (Output("cam", "FP32", ("B", "H", "W")), Output("class_idx", "INT64", 
            Output("overlay", "BYTES", ("B",), "overlay"))
 #: NumPy dtypes of the v2 datatypes an answer uses.
 NUMPY_DTYPES = {"FP32": np.float32, "INT64": np.int64, "BYTES": object}
-#: Request parameters a client may set.
-PARAMETERS = ("method", "max_passes", "theta", "overlay", "class")
 #: Parameters that the v2 protocol's clients (tritonclient, KServe's) set themselves: accepted, not used.
 PROTOCOL_PARAMETERS = ("binary_data_output", "binary_data", "binary_data_size", "sequence_id", "sequence_start",
                        "sequence_end", "priority", "timeout", "headers", "content_type")
@@ -169,45 +167,61 @@ def binary_tensor(name: str, raw: bytes, datatype: str, shape: tuple[int, ...]) 
     return out.reshape(shape)
 
 
+def _method(value) -> str:
+    from ..validation import check_method
+
+    if not isinstance(value, str):
+        raise InvalidInputError(f"parameter 'method' must be a method's name, got {value!r}")
+    return check_method(value.strip().lower())
+
+
+def _max_passes(value) -> int | None:
+    from ..validation import check_max_passes
+
+    if isinstance(value, str) and value.strip().lower() == "exact":
+        return None
+    if isinstance(value, str) and value.strip().lstrip("+").isdigit():
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"parameter 'max_passes' must be a positive integer or \"exact\", got {value!r}")
+    return check_max_passes(value)
+
+
+def _theta(value) -> float:
+    from ..validation import check_theta
+
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):  # JSON true is not a number
+        raise InvalidInputError(f"parameter 'theta' must be a number in [0, 100], got {value!r}")
+    try:
+        return check_theta(float(value))
+    except ValueError as e:
+        raise InvalidInputError(f"parameter 'theta' must be a number in [0, 100], got {value!r}") from e
+
+
+#: Request parameters a client may set, each with its one parser: the typed schema of every
+#: parameter (a bool is not a number; text that spells a number or a bool is read as one, as the v2
+#: protocol's string parameters need).
+PARAMETER_TYPES = {"method": _method, "max_passes": _max_passes, "theta": _theta,
+                   "overlay": lambda v: _as_bool(v, "overlay"), "class": lambda v: v}
+
+
 def parse_parameters(parameters: dict | None) -> dict:
-    """The request's parameters, checked by the library's own validation.
+    """The request's parameters, each by its parser in :data:`PARAMETER_TYPES` (the library's own
+    checks); the v2 protocol's own are passed over, any other is refused.
 
     Example:
         >>> parse_parameters({"max_passes": "64", "overlay": "true", "method": "unioncam"})
         {'max_passes': 64, 'overlay': True, 'method': 'unioncam'}
     """
-    from ..validation import check_max_passes, check_method, check_theta
-
     out: dict = {}
     for key, value in (parameters or {}).items():
         if key in PROTOCOL_PARAMETERS:
             continue
-        if key not in PARAMETERS:
-            raise InvalidInputError(f"unknown parameter {key!r}; this server accepts {', '.join(PARAMETERS)}")
-        if key == "method":
-            if not isinstance(value, str):
-                raise InvalidInputError(f"parameter 'method' must be a method's name, got {value!r}")
-            out["method"] = check_method(value.strip().lower())
-        elif key == "max_passes":
-            if isinstance(value, str) and value.strip().lower() == "exact":
-                out["max_passes"] = None
-            else:
-                if isinstance(value, str) and value.strip().lstrip("+").isdigit():
-                    value = int(value)
-                if isinstance(value, float) and value.is_integer():
-                    value = int(value)
-                out["max_passes"] = check_max_passes(value)
-        elif key == "theta":
-            if isinstance(value, bool):  # JSON true is not a number
-                raise InvalidInputError(f"parameter 'theta' must be a number in [0, 100], got {value!r}")
-            try:
-                out["theta"] = check_theta(float(value))
-            except (TypeError, ValueError) as e:
-                raise InvalidInputError(f"parameter 'theta' must be a number in [0, 100], got {value!r}") from e
-        elif key == "overlay":
-            out["overlay"] = _as_bool(value, "overlay")
-        elif key == "class":
-            out["class"] = value
+        if key not in PARAMETER_TYPES:
+            raise InvalidInputError(f"unknown parameter {key!r}; this server accepts {', '.join(PARAMETER_TYPES)}")
+        out[key] = PARAMETER_TYPES[key](value)
     return out
 
 

@@ -185,7 +185,7 @@ class BodyLimit:
 
     def _message(self, size: int, at_least: bool = False) -> str:
         return (f"the request body is {'at least ' if at_least else ''}{size:,} bytes, above this server's limit of "
-                f"{self.limit:,} (--max-body-mb); send fewer or smaller images")
+                f"{self.limit:,} bytes; send fewer or smaller images a request")
 
 
 #: Seconds a refused client is told to wait (``Retry-After``), as Triton and Ray Serve answer 503.
