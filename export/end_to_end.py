@@ -32,16 +32,20 @@ import torch
 from torch import nn
 
 from unioncam import algebra
+from unioncam import graph_identity as gid
 from unioncam.artifacts import END_TO_END_CHUNK, sha256_file
 from unioncam.errors import ExportError, InvalidInputError, UnwritableError
 from unioncam.methods.hooks import eval_mode, resolve_layer
 from unioncam.methods.passes import logit_gradient, masked_probs
+from unioncam.ownership import claim, record
 from unioncam.reshape import parse_reshape
 from unioncam.validation import check_input_size, check_opset, check_positive_int, check_theta
 
+from unioncam.settings import DEFAULTS
+
+from .exporter import _probe, forward_flops, graph_stats, model_identity
 from .graphs import MaskedForward, trace
 from .onnx_export import check_loads, export_onnx, stamp
-from unioncam.settings import DEFAULTS
 
 E2E_ONNX = "unioncam.onnx"
 OUTPUTS = ["cam", "denoising", "region", "de_region", "betas", "selected", "class", "score", "status", "passes"]
@@ -194,6 +198,33 @@ def _stitch(front, body, back, out_path: Path, metadata: dict | None = None) -> 
     check(out_path)
 
 
+def _build(model, layer_name: str, layer, x, path: Path, *, theta, chunk: int, classes: int, channels: int,
+           feature: tuple[int, int], reshape, log, opset: int) -> None:
+    """The three parts traced and exported beside ``path`` (the gradient pass with the pass plan,
+    the masked passes as a loop body, AMU and AMS), then stitched around the loop into ``path``."""
+    tmp, (H, W), (h, w), K = path.parent, tuple(x.shape[2:]), feature, channels
+    c = torch.tensor([-1], dtype=torch.int64)
+    with torch.no_grad():
+        black = torch.softmax(model(torch.zeros(1, 3, H, W)), dim=1)[0].detach().float()
+    kw = {"opset": opset, "model": model, "layer_name": layer_name}
+    log("tracing the gradient pass and the pass plan ...")
+    front = _trace_and_export(Front(model, layer_name, layer, (H, W), theta, chunk, classes, black, reshape), (x, c),
+                              tmp / "front.onnx", ["image", "class_idx"], _FRONT_OUT, what="gradient pass", **kw)
+    log(f"tracing the masked passes (loop body, {chunk} per iteration) ...")
+    maps = torch.rand(1, chunk, h, w, generator=torch.Generator().manual_seed(1))
+    body = _trace_and_export(MaskedForward(model, (H, W)).eval(), (x, maps, torch.zeros(1, dtype=torch.int64)),
+                             tmp / "body.onnx", ["image", "maps", "class_idx"], ["scores"], what="masked passes", **kw)
+    log("tracing AMU and AMS ...")
+    example = [torch.zeros(1, 3, H, W), torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64),
+               torch.zeros(1), torch.rand(K, h, w), torch.rand(1, h, w), torch.zeros(1),
+               torch.zeros(K, dtype=torch.bool), torch.arange(K), torch.ones(1, dtype=torch.int64), torch.rand(K + 1)]
+    back = _trace_and_export(Back(model, (H, W)), tuple(example), tmp / "back.onnx", _BACK_IN, OUTPUTS,
+                             what="fusion", **kw)
+    log(f"stitching the parts around a loop of up to {-(-K // chunk)} iterations ...")
+    _stitch(front, body, back, path, {**model_identity(model, layer_name, (H, W), reshape, classes),
+                                      gid.GRAPH: "end_to_end"})
+
+
 def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, input_size=(224, 224),
                       theta: float = DEFAULTS.theta, chunk: int = DEFAULT_CHUNK, opset: int = 18, log=None,
                       model_name: str | None = None, reshape: str | None = None,
@@ -215,11 +246,6 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
         {"path", "bytes", "nodes", "export_s", "channels", "chunk", "forward_flops", "sha256"} (also
         written to ``unioncam.json`` beside the graph, where ``unioncam bench --onnx`` reads them).
     """
-    from unioncam import graph_identity as gid
-    from unioncam.ownership import claim, record
-
-    from .exporter import _probe, forward_flops, graph_stats, model_identity
-
     theta = check_theta(theta)
     chunk = check_positive_int(chunk, "chunk")
     layer_name, layer = resolve_layer(model, target_layer)
@@ -240,37 +266,15 @@ def export_end_to_end(model: nn.Module, target_layer, out_dir: str | Path, *, in
         tmp = Path(tmp)
         _, C, K, (h, w) = _probe(model, layer_name, layer, (H, W), reshape)
         chunk = min(chunk, K)
-        say = log or (lambda line: None)
         x = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0))
-        c = torch.tensor([-1], dtype=torch.int64)
-        with torch.no_grad():
-            black = torch.softmax(model(torch.zeros(1, 3, H, W)), dim=1)[0].detach().float()
-        kw = {"opset": opset, "model": model, "layer_name": layer_name}
-        say("tracing the gradient pass and the pass plan ...")
-        front = _trace_and_export(Front(model, layer_name, layer, (H, W), theta, chunk, C, black, reshape), (x, c),
-                                  tmp / "front.onnx", ["image", "class_idx"], _FRONT_OUT, what="gradient pass", **kw)
-        say(f"tracing the masked passes (loop body, {chunk} per iteration) ...")
-        maps = torch.rand(1, chunk, h, w, generator=torch.Generator().manual_seed(1))
-        body = _trace_and_export(MaskedForward(model, (H, W)).eval(), (x, maps, torch.zeros(1, dtype=torch.int64)),
-                                 tmp / "body.onnx", ["image", "maps", "class_idx"], ["scores"], what="masked passes",
-                                 **kw)
-        say("tracing AMU and AMS ...")
-        example = [torch.zeros(1, 3, H, W), torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64),
-                   torch.zeros(1), torch.rand(K, h, w), torch.rand(1, h, w), torch.zeros(1),
-                   torch.zeros(K, dtype=torch.bool), torch.arange(K), torch.ones(1, dtype=torch.int64),
-                   torch.rand(K + 1)]
-        back = _trace_and_export(Back(model, (H, W)), tuple(example), tmp / "back.onnx", _BACK_IN, OUTPUTS,
-                                 what="fusion", **kw)
-        say(f"stitching the parts around a loop of up to {-(-K // chunk)} iterations ...")
         path = tmp / E2E_ONNX
-        _stitch(front, body, back, path, {**model_identity(model, layer_name, (H, W), reshape, C),
-                                          gid.GRAPH: "end_to_end"})
+        _build(model, layer_name, layer, x, path, theta=theta, chunk=chunk, classes=C, channels=K, feature=(h, w),
+               reshape=reshape, log=log or (lambda line: None), opset=opset)
         stats = graph_stats(path)
-        say(f"wrote {stats['nodes']} nodes in {time.perf_counter() - t:.0f} s")
+        (log or (lambda line: None))(f"wrote {stats['nodes']} nodes in {time.perf_counter() - t:.0f} s")
         info = {"model": model_name or type(model).__name__, "bytes": stats["bytes"], "nodes": stats["nodes"],
-                "ops": stats["ops"], "channels": K,
-                "chunk": chunk, "theta": theta, "layer": layer_name, "input_size": [H, W],
-                "forward_flops": forward_flops(model, x), "export_s": time.perf_counter() - t,
+                "ops": stats["ops"], "channels": K, "chunk": chunk, "theta": theta, "layer": layer_name,
+                "input_size": [H, W], "forward_flops": forward_flops(model, x), "export_s": time.perf_counter() - t,
                 "sha256": sha256_file(path)}
         check_loads(path)
         (tmp / "unioncam.json").write_text(json.dumps(info, indent=2))

@@ -108,85 +108,98 @@ def export(
         LayerNotFoundError, ExportError (unsupported op, named with its layer; unwritable folder;
         input too small), ArtifactError.
     """
-    check_model(model)
-    H, W = check_input_size(input_size, "input_size")
-    opset = check_opset(opset)
-    layer_name, layer = resolve_layer(model, target_layer)
-    reshape = parse_reshape(reshape)
+    (H, W), opset, (layer_name, layer), reshape = _checked(model, target_layer, input_size, opset, reshape)
     timings = {}
-    param = next(model.parameters(), None)
-    if param is not None and param.dtype != torch.float32:
-        raise ExportError(f"export needs a float32 model, got {param.dtype}: call model.float()")
     with eval_mode(model), atomic_directory(out_dir, owned=owned) as tmp:
         x, C, K, (h, w) = _probe(model, layer_name, layer, (H, W), reshape)
         identity = model_identity(model, layer_name, (H, W), reshape, C)
         c = torch.tensor([0, min(1, C - 1)], dtype=torch.int64)
-        batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-
+        common = {"opset": opset, "model": model, "layer_name": layer_name}
         t = time.perf_counter()
-        grad_fn = GradientFunction(model, layer_name, layer, reshape)
-        try:
-            gm = trace(grad_fn, (x, c))
-        except (LayerNotFoundError, InvalidInputError):
-            raise
-        except NotImplementedError as e:
-            raise ExportError(f"cannot differentiate the layers after {layer_name!r}: {e}") from None
-        except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ExportError(f"tracing the gradient of {layer_name!r} failed: {type(e).__name__}: {first}") from None
-        export_onnx(
-            _Call(gm).eval(), (x, c), tmp / GRADIENT_ONNX,
-            input_names=["image", "class_idx"], output_names=["logits", "activations", "gradients"],
-            dynamic_shapes=({0: batch}, {0: batch}), opset=opset, model=model, layer_name=layer_name,
-            metadata={**identity, gid.GRAPH: "gradient"},
-        )
+        _export_gradient(GradientFunction(model, layer_name, layer, reshape), (x, c), tmp, identity, common)
         timings["gradient_s"] = time.perf_counter() - t
-
         t = time.perf_counter()
-        # M differs from every other example size: symbolic tracing gives equal sizes one symbol, and
-        # M = 3 would be tied to the image's 3 channels (the traced fallback below would fix M = 3).
-        m = next(v for v in range(5, 64) if v not in (2, 3, h, w, H, W))
-        maps = torch.rand(2, m, h, w, generator=torch.Generator().manual_seed(1))
-        m_dim = torch.export.Dim("maps", min=1, max=MAX_BATCH)
-        mh = torch.export.Dim("map_h", min=1, max=max(H, h) + 1)
-        mw = torch.export.Dim("map_w", min=1, max=max(W, w) + 1)
-        masked_kw = {"input_names": ["image", "maps", "class_idx"], "output_names": ["scores"],
-                     "dynamic_shapes": ({0: batch}, {0: batch, 1: m_dim, 2: mh, 3: mw}, {0: batch}), "opset": opset,
-                     "model": model, "layer_name": layer_name, "metadata": {**identity, gid.GRAPH: "masked_forward"}}
-        try:
-            export_onnx(MaskedForward(model, (H, W)).eval(), (x, maps, c), tmp / MASKED_ONNX, **masked_kw)
-        except UnsupportedOpError as e:
-            # Forward ops torch.onnx cannot translate (uneven adaptive max pooling) may have one of
-            # our decompositions: trace below them, as the gradient graph is, and export that.
-            # Only then: the direct export is what every other model gets, measured and tested.
-            try:
-                gm = trace(MaskedForward(model, (H, W)).eval(), (x, maps, c))
-            except Exception:
-                raise e from None
-            export_onnx(_Call3(gm).eval(), (x, maps, c), tmp / MASKED_ONNX, **masked_kw)
+        _export_masked(MaskedForward(model, (H, W)).eval(), x, c, (h, w), tmp, identity, common)
         timings["masked_forward_s"] = time.perf_counter() - t
         for name in (GRADIENT_ONNX, MASKED_ONNX):
             check_loads(tmp / name)  # an export is done only once ONNX Runtime accepts its graphs
-
-        manifest = Manifest(
-            model=model_name or type(model).__name__,
-            layer=layer_name,
-            input_size=(H, W),
-            channels=K,
-            feature_size=(h, w),
-            num_classes=C,
-            mean=list(mean) if mean is not None else None,
-            std=list(std) if std is not None else None,
-            opset=opset,
-            files={n: sha256_file(tmp / n) for n in (GRADIENT_ONNX, MASKED_ONNX)},
-            exporter_version=__version__,
-            torch_version=torch.__version__,
-            extra={"export_timings_s": timings, "forward_flops": forward_flops(model, x[:1]),
-                   "fingerprint": {"weights_sha256": identity[gid.WEIGHTS]},
-                   **({"reshape": reshape.spec} if reshape is not None else {})},
-        )
+        manifest = _manifest(model, x, tmp, identity, timings, model_name=model_name or type(model).__name__,
+                             layer=layer_name, input_size=(H, W), channels=K, feature_size=(h, w), num_classes=C,
+                             mean=mean, std=std, opset=opset, reshape=reshape)
         (tmp / MANIFEST).write_text(manifest.to_json())
     return manifest
+
+
+def _checked(model: nn.Module, target_layer, input_size, opset: int, reshape):
+    """The export's arguments, checked: (H, W), opset, (layer name, layer), reshape."""
+    check_model(model)
+    size = check_input_size(input_size, "input_size")
+    param = next(model.parameters(), None)
+    if param is not None and param.dtype != torch.float32:
+        raise ExportError(f"export needs a float32 model, got {param.dtype}: call model.float()")
+    return size, check_opset(opset), resolve_layer(model, target_layer), parse_reshape(reshape)
+
+
+def _manifest(model, x, tmp: Path, identity: dict, timings: dict, *, model_name, mean, std, reshape,
+              **facts) -> Manifest:
+    """The manifest of the graphs in ``tmp``: their digests, the model's facts, how they were made."""
+    return Manifest(
+        model=model_name, **facts, mean=list(mean) if mean is not None else None,
+        std=list(std) if std is not None else None,
+        files={n: sha256_file(tmp / n) for n in (GRADIENT_ONNX, MASKED_ONNX)}, exporter_version=__version__,
+        torch_version=torch.__version__,
+        extra={"export_timings_s": timings, "forward_flops": forward_flops(model, x[:1]),
+               "fingerprint": {"weights_sha256": identity[gid.WEIGHTS]},
+               **({"reshape": reshape.spec} if reshape is not None else {})})
+
+
+def _batch_dim():
+    return torch.export.Dim("batch", min=1, max=MAX_BATCH)
+
+
+def _export_gradient(grad_fn, args, tmp: Path, identity: dict, common: dict) -> None:
+    """``gradient.onnx``: the traced gradient function (below the layer, every op differentiated)."""
+    layer_name = common["layer_name"]
+    try:
+        gm = trace(grad_fn, args)
+    except (LayerNotFoundError, InvalidInputError):
+        raise
+    except NotImplementedError as e:
+        raise ExportError(f"cannot differentiate the layers after {layer_name!r}: {e}") from None
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"tracing the gradient of {layer_name!r} failed: {type(e).__name__}: {first}") from None
+    batch = _batch_dim()
+    export_onnx(_Call(gm).eval(), args, tmp / GRADIENT_ONNX, input_names=["image", "class_idx"],
+                output_names=["logits", "activations", "gradients"], dynamic_shapes=({0: batch}, {0: batch}),
+                metadata={**identity, gid.GRAPH: "gradient"}, **common)
+
+
+def _export_masked(masked: nn.Module, x, c, feature: tuple[int, int], tmp: Path, identity: dict,
+                   common: dict) -> None:
+    """``masked_forward.onnx``: the batched masked forward, maps of any count and size."""
+    (h, w), (H, W) = feature, tuple(x.shape[2:])
+    # M differs from every other example size: symbolic tracing gives equal sizes one symbol, and
+    # M = 3 would be tied to the image's 3 channels (the traced fallback below would fix M = 3).
+    m = next(v for v in range(5, 64) if v not in (2, 3, h, w, H, W))
+    maps = torch.rand(2, m, h, w, generator=torch.Generator().manual_seed(1))
+    batch = _batch_dim()
+    dims = ({0: batch}, {0: batch, 1: torch.export.Dim("maps", min=1, max=MAX_BATCH),
+                         2: torch.export.Dim("map_h", min=1, max=max(H, h) + 1),
+                         3: torch.export.Dim("map_w", min=1, max=max(W, w) + 1)}, {0: batch})
+    kw = {"input_names": ["image", "maps", "class_idx"], "output_names": ["scores"], "dynamic_shapes": dims,
+          "metadata": {**identity, gid.GRAPH: "masked_forward"}, **common}
+    try:
+        export_onnx(masked, (x, maps, c), tmp / MASKED_ONNX, **kw)
+    except UnsupportedOpError as e:
+        # Forward ops torch.onnx cannot translate (uneven adaptive max pooling) may have one of
+        # our decompositions: trace below them, as the gradient graph is, and export that.
+        # Only then: the direct export is what every other model gets, measured and tested.
+        try:
+            gm = trace(masked, (x, maps, c))
+        except Exception:
+            raise e from None
+        export_onnx(_Call3(gm).eval(), (x, maps, c), tmp / MASKED_ONNX, **kw)
 
 
 def model_identity(model: nn.Module, layer_name: str, input_size, reshape, num_classes: int) -> dict:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from unioncam.errors import ExportError
 
@@ -28,8 +30,6 @@ def renamed_graph_parts(model, prefix: str, keep: dict[str, str]):
     Refuses graphs with control flow: none of the traced graphs has any, and renaming inside
     subgraphs (with their outer-scope references) is not needed.
     """
-    import onnx
-
     g = model.graph
     name = _renamer(prefix, keep)
     nodes = []
@@ -55,8 +55,6 @@ def renamed_graph_parts(model, prefix: str, keep: dict[str, str]):
 def share_initializers(nodes, inits):
     """Keep one initializer per distinct (dtype, shape, bytes): the parts traced from the same model
     carry the same weights. Rewrites ``nodes``' inputs in place; returns the kept initializers."""
-    from onnx import numpy_helper
-
     canonical, kept, alias = {}, [], {}
     for t in inits:
         arr = numpy_helper.to_array(t)
@@ -73,8 +71,6 @@ def share_initializers(nodes, inits):
 
 def opset_imports(*models):
     """The union of the models' opset imports (highest version per domain)."""
-    import onnx
-
     versions = {}
     for m in models:
         for o in m.opset_import:
@@ -109,21 +105,35 @@ def rows_loop(*, trips: str, rows: str, table: str, state: str, out: str, row_mo
     Returns:
         The ``Loop`` node (its body holds ``row_model``'s nodes and initializers).
     """
-    from onnx import TensorProto, helper, numpy_helper
-
     p = prefix
     keep = dict(row_inputs)
     keep[map_input] = p + "maps"
     keep[score_output] = p + "scores"
     nodes, inits, infos = renamed_graph_parts(row_model, p + "m/", keep)
-    chunk = None
-    for vi in row_model.graph.input:
-        if vi.name == map_input:
-            chunk = vi.type.tensor_type.shape.dim[1].dim_value
+    chunk = next((vi.type.tensor_type.shape.dim[1].dim_value for vi in row_model.graph.input
+                  if vi.name == map_input), None)
     if not chunk:
         raise ExportError("the row model needs a static chunk size (its map input's second dimension)")
-    c = lambda name, value: numpy_helper.from_array(np.asarray(value), p + name)  # noqa: E731
-    inits += [c("axis0", np.array([0], np.int64)), c("flat", np.array([-1], np.int64))]
+    head, tail, consts = _gather_scatter(p, rows, table)
+    body = helper.make_graph(
+        head + nodes + tail, "masked_passes",
+        [helper.make_tensor_value_info(p + "i", TensorProto.INT64, []),
+         helper.make_tensor_value_info(p + "cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info(p + "state_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info(p + "cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info(p + "state_out", TensorProto.FLOAT, None)],
+        initializer=inits + consts, value_info=infos)
+    true = p + "true"
+    loop = helper.make_node("Loop", [trips, true, state], [out], body=body, name=p + "masked_passes")
+    return loop, [numpy_helper.from_array(np.array(True), true)], int(chunk)
+
+
+def _gather_scatter(p: str, rows: str, table: str) -> tuple[list, list, list]:
+    """The loop body's nodes around the row model: (gather the row's maps, scatter its scores, the
+    constants they use)."""
+    def c(name, value):
+        return numpy_helper.from_array(np.asarray(value), p + name)
+
     head = [
         helper.make_node("Gather", [rows, p + "i"], [p + "idx"], axis=0, name=p + "row"),
         # The padding index K is clamped to a real channel for the gather; its score goes to slot K.
@@ -133,24 +143,14 @@ def rows_loop(*, trips: str, rows: str, table: str, state: str, out: str, row_mo
         helper.make_node("Gather", [table, p + "gidx"], [p + "picked"], axis=0, name=p + "pick"),
         helper.make_node("Unsqueeze", [p + "picked", p + "axis0"], [p + "maps"], name=p + "batch_axis"),
     ]
-    inits.append(c("one", np.array([1], np.int64)))
     tail = [
         helper.make_node("Reshape", [p + "scores", p + "flat"], [p + "row_scores"], name=p + "flatten"),
         helper.make_node("ScatterElements", [p + "state_in", p + "idx", p + "row_scores"], [p + "state_out"],
                          axis=0, name=p + "scatter"),
         helper.make_node("Identity", [p + "cond_in"], [p + "cond_out"], name=p + "continue"),
     ]
-    body = helper.make_graph(
-        head + nodes + tail, "masked_passes",
-        [helper.make_tensor_value_info(p + "i", TensorProto.INT64, []),
-         helper.make_tensor_value_info(p + "cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info(p + "state_in", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info(p + "cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info(p + "state_out", TensorProto.FLOAT, None)],
-        initializer=inits, value_info=infos)
-    true = p + "true"
-    loop = helper.make_node("Loop", [trips, true, state], [out], body=body, name=p + "masked_passes")
-    return loop, [numpy_helper.from_array(np.array(True), true)], int(chunk)
+    consts = [c("axis0", np.array([0], np.int64)), c("flat", np.array([-1], np.int64)), c("one", np.array([1], np.int64))]
+    return head, tail, consts
 
 
 def check_no_functions(*models) -> None:

@@ -106,35 +106,9 @@ class Explainer:
         self.session_options = check_ort_options(session_options)
         self.provider_options = check_provider_options(provider_options, device)
         info = backend_info(backend)
-        options = {"threads": threads, "buffers": buffers, "session_options": self.session_options}
-        if self.provider_options:
-            options["provider_options"] = self.provider_options
-
-        def make(graph: str, tf32: bool):
-            extra = {"tf32": True} if tf32 else {}
-            return info.make_runner(self.directory, graph, device=device, manifest=self.manifest, **options, **extra)
-
-        # Three sessions, each with one call shape (see runtime/passes.py). The fusion passes decide
-        # the betas and AMS's selection: their own session of the FP32 graph, TF32 off, whatever
-        # the precision of the other passes (measured: INT8 fusion passes flip selections).
-        tf32 = self.precision == "tf32"
-        self._runners = [make(GRADIENT_ONNX, tf32), make(masked, tf32), make(MASKED_ONNX, False)]
-        if device == "cpu":
-            # On the CPU the remainder of each image's channel passes goes one map per call to a
-            # session of its own (1 map a call): no pass is wasted on padding (measured below).
-            self._runners.append(make(masked, False))
-        active = []
-        try:
-            for runner in self._runners:
-                runner.activate()
-                active.append(runner)
-        except BaseException:
-            for runner in active:
-                runner.deactivate()
-            raise
+        self._runners = self._open_runners(info, masked, threads=threads, buffers=buffers)
         grad, region, fusion = self._runners[:3]
-        limit = region.max_batch or 1 << 30
-        self.batch_size = min(batch_size or info.default_batch.get(device, 16), limit)
+        self.batch_size = min(batch_size or info.default_batch.get(device, 16), region.max_batch or 1 << 30)
         self.passes = RunnerPasses(grad, region, fusion, num_classes=self.manifest.num_classes,
                                    input_size=self.manifest.input_size, feature_size=self.manifest.feature_size,
                                    batch_size=self.batch_size,
@@ -157,6 +131,36 @@ class Explainer:
         except BaseException:
             self.close()
             raise
+
+    def _open_runners(self, info, masked: str, *, threads, buffers) -> list:
+        """The sessions, activated: three, each with one call shape (see runtime/passes.py), and on
+        the CPU a fourth for the remainder of each image's channel passes, one map a call (no pass
+        wasted on padding). The fusion passes decide the betas and AMS's selection: their own
+        session of the FP32 graph, TF32 off, whatever the precision of the other passes (measured:
+        INT8 fusion passes flip selections)."""
+        options = {"threads": threads, "buffers": buffers, "session_options": self.session_options}
+        if self.provider_options:
+            options["provider_options"] = self.provider_options
+
+        def make(graph: str, tf32: bool):
+            extra = {"tf32": True} if tf32 else {}
+            return info.make_runner(self.directory, graph, device=self.device, manifest=self.manifest, **options,
+                                    **extra)
+
+        tf32 = self.precision == "tf32"
+        runners = [make(GRADIENT_ONNX, tf32), make(masked, tf32), make(MASKED_ONNX, False)]
+        if self.device == "cpu":
+            runners.append(make(masked, False))
+        active = []
+        try:
+            for runner in runners:
+                runner.activate()
+                active.append(runner)
+        except BaseException:
+            for runner in active:
+                runner.deactivate()
+            raise
+        return runners
 
     #: The settings keys :meth:`from_settings` reads (a report's "settings", a bench cell's spec).
     SETTINGS = ("backend", "device", "batch_size", "theta", "max_passes", "method", "precision", "threads",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from unioncam import validation as v
-from unioncam.errors import InvalidInputError, UnionCAMError, UsageError
+from unioncam.errors import UnionCAMError, UsageError
 
 up = lambda x: float(np.nextafter(x, math.inf))  # noqa: E731
 down = lambda x: float(np.nextafter(x, -math.inf))  # noqa: E731

@@ -5,7 +5,6 @@ Files: ``gradient.onnx``, ``masked_forward.onnx``, ``manifest.json`` (and option
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile

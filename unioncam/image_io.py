@@ -247,21 +247,7 @@ def decode_rgb(data, name: str = "the image", *, lenient: bool = False, size: tu
     label = Path(name)
     try:
         size = size if size is not None else header_size(data)
-        if max_pixels is not None:
-            if size is None:
-                raise ImageReadError(f"{name}: its header gives no picture size (not a JPEG, PNG or other format "
-                                     "whose size can be read before decoding); send a JPEG or PNG")
-            if size[0] * size[1] > max_pixels:
-                raise ImageReadError(f"{name} declares {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, above this "
-                                     f"server's limit of {max_pixels:,}; downscale it first (the model needs only its "
-                                     "input size)")
-        if size is None and data[:8].tobytes().startswith(_SIGNATURES) and data.size > METADATA_ROOM:
-            raise ImageReadError(f"{name} starts as an image but its header gives no picture size (damaged or not an "
-                                 "image)")
-        limit = byte_limit(size)
-        if data.size > limit:
-            raise ImageReadError(f"{name} is {data.size:,} bytes, more than any image of its size can hold ({limit:,}); "
-                                 "it is damaged or not an image")
+        _check_declared(name, data, size, max_pixels)
         try:
             img = _decode(data, label, lenient=lenient, flags=_flags_within_ceiling(label, data, size))
         except ImageReadError:
@@ -271,10 +257,34 @@ def decode_rgb(data, name: str = "the image", *, lenient: bool = False, size: tu
     except MemoryError:
         raise ImageReadError(f"{name}: not enough free memory to decode it (its header says "
                              f"{'x'.join(map(str, size)) if size else 'no size'}); downscale it, or free memory") from None
-    path = label
+    return _as_rgb(label, _as_uint8(label, img, data))
+
+
+def _check_declared(name: str, data: np.ndarray, size, max_pixels: int | None) -> None:
+    """What the header declares, before a byte is decoded: within ``max_pixels``, and bytes no more
+    than a picture of that size can hold."""
+    if max_pixels is not None:
+        if size is None:
+            raise ImageReadError(f"{name}: its header gives no picture size (not a JPEG, PNG or other format "
+                                 "whose size can be read before decoding); send a JPEG or PNG")
+        if size[0] * size[1] > max_pixels:
+            raise ImageReadError(f"{name} declares {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, above this "
+                                 f"server's limit of {max_pixels:,}; downscale it first (the model needs only its "
+                                 "input size)")
+    if size is None and data[:8].tobytes().startswith(_SIGNATURES) and data.size > METADATA_ROOM:
+        raise ImageReadError(f"{name} starts as an image but its header gives no picture size (damaged or not an "
+                             "image)")
+    limit = byte_limit(size)
+    if data.size > limit:
+        raise ImageReadError(f"{name} is {data.size:,} bytes, more than any image of its size can hold ({limit:,}); "
+                             "it is damaged or not an image")
+
+
+def _as_uint8(path: Path, img: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """16-bit and float pixels as 8-bit; float pixels must be finite and in [0, 1]."""
     if img.dtype == np.uint16:
-        img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
-    elif img.dtype in (np.float32, np.float64):
+        return (img.astype(np.float32) / 257.0).round().astype(np.uint8)
+    if img.dtype in (np.float32, np.float64):
         img = _float_pixels(path, img, data)
         if not np.isfinite(img).all():
             raise ImageReadError(f"{path} has NaN or Inf pixels; clean the image before explaining it")
@@ -289,9 +299,14 @@ def decode_rgb(data, name: str = "the image", *, lenient: bool = False, size: tu
             # Refused, never clipped: the same rule as for arrays (docs/guarantees.md, "Guarantees under bad input and faults").
             raise ImageReadError(f"{path} holds float pixels in [{lo:.4g}, {hi:.4g}]; a float image must lie in "
                                  "[0, 1] (divide 0-255 data by 255, or save it as 8-bit)")
-        img = (img * 255.0).round().astype(np.uint8)
-    elif img.dtype != np.uint8:
+        return (img * 255.0).round().astype(np.uint8)
+    if img.dtype != np.uint8:
         raise ImageReadError(f"unsupported pixel type {img.dtype} in {path}; convert it to 8-bit RGB")
+    return img
+
+
+def _as_rgb(path: Path, img: np.ndarray) -> np.ndarray:
+    """Grey, BGR and BGRA as RGB."""
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     channels = img.shape[2]

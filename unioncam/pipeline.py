@@ -227,28 +227,15 @@ def explain_methods(passes: Passes, images, class_idx, methods, options: PassOpt
         used = {k: spent[k] for k in stages}
         return {**used, "total": sum(used.values())}
 
-    out: dict[str, Explanation] = {}
-    for m, info in infos.items():
-        if info.kind == "gradient":
-            L = algebra.weighted_map(A, getattr(algebra, info.weights)(A, gp.gradients))
-            out[m] = Explanation.from_map(m, algebra.normalized(L, (H, W)), logits=gp.logits, class_idx=classes,
-                                          timings_ms=timings(["gradient"]), stats=dict(stats))
+    out = {m: _gradient_explanation(m, info, gp, (H, W), timings(["gradient"]), stats)
+           for m, info in infos.items() if info.kind == "gradient"}
     if kinds <= {"gradient"}:
         return {m: out[m] for m in methods}
 
     t = time.perf_counter()
     xp = namespace(A)
     base = xp.astype(passes.black_probs()[xp.asarray(classes)], A.dtype)
-    total = algebra.passes_needed(A, skip_constant=options.skip_constant, max_passes=options.max_passes)
-    with _progress_bar(options.progress, total) as bar:
-        def region_scores(index, maps):
-            if bar is not None:  # the exact count, duplicates and budget applied, before any pass runs
-                bar.total = int(maps.shape[0])
-                bar.refresh()
-            return score_maps(passes, images, index, maps, classes, bar=bar)
-
-        cs = algebra.channel_scores(A, base, region_scores, skip_constant=options.skip_constant,
-                                    skip_duplicates=options.skip_duplicates, max_passes=options.max_passes)
+    cs = _region_scores(passes, images, A, classes, base, options)
     L_reg = algebra.region_map(A, cs.scores)
     spent["region"] = (time.perf_counter() - t) * 1e3
     counts = {"constant_channels": int(algebra.to_numpy(cs.constant).sum()), "duplicate_channels": cs.duplicates,
@@ -271,6 +258,28 @@ def explain_methods(passes: Passes, images, class_idx, methods, options: PassOpt
                                                  timings_ms=timings(["gradient", "region", "fusion"]),
                                                  stats={**stats, **counts, "masked_passes": cs.passes + 3 * B})
     return {m: out[m] for m in methods}
+
+
+def _gradient_explanation(method: str, info, gp: GradientPass, size, timings_ms: dict, stats: dict) -> Explanation:
+    """A gradient method's map (Grad-CAM's family): its channel weights from the one gradient pass."""
+    A = gp.activations
+    L = algebra.weighted_map(A, getattr(algebra, info.weights)(A, gp.gradients))
+    return Explanation.from_map(method, algebra.normalized(L, size), logits=gp.logits, class_idx=gp.class_idx,
+                                timings_ms=timings_ms, stats=dict(stats))
+
+
+def _region_scores(passes: Passes, images, A, classes, base, options: PassOptions):
+    """Every channel's score (step 3 of the spec) through the masked passes, with a progress bar."""
+    total = algebra.passes_needed(A, skip_constant=options.skip_constant, max_passes=options.max_passes)
+    with _progress_bar(options.progress, total) as bar:
+        def region_scores(index, maps):
+            if bar is not None:  # the exact count, duplicates and budget applied, before any pass runs
+                bar.total = int(maps.shape[0])
+                bar.refresh()
+            return score_maps(passes, images, index, maps, classes, bar=bar)
+
+        return algebra.channel_scores(A, base, region_scores, skip_constant=options.skip_constant,
+                                      skip_duplicates=options.skip_duplicates, max_passes=options.max_passes)
 
 
 __all__ = ["GradientPass", "METHODS", "PassOptions", "Passes", "STAGES", "explain", "explain_methods", "run_gradient",

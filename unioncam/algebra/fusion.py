@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .budget import choose_channels, estimate_scores, mask_features
 from .maps import constant_channels, duplicate_masks, minmax, normalized
 from .namespace import namespace, to_numpy
 
@@ -82,58 +83,73 @@ def channel_scores(activations, base, score: ScoreFn, *, skip_constant: bool = T
 
     # Gather the channels that need a pass, score them, scatter back. Integer-array indexing and
     # item assignment are not in the array API standard, but NumPy, torch and CuPy all have them.
-    run = ~to_numpy(constant)
-    b_idx, k_idx = np.nonzero(run)
+    b_idx, k_idx = np.nonzero(~to_numpy(constant))
     # source[i]: the run position whose score position i takes (itself unless its mask is a duplicate).
-    source = np.arange(b_idx.size)
-    if skip_duplicates:
-        for b in np.unique(b_idx):
-            pos = np.flatnonzero(b_idx == b)
-            source[pos] = pos[to_numpy(duplicate_masks(activations[b, xp.asarray(k_idx[pos], device=dev)]))]
+    source = _duplicate_sources(activations, b_idx, k_idx) if skip_duplicates else np.arange(b_idx.size)
     unique = source == np.arange(b_idx.size)
-    duplicates = int(b_idx.size - unique.sum())
-    scored = unique.copy()
-    budget = {}
-    if max_passes is not None:
-        from .budget import choose_channels, mask_features
-
-        A_host = to_numpy(activations)
-        for b in np.unique(b_idx):
-            pos = np.flatnonzero((b_idx == b) & unique)
-            if pos.size <= max_passes:
-                continue
-            maps = A_host[b, k_idx[pos]]
-            feats = mask_features(maps)
-            chosen = choose_channels(feats, np.abs(maps).sum(axis=(1, 2)), max_passes)
-            scored[pos] = False
-            scored[pos[chosen]] = True
-            budget[int(b)] = (pos, feats, chosen)
+    scored, budget = _within_budget(activations, b_idx, k_idx, unique, max_passes)
     done = np.flatnonzero(scored)
     scores = xp.asarray(base_bk, copy=True)
     estimated = np.zeros((B, K), bool) if max_passes is not None else None
     error = np.zeros(B) if max_passes is not None else None
     if done.size:
-        bi = xp.asarray(b_idx[done], device=dev)
-        ki = xp.asarray(k_idx[done], device=dev)
-        s_done = xp.astype(score(bi, activations[bi, ki]), activations.dtype)
-        if budget:
-            from .budget import estimate_scores
-
-            # Estimates are host work on a few hundred floats, whatever the device.
-            s_run = np.zeros(b_idx.size)
-            s_run[done] = to_numpy(s_done)
-            est_run = np.zeros(b_idx.size, bool)
-            for b, (pos, feats, chosen) in budget.items():
-                s_run[pos], exact, error[b] = estimate_scores(feats, chosen, s_run[pos[chosen]])
-                est_run[pos] = ~exact
-            estimated[b_idx, k_idx] = est_run[source]  # a duplicate of an estimated mask is estimated too
-            s_all = xp.asarray(s_run[source], dtype=activations.dtype, device=dev)
-        else:
-            slot = np.empty(b_idx.size, np.int64)
-            slot[done] = np.arange(done.size)
-            s_all = s_done[xp.asarray(slot[source], device=dev)]
+        s_all = _scored(activations, score, b_idx, k_idx, done, source, budget, estimated, error)
         scores[xp.asarray(b_idx, device=dev), xp.asarray(k_idx, device=dev)] = s_all
-    return ChannelScores(scores, constant, int(done.size), duplicates, estimated, error)
+    return ChannelScores(scores, constant, int(done.size), int(b_idx.size - unique.sum()), estimated, error)
+
+
+def _scored(activations, score: ScoreFn, b_idx, k_idx, done, source, budget: dict, estimated, error):
+    """The scores of every run position: the passes of ``done``, estimates for the rest of an
+    image over budget (``estimated`` and ``error`` filled in), duplicates copied from their source."""
+    xp, dev = namespace(activations), getattr(activations, "device", None)
+    bi = xp.asarray(b_idx[done], device=dev)
+    ki = xp.asarray(k_idx[done], device=dev)
+    s_done = xp.astype(score(bi, activations[bi, ki]), activations.dtype)
+    if not budget:
+        slot = np.empty(b_idx.size, np.int64)
+        slot[done] = np.arange(done.size)
+        return s_done[xp.asarray(slot[source], device=dev)]
+    # Estimates are host work on a few hundred floats, whatever the device.
+    s_run = np.zeros(b_idx.size)
+    s_run[done] = to_numpy(s_done)
+    est_run = np.zeros(b_idx.size, bool)
+    for b, (pos, feats, chosen) in budget.items():
+        s_run[pos], exact, error[b] = estimate_scores(feats, chosen, s_run[pos[chosen]])
+        est_run[pos] = ~exact
+    estimated[b_idx, k_idx] = est_run[source]  # a duplicate of an estimated mask is estimated too
+    return xp.asarray(s_run[source], dtype=activations.dtype, device=dev)
+
+
+def _duplicate_sources(activations, b_idx: np.ndarray, k_idx: np.ndarray) -> np.ndarray:
+    """For each run position, the first position of its image whose mask equals its own."""
+    xp, dev = namespace(activations), getattr(activations, "device", None)
+    source = np.arange(b_idx.size)
+    for b in np.unique(b_idx):
+        pos = np.flatnonzero(b_idx == b)
+        source[pos] = pos[to_numpy(duplicate_masks(activations[b, xp.asarray(k_idx[pos], device=dev)]))]
+    return source
+
+
+def _within_budget(activations, b_idx: np.ndarray, k_idx: np.ndarray, unique: np.ndarray,
+                   max_passes: int | None) -> tuple[np.ndarray, dict]:
+    """(which run positions get a pass, ``{image: (positions, features, chosen)}`` of the images
+    whose distinct masks exceed ``max_passes``)."""
+    scored = unique.copy()
+    budget = {}
+    if max_passes is None:
+        return scored, budget
+    A_host = to_numpy(activations)
+    for b in np.unique(b_idx):
+        pos = np.flatnonzero((b_idx == b) & unique)
+        if pos.size <= max_passes:
+            continue
+        maps = A_host[b, k_idx[pos]]
+        feats = mask_features(maps)
+        chosen = choose_channels(feats, np.abs(maps).sum(axis=(1, 2)), max_passes)
+        scored[pos] = False
+        scored[pos[chosen]] = True
+        budget[int(b)] = (pos, feats, chosen)
+    return scored, budget
 
 
 @dataclass

@@ -12,9 +12,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
+from .. import atomic
+from ..bench.machine import machine_facts
 from ..errors import UsageError
+from ..progress import progress_bar
 from ..registry import METHODS
 from ..runtime.backends import BACKENDS, devices
+from .bench_report import render_markdown, render_plot, render_table
 from .common import add_budget_option, add_replace_option, positive_int
 
 
@@ -190,9 +196,6 @@ def _one_graph_facts(path: Path) -> dict:
 
 
 def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
-    from ..bench.machine import machine_facts
-    from .bench_report import render_markdown, render_table
-
     backends = list(args.backend) + (["torch"] if args.compare == "eager" and "torch" not in args.backend else [])
     combos = list(itertools.product(backends, args.device, args.method, args.batch_size, args.threads,
                                     args.max_passes or [None], args.precision or ["fp32"], args.ort_options,
@@ -200,54 +203,24 @@ def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
     report = {"machine": machine_facts(), "model": facts["model"], "layer": facts["layer"],
               "graph": "unioncam.onnx" if args.onnx is not None else ("artifacts" if artifacts else "eager"),
               "ceiling_gflops_per_s": None, "cells": []}
-    ceilings = {}
     if not args.no_ceiling:
         # One ceiling per thread count of the sweep (a 1-thread cell is judged against 1-thread GEMM),
         # measured before the cells; each cell also gets its own, measured just before it, because
-        # a shared machine's speed drifts by tens of percent between minutes (docs/benchmarking.md, "Benchmarking": how to read the fraction of ceiling).
-        for t in sorted(set(args.threads), key=lambda v: v or 1 << 30):
-            ceilings[t] = ceiling(t)
+        # a shared machine's speed drifts by tens of percent between minutes (docs/benchmarking.md,
+        # "Benchmarking": how to read the fraction of ceiling).
+        ceilings = {t: ceiling(t) for t in sorted(set(args.threads), key=lambda v: v or 1 << 30)}
         report["ceiling_gflops_per_s"] = ceilings[max(ceilings, key=lambda v: v or 1 << 30)]["ceiling"]
         report["ceilings_by_threads"] = {str(t) if t else "all": v["ceiling"] for t, v in ceilings.items()}
         report["gemm"] = {str(t) if t else "all": v for t, v in ceilings.items()}
-    bar = None
-    if not args.no_progress:
-        from ..progress import progress_bar
-
-        bar = progress_bar(total=len(combos), desc="bench cells", unit="cell")
-    import numpy as np
-
+    bar = None if args.no_progress else progress_bar(total=len(combos), desc="bench cells", unit="cell")
     with tempfile.TemporaryDirectory() as tmp:
         first_map = None
-        for i, (backend, device, method, batch, threads, budget, precision, ort_options, provider_options) in enumerate(
-                combos):
-            cell = {"backend": backend, "device": device, "method": method, "batch_size": batch, "threads": threads,
-                    "max_passes": budget, "precision": precision, "ort_options": ort_options,
-                    "provider_options": provider_options}
-            if backend == "torch" and (ort_options != "default" or provider_options != "default"):
-                result = {"status": "unavailable: ONNX Runtime options do not apply to the eager reference"}
-            elif device == "cpu" and (provider_options != "default" or precision == "tf32"):
-                result = {"status": "unavailable: CUDA provider options and tf32 apply to a GPU device"}
-            elif backend == "torch" and device not in BACKENDS["torch"].devices:
-                result = {"status": f"unavailable: the eager reference runs on cpu or cuda, not {device}"}
-            elif backend == "torch" and precision != "fp32":
-                result = {"status": "unavailable: the eager reference runs in the model's dtype (fp32)"}
-            else:
-                spec = {**cell, "artifacts": str(artifacts) if artifacts else None, "model": facts["model"],
-                        "layer": facts["layer"], "onnx": str(args.onnx) if args.onnx else None,
-                        "weights": str(args.weights) if getattr(args, "weights", None) else None,
-                        "input_size": facts["input_size"], "images": images, "warmup": args.warmup,
-                        "iterations": args.iterations,
-                        "duration": args.duration, "dump": str(Path(tmp) / f"cell{i}.npy")}
-                if not args.no_ceiling:
-                    cell["gemm"] = ceiling(threads)
-                    cell["ceiling_gflops_per_s"] = cell["gemm"]["ceiling"]
-                result = _child(["unioncam.bench.cell", json.dumps(spec)], threads)
-            cell.update(result)
+        for i, combo in enumerate(combos):
+            cell = dict(zip(CELL_KEYS, combo))
+            cell.update(_unavailable(cell) or _measure(args, cell, images, artifacts, facts, Path(tmp) / f"cell{i}.npy"))
             if cell["status"] == "ok":
                 cam = np.load(Path(tmp) / f"cell{i}.npy")
-                if first_map is None:
-                    first_map = cam
+                first_map = cam if first_map is None else first_map
                 cell["max_abs_diff_vs_first"] = float(np.abs(cam - first_map).max())
                 gf, ceil = cell.get("gflops_per_s"), cell.get("ceiling_gflops_per_s")
                 cell["fraction_of_ceiling"] = gf / ceil if (gf and ceil) else None
@@ -256,6 +229,43 @@ def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
                 bar.update(1)
     if bar is not None:
         bar.close()
+    return _report(args, report)
+
+
+#: A cell's settings, in the order of the sweep.
+CELL_KEYS = ("backend", "device", "method", "batch_size", "threads", "max_passes", "precision", "ort_options",
+             "provider_options")
+
+
+def _unavailable(cell: dict) -> dict | None:
+    """A cell that cannot run, with why; None where it can."""
+    backend, device, precision = cell["backend"], cell["device"], cell["precision"]
+    if backend == "torch" and (cell["ort_options"] != "default" or cell["provider_options"] != "default"):
+        return {"status": "unavailable: ONNX Runtime options do not apply to the eager reference"}
+    if device == "cpu" and (cell["provider_options"] != "default" or precision == "tf32"):
+        return {"status": "unavailable: CUDA provider options and tf32 apply to a GPU device"}
+    if backend == "torch" and device not in BACKENDS["torch"].devices:
+        return {"status": f"unavailable: the eager reference runs on cpu or cuda, not {device}"}
+    if backend == "torch" and precision != "fp32":
+        return {"status": "unavailable: the eager reference runs in the model's dtype (fp32)"}
+    return None
+
+
+def _measure(args, cell: dict, images: list[str], artifacts: Path | None, facts: dict, dump: Path) -> dict:
+    """One cell, in a process of its own (its threads and memory its own), its map dumped to ``dump``."""
+    spec = {**cell, "artifacts": str(artifacts) if artifacts else None, "model": facts["model"],
+            "layer": facts["layer"], "onnx": str(args.onnx) if args.onnx else None,
+            "weights": str(args.weights) if getattr(args, "weights", None) else None,
+            "input_size": facts["input_size"], "images": images, "warmup": args.warmup,
+            "iterations": args.iterations, "duration": args.duration, "dump": str(dump)}
+    if not args.no_ceiling:
+        cell["gemm"] = ceiling(cell["threads"])
+        cell["ceiling_gflops_per_s"] = cell["gemm"]["ceiling"]
+    return _child(["unioncam.bench.cell", json.dumps(spec)], cell["threads"])
+
+
+def _report(args, report: dict) -> int:
+    """The comparison with the eager reference, the table on the terminal, and the files asked for."""
     eager = [c for c in report["cells"] if c["backend"] == "torch" and c["status"] == "ok"]
     if eager:
         e = eager[0]["stages"]["total"]["p50_ms"]
@@ -270,14 +280,10 @@ def _run(args, images: list[str], artifacts: Path | None, facts: dict) -> int:
     print(render_table(report))
     for label, ratio in report.get("compare_eager", {}).get("speedup_p50", {}).items():
         print(f"  {label}: {ratio:.1f}x faster than the eager PyTorch reference (p50)")
-    from .. import atomic
-
     if args.json:
         atomic.write_text(args.json, json.dumps(report, indent=2), own=True)
     if args.md:
         atomic.write_text(args.md, render_markdown(report), own=True)
     if args.plot:
-        from .bench_report import render_plot
-
         render_plot(report, args.plot)
     return 0 if any(c["status"] == "ok" for c in report["cells"]) else 1

@@ -6,12 +6,28 @@ import sys
 import time
 from pathlib import Path
 
-from ..artifacts import END_TO_END_CHUNK, check_replaceable
+from ..artifacts import END_TO_END_CHUNK, Manifest, check_replaceable
 from ..errors import UsageError
+from ..export.triton import model_config, repository_paths, write_repository
+from ..model_specs import spec
+from ..ownership import claim
+from ..reshape import parse_reshape
+from ..settings import DEFAULTS
 from ..validation import GRAPH_PRECISIONS
 from ..validation import MAX_GRAPH_BATCH as MAX_BATCH
-from .common import add_replace_option
-from ..settings import DEFAULTS
+from ..validation import check_input_size, check_opset, check_positive_int, check_theta
+from .common import add_replace_option, as_usage_error, check_out_folder
+
+from ..lazy import lazy_import
+
+# The exporter and the models need torch (the torch extra) and seconds to import: declared here,
+# imported when `unioncam export` runs.
+exporter = lazy_import("unioncam.export.exporter", extra="torch")
+end_to_end = lazy_import("unioncam.export.end_to_end", extra="torch")
+precision_graphs = lazy_import("unioncam.export.precision", extra="torch")
+export_cache = lazy_import("unioncam.export_cache", extra="torch")
+models = lazy_import("unioncam.models", extra="torch")
+trt_builder = lazy_import("unioncam.runtime.backends.tensorrt.builder", extra="tensorrt")
 
 
 def add_parser(sub) -> None:
@@ -56,19 +72,39 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..model_specs import spec
-    from ..ownership import claim
-    from ..reshape import parse_reshape
-    from ..validation import (
-        check_input_size,
-        check_opset,
-        check_positive_int,
-        check_theta,
-    )
-    from .common import as_usage_error, check_out_folder
-
-    # Every option, before the model loads (a minute for the larger ones): a bad one is exit 2.
     s = spec(args.model)
+    size = _check_options(args, s)  # every option before the model loads (a minute for the larger ones)
+    model, default_layer = models.load(args.model, args.weights)
+    layer, reshape = export_cache.choose_layer(args.layer or default_layer, args.model, model, size, args.reshape)
+    layer = args.layer or layer
+    if args.end_to_end:
+        _export_one_graph(args, model, layer, size, reshape)
+        return 0
+    t = time.perf_counter()
+    manifest = exporter.export(model, layer, args.out, input_size=size, opset=args.opset, model_name=args.model, mean=s.mean,
+                      std=s.std, reshape=reshape)
+    print(f"exported {args.model} layer {manifest.layer} (K={manifest.channels}, {manifest.feature_size[0]}x"
+          f"{manifest.feature_size[1]}) to {args.out} in {time.perf_counter() - t:.1f} s")
+    for precision in dict.fromkeys(args.precision):
+        if precision != "fp32":
+            t = time.perf_counter()
+            path = precision_graphs.add_precision(args.out, precision)
+            print(f"  {precision} masked passes: {path.name} in {time.perf_counter() - t:.1f} s")
+    manifest = Manifest.load(args.out)
+    for name in manifest.files:
+        st = exporter.graph_stats(args.out / name)
+        print(f"  {name}: {st['bytes'] / 1e6:.1f} MB, {st['nodes']} nodes")
+    if args.engine:
+        for name in manifest.files:
+            header = trt_builder.build_engine(args.out / name, fp16=args.fp16, max_batch=args.max_batch,
+                                  compute_capability=args.compute_capability)
+            print(f"  {Path(name).with_suffix('.engine')}: {header['trt_module']} {header['trt_version']}, "
+                  f"{header['gpu_name']}, {header['engine_bytes'] / 1e6:.1f} MB, built in {header['build_seconds']:.1f} s")
+    return 0
+
+
+def _check_options(args: argparse.Namespace, s) -> tuple[int, int]:
+    """Every option's value (a bad one is exit 2) and every output's claim; the input size."""
     with as_usage_error("--theta"):
         check_theta(args.theta)
     with as_usage_error("--chunk"):
@@ -84,8 +120,6 @@ def run(args: argparse.Namespace) -> int:
         size = check_input_size(args.input_size) if args.input_size else s.input_size
     check_out_folder(args.out)
     if args.triton is not None:
-        from ..export.triton import model_config, repository_paths
-
         if not args.end_to_end:
             raise UsageError("--triton writes a model repository for the one graph; add --end-to-end")
         with as_usage_error("--triton"):
@@ -97,59 +131,23 @@ def run(args: argparse.Namespace) -> int:
         claim([args.out / "unioncam.onnx", args.out / "unioncam.json"], replace_user_files=args.replace_user_files)
     else:
         check_replaceable(args.out)
-    from ..export import export, graph_stats
-    from ..export_cache import choose_layer
-    from ..models import load
+    return size
 
-    model, default_layer = load(args.model, args.weights)
-    default_layer, reshape = choose_layer(args.layer or default_layer, args.model, model, size, args.reshape)
-    if args.end_to_end:
-        from ..export.end_to_end import export_end_to_end
 
-        info = export_end_to_end(model, args.layer or default_layer, args.out, input_size=size, theta=args.theta,
-                                 chunk=args.chunk, opset=args.opset, model_name=args.model, reshape=reshape,
-                                 replace_user_files=args.replace_user_files,
-                                 log=lambda line: print(f"unioncam: {line}", file=sys.stderr, flush=True))
-        print(f"exported {args.model} layer {info['layer']} end to end to {info['path']}: {info['bytes'] / 1e6:.1f} MB, "
-              f"{info['nodes']} nodes, up to {info['channels']} masked passes in chunks of {info['chunk']}, "
-              f"{info['export_s']:.0f} s")
-        if args.triton is not None:
-            from ..export.triton import write_repository
-
-            repo = write_repository(info["path"], args.triton, name=args.triton_name, kind=args.triton_device,
-                                    tensorrt=args.triton_tensorrt, replace_user_files=args.replace_user_files)
-            print(f"  Triton model repository: {repo['config']} and {repo['model']} ({len(repo['inputs'])} inputs, "
-                  f"{len(repo['outputs'])} outputs, {args.triton_device}"
-                  f"{', TensorRT ' + args.triton_tensorrt if args.triton_tensorrt else ''})")
-        if args.engine:
-            from ..runtime.backends.tensorrt.builder import parse_check
-
-            print(f"  TensorRT: {parse_check(info['path'], compute_capability=args.compute_capability)}")
-        return 0
-    t = time.perf_counter()
-    manifest = export(model, args.layer or default_layer, args.out, input_size=size, opset=args.opset,
-                      model_name=args.model, mean=s.mean, std=s.std, reshape=reshape)
-    print(f"exported {args.model} layer {manifest.layer} (K={manifest.channels}, {manifest.feature_size[0]}x"
-          f"{manifest.feature_size[1]}) to {args.out} in {time.perf_counter() - t:.1f} s")
-    for precision in dict.fromkeys(args.precision):
-        if precision != "fp32":
-            from ..export.precision import add_precision
-
-            t = time.perf_counter()
-            path = add_precision(args.out, precision)
-            print(f"  {precision} masked passes: {path.name} in {time.perf_counter() - t:.1f} s")
-    from ..artifacts import Manifest
-
-    manifest = Manifest.load(args.out)
-    for name in manifest.files:
-        st = graph_stats(args.out / name)
-        print(f"  {name}: {st['bytes'] / 1e6:.1f} MB, {st['nodes']} nodes")
+def _export_one_graph(args: argparse.Namespace, model, layer: str, size, reshape) -> None:
+    """``--end-to-end``: unioncam.onnx, and the Triton repository and TensorRT's parse where asked."""
+    info = end_to_end.export_end_to_end(model, layer, args.out, input_size=size, theta=args.theta, chunk=args.chunk,
+                             opset=args.opset, model_name=args.model, reshape=reshape,
+                             replace_user_files=args.replace_user_files,
+                             log=lambda line: print(f"unioncam: {line}", file=sys.stderr, flush=True))
+    print(f"exported {args.model} layer {info['layer']} end to end to {info['path']}: {info['bytes'] / 1e6:.1f} MB, "
+          f"{info['nodes']} nodes, up to {info['channels']} masked passes in chunks of {info['chunk']}, "
+          f"{info['export_s']:.0f} s")
+    if args.triton is not None:
+        repo = write_repository(info["path"], args.triton, name=args.triton_name, kind=args.triton_device,
+                                tensorrt=args.triton_tensorrt, replace_user_files=args.replace_user_files)
+        print(f"  Triton model repository: {repo['config']} and {repo['model']} ({len(repo['inputs'])} inputs, "
+              f"{len(repo['outputs'])} outputs, {args.triton_device}"
+              f"{', TensorRT ' + args.triton_tensorrt if args.triton_tensorrt else ''})")
     if args.engine:
-        from ..export import build_engine
-
-        for name in manifest.files:
-            header = build_engine(args.out / name, fp16=args.fp16, max_batch=args.max_batch,
-                                  compute_capability=args.compute_capability)
-            print(f"  {Path(name).with_suffix('.engine')}: {header['trt_module']} {header['trt_version']}, "
-                  f"{header['gpu_name']}, {header['engine_bytes'] / 1e6:.1f} MB, built in {header['build_seconds']:.1f} s")
-    return 0
+        print(f"  TensorRT: {trt_builder.parse_check(info['path'], compute_capability=args.compute_capability)}")

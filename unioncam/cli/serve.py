@@ -107,7 +107,7 @@ def body_limit_mb(memory_mb: float, max_inflight: int) -> float:
 
 def run(args: argparse.Namespace) -> int:
     from ..serve import import_kserve
-    from ..serve.server import check_host, check_port_free
+    from ..serve.network import check_host, check_port_free
 
     args.precision = args.precision or "fp32"
     model_spec = resolve_model_spec(args)

@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import io
+import ipaddress
+import logging
 import os
+import queue
+import signal
+import socket
 import sys
+import threading
 import time
+import warnings
 from pathlib import Path
 
+from ..artifacts import Manifest
+from ..atomic import write_bytes
 from ..errors import BackendUnavailableError, InvalidInputError, UnionCAMError, UsageError
+from ..progress import progress_bar
+from ..outputs import (claim_outputs, collect_images, finished_report, output_paths, output_stems,
+                       remove_stale_temporaries)
 from ..ownership import consents
 from ..settings import DEFAULTS
+from ..validation import MAX_PORT, check_max_passes, check_method, check_port, check_positive_int, check_theta
+from ..verbosity import native_stderr, verbose
+from .worker import COLUMNS, ExplainWorker, row_from_report
 
 INDEX = "index.parquet"
 
@@ -39,8 +56,6 @@ def import_ray(local: bool = False):
 
 def is_loopback(address: str | None) -> bool:
     """Whether ``--ray-address`` names this machine's loopback (``127.x.x.x``, ``::1``, ``localhost``)."""
-    import ipaddress
-
     target = parse_address(address) if address else None
     if target is None:
         return False
@@ -57,8 +72,6 @@ def default_settings(artifact_dir: Path, **options) -> dict:
     """The report settings of an explanation of ``artifact_dir`` with ``options`` (theta, method,
     max_passes, class_requested, backend, device, batch_size), as ``unioncam explain --artifacts``
     records them."""
-    from ..artifacts import Manifest
-
     m = Manifest.load(artifact_dir)
     return {"model": m.model, "weights": f"exported folder {artifact_dir}",
             "weights_sha256": m.extra.get("fingerprint", {}).get("weights_sha256"), "layer": m.layer,
@@ -91,7 +104,6 @@ def parse_address(address: str) -> tuple[str, int] | None:
     host = host.strip("[]")
     if not host or not port.isdigit():
         raise UsageError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
-    from ..validation import MAX_PORT, check_port
 
     try:
         return host, check_port(int(port), f"--ray-address {address!r}: the port")
@@ -107,9 +119,6 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     Raises:
         UsageError: a malformed address; BackendUnavailableError: nothing answers, or the extra is missing.
     """
-    import importlib.util
-    import socket
-
     target = parse_address(address)
     if target is None:
         return
@@ -173,52 +182,14 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
         {"images", "ok", "error", "skipped", "elapsed_s" (including Ray's start), "ray_start_s",
         "images_per_s", "index", "workers"}.
     """
-    from ..atomic import write_bytes
-    from ..outputs import (claim_outputs, collect_images, finished_report, output_paths, output_stems,
-                           remove_stale_temporaries)
-    from ..validation import check_max_passes, check_method, check_positive_int, check_theta
-    from .worker import COLUMNS, row_from_report
-
     say = log or (lambda line: print(line, file=sys.stderr))
     ray = import_ray(local=ray_address is None or is_loopback(ray_address))
     artifact_dir, out = Path(artifact_dir), Path(out)
-    from ..artifacts import Manifest
-
-    manifest = Manifest.load(artifact_dir)
-    manifest.verify(artifact_dir)  # refused here, not once per actor
-    settings = dict(settings or default_settings(artifact_dir, **options))
-    manifest.masked_graph(artifact_dir, settings.get("precision") or "fp32")  # a missing variant: refused here
-    check_theta(settings["theta"])
-    check_method(settings["method"])
-    check_max_passes(settings.get("max_passes"))
-    if workers is not None:
-        check_positive_int(workers, "workers")
-    files = collect_images(paths)
-    if not files:
-        raise InvalidInputError("no image files found in the given paths")
-    stems = output_stems(files, out)
-    claim_outputs(out, stems, replace_user_files=replace_user_files, extra=[out / INDEX])  # before any work
-    out.mkdir(parents=True, exist_ok=True)
-    stale = remove_stale_temporaries(out)
-    if stale:
-        say(f"unioncam: removed {stale} temporary files an interrupted run left in {out}")
-    rows: dict[str, dict] = {}
-    todo = []
-    for f, stem in zip(files, stems):
-        rep = None if overwrite else finished_report(out, stem, f, settings)
-        if rep is not None:
-            rows[stem] = row_from_report(rep, stem, output_paths(out, stem), "ok")
-        else:
-            # abspath, not resolve(): a symlink loop among the inputs is that image's error row, not a crash
-            todo.append({"image": str(f), "path": os.path.abspath(f), "stem": stem})
+    settings = _checked_settings(artifact_dir, settings, workers, options)
+    files, stems, rows, todo = _plan(paths, out, settings, overwrite, replace_user_files, say)
     skipped = len(rows)
-    if skipped:
-        say(f"unioncam: {skipped} of {len(files)} images already explained in {out} (same settings); "
-            f"explaining the other {len(todo)}")
-
     t0 = time.perf_counter()
-    n_workers, start_s = 0, 0.0
-    stopped = None
+    n_workers, start_s, stopped = 0, 0.0, None
     if todo:
         try:
             with _ray_session(ray, ray_address):
@@ -228,22 +199,71 @@ def explain_dataset(paths, artifact_dir, out, *, workers: int | None = None, ray
         except ClusterLostError as e:
             stopped = e  # the index of what finished is written first; a rerun resumes the rest
     elapsed = time.perf_counter() - t0
+    table = _write_index(out, [rows[s] for s in stems if s in rows])
+    if stopped is not None:
+        raise stopped
+    return {"images": len(files), "ok": int((table["status"] == "ok").sum()),
+            "error": int((table["status"] == "error").sum()), "skipped": skipped, "elapsed_s": elapsed,
+            "ray_start_s": start_s, "images_per_s": (len(todo) / elapsed) if todo and elapsed > 0 else None,
+            "index": str(out / INDEX), "workers": n_workers}
 
-    import io
 
+def _checked_settings(artifact_dir: Path, settings: dict | None, workers, options: dict) -> dict:
+    """The run's settings, every one checked on the driver (not once per actor)."""
+    manifest = Manifest.load(artifact_dir)
+    manifest.verify(artifact_dir)
+    settings = dict(settings or default_settings(artifact_dir, **options))
+    manifest.masked_graph(artifact_dir, settings.get("precision") or "fp32")  # a missing variant: refused here
+    check_theta(settings["theta"])
+    check_method(settings["method"])
+    check_max_passes(settings.get("max_passes"))
+    if workers is not None:
+        check_positive_int(workers, "workers")
+    return settings
+
+
+def _plan(paths, out: Path, settings: dict, overwrite: bool, replace_user_files: bool, say):
+    """(files, their output stems, the rows a previous run finished, the images left): the outputs
+    claimed before any work, the temporaries a killed run left removed."""
+    files = collect_images(paths)
+    if not files:
+        raise InvalidInputError("no image files found in the given paths")
+    stems = output_stems(files, out)
+    claim_outputs(out, stems, replace_user_files=replace_user_files, extra=[out / INDEX])  # before any work
+    out.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temporaries(out)
+    if stale:
+        say(f"unioncam: removed {stale} temporary files an interrupted run left in {out}")
+    rows, todo = _resume(files, stems, out, settings, overwrite)
+    if rows:
+        say(f"unioncam: {len(rows)} of {len(files)} images already explained in {out} (same settings); "
+            f"explaining the other {len(todo)}")
+    return files, stems, rows, todo
+
+
+def _resume(files, stems, out: Path, settings: dict, overwrite: bool) -> tuple[dict, list]:
+    """(rows of the images a previous run finished with these settings, the images left to explain)."""
+    rows: dict[str, dict] = {}
+    todo = []
+    for f, stem in zip(files, stems):
+        rep = None if overwrite else finished_report(out, stem, f, settings)
+        if rep is not None:
+            rows[stem] = row_from_report(rep, stem, output_paths(out, stem), "ok")
+        else:
+            # abspath, not resolve(): a symlink loop among the inputs is that image's error row, not a crash
+            todo.append({"image": str(f), "path": os.path.abspath(f), "stem": stem})
+    return rows, todo
+
+
+def _write_index(out: Path, rows: list[dict]):
+    """``index.parquet`` of the rows, written atomically; the table."""
     import pandas as pd
 
-    table = pd.DataFrame([rows[s] for s in stems if s in rows], columns=list(COLUMNS))
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
     write_bytes(out / INDEX, buf.getvalue(), own=True)
-    if stopped is not None:
-        raise stopped
-    n_ok = int((table["status"] == "ok").sum())
-    return {"images": len(files), "ok": n_ok, "error": int((table["status"] == "error").sum()), "skipped": skipped,
-            "elapsed_s": elapsed, "ray_start_s": start_s,
-            "images_per_s": (len(todo) / elapsed) if todo and elapsed > 0 else None,
-            "index": str(out / INDEX), "workers": n_workers}
+    return table
 
 
 @contextlib.contextmanager
@@ -252,44 +272,15 @@ def _ray_session(ray, ray_address: str | None):
     initialised, and shut down after if started here. Ray's own lines (its C++ core worker's notes
     on runs that succeed, the token notice) are captured and shown with ``--verbose`` or when the
     run fails; unioncam's lines and the progress bar still reach the terminal."""
-    import logging
-
-    from ..verbosity import native_stderr, verbose
-
-    import signal
-    import threading
-
     failed, interrupted, said = True, False, []
     # Ray's driver installs its own SIGTERM handler, which prints a C++ stack and kills the process
     # without running any ``finally``: the CLI's is put back after ray.init.
     sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
         with native_stderr(python_to_terminal=True) as said:
-            started = False
-            if not ray.is_initialized():
-                quiet = {"log_to_driver": verbose(), "logging_level": logging.INFO if verbose() else logging.WARNING}
-                if not verbose():
-                    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-                    # "SIGTERM handler is not set because current thread is not the main thread": the
-                    # row reader's thread (the CLI's handler is in place).
-                    logging.getLogger("ray._private.worker").setLevel(logging.ERROR)
-                if ray_address:
-                    check_reachable(ray_address)
-                    try:
-                        _join(ray, ray_address, quiet)
-                    except ConnectionError as e:  # "auto" with no cluster here, or a token the cluster refused
-                        token = "" if os.environ.get("RAY_AUTH_MODE") == "token" else (
-                            "; a cluster from `ray start --head` asks for its token: set RAY_AUTH_MODE=token (the "
-                            "token comes from ~/.ray/auth_token or RAY_AUTH_TOKEN)")
-                        raise BackendUnavailableError(
-                            f"--ray-address {ray_address}: {str(e).splitlines()[0] if str(e) else 'no cluster'}; "
-                            "start one with `ray start --head`, or leave out --ray-address to start Ray here"
-                            + (token if ray_address != "auto" else "")) from None
-                else:
-                    # A cluster of our own, on this machine only (loopback: import_ray(local=True));
-                    # address="local": a new instance, never a stale one that a file in Ray's temp folder names.
-                    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
-                started = True
+            started = not ray.is_initialized()
+            if started:
+                _start(ray, ray_address)
                 if callable(sigterm):
                     signal.signal(signal.SIGTERM, sigterm)
             try:
@@ -311,6 +302,32 @@ def _ray_session(ray, ray_address: str | None):
             print(said[0].rstrip(), file=sys.stderr)
 
 
+def _start(ray, ray_address: str | None) -> None:
+    """Ray joined at ``ray_address`` (checked to answer first), or started on this machine."""
+    quiet = {"log_to_driver": verbose(), "logging_level": logging.INFO if verbose() else logging.WARNING}
+    if not verbose():
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        # "SIGTERM handler is not set because current thread is not the main thread": the
+        # row reader's thread (the CLI's handler is in place).
+        logging.getLogger("ray._private.worker").setLevel(logging.ERROR)
+    if not ray_address:
+        # A cluster of our own, on this machine only (loopback: import_ray(local=True));
+        # address="local": a new instance, never a stale one that a file in Ray's temp folder names.
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
+        return
+    check_reachable(ray_address)
+    try:
+        _join(ray, ray_address, quiet)
+    except ConnectionError as e:  # "auto" with no cluster here, or a token the cluster refused
+        token = "" if os.environ.get("RAY_AUTH_MODE") == "token" else (
+            "; a cluster from `ray start --head` asks for its token: set RAY_AUTH_MODE=token (the "
+            "token comes from ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+        raise BackendUnavailableError(
+            f"--ray-address {ray_address}: {str(e).splitlines()[0] if str(e) else 'no cluster'}; "
+            "start one with `ray start --head`, or leave out --ray-address to start Ray here"
+            + (token if ray_address != "auto" else "")) from None
+
+
 #: Seconds ``ray.init`` has to join a cluster that answered (``UNIONCAM_RAY_JOIN_S`` overrides it).
 JOIN_TIMEOUT_S = 60.0
 
@@ -323,8 +340,6 @@ def _join(ray, address: str, options: dict) -> None:
     Raises:
         BackendUnavailableError: not joined in time (naming the fixes); ConnectionError: Ray's own.
     """
-    import threading
-
     timeout = float(os.environ.get("UNIONCAM_RAY_JOIN_S") or JOIN_TIMEOUT_S)
     box: dict = {}
 
@@ -341,7 +356,6 @@ def _join(ray, address: str, options: dict) -> None:
     if "error" in box:
         raise box["error"]
     if "ok" not in box:
-        import socket
 
         raise BackendUnavailableError(
             f"--ray-address {address}: the cluster answered but this driver could not join it within {timeout:.0f} s "
@@ -363,7 +377,6 @@ LOST_GRACE_S = 60.0
 class ClusterLostError(BackendUnavailableError):
     """A Ray run stopped because its cluster lost the nodes its explainers need, or Ray gave up on
     an image after its retries; the finished images are in the index and a rerun resumes the rest."""
-
     def __init__(self, message: str, left: list[str]):
         super().__init__(message)
         self.left = left
@@ -389,9 +402,6 @@ def _rows_while_the_cluster_can_run(ray, results, per_worker: dict, todo: list, 
     Raises:
         ClusterLostError: the loss above, or Ray's retries exhausted; naming the images left.
     """
-    import queue
-    import threading
-
     grace = float(os.environ.get("UNIONCAM_RAY_LOST_S") or LOST_GRACE_S)
     box: queue.Queue = queue.Queue()
     done = object()
@@ -445,7 +455,6 @@ def _map(ray, ds, worker, n, num_cpus, num_gpus, artifact_dir, packed, out, sett
 
 
 def _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpus_per_worker, progress) -> int:
-    from .worker import ExplainWorker
 
     cluster_cpus = float(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
     n = workers or max(1, int(cluster_cpus // 2))
@@ -457,7 +466,6 @@ def _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpu
     num_cpus = max(0.25, min(1.0, (cluster_cpus - 0.5) / n))
     threads = settings.get("threads") or (None if ray_address else max(1, int((os.cpu_count() or 1) // n)))
     packed = ray.put(_pack(artifact_dir)) if ray_address else None
-    import logging
 
     # Our progress bar counts images; Ray Data's own bars and execution logs would interleave with it.
     logging.getLogger("ray.data").setLevel(logging.ERROR)
@@ -467,7 +475,6 @@ def _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpu
     # nodes that remain) up to ACTOR_RESTARTS times, and the image it held is retried up to
     # TASK_RETRIES times. Ray Data's defaults are unbounded (-1): with the node gone and no room
     # left for the actor, the job waited for ever.
-    import warnings
 
     with warnings.catch_warnings():
         # Ray 2.60 takes max_restarts and max_task_retries only as extra keyword arguments, which it
@@ -476,7 +483,6 @@ def _run(ray, todo, rows, artifact_dir, out, settings, workers, ray_address, gpu
         results = _map(ray, ds, ExplainWorker, n, num_cpus, num_gpus, artifact_dir, packed, out, settings, threads)
     bar = None
     if progress:
-        from ..progress import progress_bar
 
         bar = progress_bar(total=len(todo), desc=f"explain ({n} workers)", unit="image")
     try:

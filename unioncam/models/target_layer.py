@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import ExportError, LayerNotFoundError
+from . import token_flow
 
 
 def _probe(model: nn.Module, input_size, hooks: list) -> None:
@@ -139,6 +140,14 @@ def default_target(model: nn.Module, input_size=(224, 224)) -> tuple[str, tuple[
         same = [r for r in last if r[3] == last[-1][3]]
         r = min(same, key=lambda r: (r[1].count("."), -r[0]))
         return strip(r[1]), last[-1][4], "bhwc"
+    _refuse_transformer(tr, records, input_size, cnn_after, own)
+    name, shape = last_feature_map(model, input_size)
+    return name, shape, None
+
+
+def _refuse_transformer(tr, records, input_size, cnn_after, own) -> None:
+    """Tokens, or an attention, with no layer found for them: a transformer the automatic layer
+    cannot explain, said with what to give instead. A CNN passes."""
     tokens = [r for r in records if len(r[4]) == 3 and r[4][0] == 1
               and token_flow.token_layout(tr, r[4][1], input_size, source=r[3]) is not None and not cnn_after(r[0])]
     if tokens or own:
@@ -148,8 +157,6 @@ def default_target(model: nn.Module, input_size=(224, 224)) -> tuple[str, tuple[
                "scaled_dot_product_attention or nn.MultiheadAttention)")
         raise LayerNotFoundError(f"no automatic layer for this transformer: {why}; give --layer (the last block's "
                                  "input) and --reshape tokens")
-    name, shape = last_feature_map(model, input_size)
-    return name, shape, None
 
 
 def output_classes(model: nn.Module, input_size=(224, 224)) -> int:

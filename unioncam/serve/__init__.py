@@ -1,8 +1,10 @@
 """Serving explanations over the network: ``unioncam serve`` (KServe's model server: v1 ``:predict``
 and ``:explain``, v2 ``/infer`` over REST and gRPC) and its client, ``unioncam explain --server``.
 
-:mod:`.protocol` (the tensors, torch- and KServe-free), :mod:`.model` (the KServe model),
-:mod:`.server` (the REST and gRPC servers, limits, access lines, SIGTERM), :mod:`.client`.
+:mod:`.protocol` (the tensors, torch- and KServe-free), :mod:`.admission` (slots, deadlines,
+cancellation), :mod:`.network` (the host and ports, checked), :mod:`.asgi` (the REST middleware:
+admission, limits, disconnects, access lines), :mod:`.model` (the KServe model on its hooks),
+:mod:`.server` (the REST and gRPC servers, SIGTERM), :mod:`.client`.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Admission: which requests are worked on, for how long, and when their slot is free again.
 
-The transport admits a request before reading its body (REST: :class:`unioncam.serve.server.Admission`;
+The transport admits a request before reading its body (REST: :class:`unioncam.serve.asgi.Admission`;
 gRPC: its interceptor) and hands the model a :class:`Ticket` through a context variable; the model's
 hooks (``preprocess`` -> ``predict``/``explain`` -> ``postprocess``) run their work under it. A ticket
 holds three things a request must give back whatever happens between KServe's hooks:
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import resource
+import sys
 import threading
 import time
 
@@ -146,8 +148,5 @@ def resident_bytes() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import resource
-    import sys
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024

@@ -19,12 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 
 from . import import_kserve
 
 import_kserve()
 from kserve import Model
-from kserve.errors import InferenceError, InvalidInput, ModelNotReady, ServerNotReady
+from kserve.errors import InferenceError, InvalidInput, ModelNotReady
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import (
     InferInput,
@@ -43,10 +44,6 @@ from ..outputs import top5
 from . import admission, protocol
 
 log = logging.getLogger("unioncam.serve")
-
-
-class Busy(ServerNotReady):
-    """Every slot taken (``max_inflight``): answered 503 with Retry-After at once."""
 
 
 class TimedOut(Exception):
@@ -346,8 +343,6 @@ class UnionCAMModel(Model):
 
 
 def _json_object(body: bytes) -> dict:
-    import orjson
-
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as e:
@@ -381,8 +376,6 @@ class UnionCAMDataPlane(DataPlane):
             raise InvalidInput(str(e)) from None
 
     def _binary_request(self, body: bytes, headers, model_name) -> InferRequest:
-        import orjson
-
         # No Inference-Header-Content-Length: the body is JSON alone, whatever its Content-Type says
         # (curl -d sends form-urlencoded unless told otherwise).
         length = str(headers.get("inference-header-content-length", len(body)))

@@ -28,9 +28,13 @@ import binascii
 import json
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
+from ..classes import class_index
 from ..errors import InvalidInputError
+from ..image_io import decode_rgb, header_size, overlay, to_model_input
+from ..validation import check_class_option, check_classes, check_images, check_max_passes, check_method, check_theta
 
 #: Input names (:mod:`unioncam.serve`): encoded images, or the model's input tensor; optional classes.
 IMAGE, TENSOR, CLASS = "image", "input", "class"
@@ -168,16 +172,12 @@ def binary_tensor(name: str, raw: bytes, datatype: str, shape: tuple[int, ...]) 
 
 
 def _method(value) -> str:
-    from ..validation import check_method
-
     if not isinstance(value, str):
         raise InvalidInputError(f"parameter 'method' must be a method's name, got {value!r}")
     return check_method(value.strip().lower())
 
 
 def _max_passes(value) -> int | None:
-    from ..validation import check_max_passes
-
     if isinstance(value, str) and value.strip().lower() == "exact":
         return None
     if isinstance(value, str) and value.strip().lstrip("+").isdigit():
@@ -190,8 +190,6 @@ def _max_passes(value) -> int | None:
 
 
 def _theta(value) -> float:
-    from ..validation import check_theta
-
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):  # JSON true is not a number
         raise InvalidInputError(f"parameter 'theta' must be a number in [0, 100], got {value!r}")
     try:
@@ -291,9 +289,6 @@ def parse_classes(value, batch: int, num_classes: int) -> np.ndarray | None:
         >>> parse_classes(["tabby", 281], 2, 1000).tolist()
         [281, 281]
     """
-    from ..classes import class_index
-    from ..validation import check_class_option, check_classes
-
     if value is None:
         return None
     values = np.asarray(value, dtype=object).reshape(-1).tolist()
@@ -329,8 +324,6 @@ def decode_images(blobs, size: tuple[int, int], max_pixels: int) -> tuple[np.nda
         ...
         unioncam.errors.InvalidInputError: input 'image': its 2 images declare 48 pixels in all, above this server's limit of 47 a request; send fewer or smaller images
     """
-    from ..image_io import decode_rgb, header_size, to_model_input
-
     blobs = [_image_bytes(b, i) for i, b in enumerate(np.asarray(blobs, dtype=object).reshape(-1).tolist())]
     if not blobs:
         raise InvalidInputError("input 'image' holds no images; send at least one encoded image")
@@ -363,8 +356,6 @@ def _image_bytes(blob, i: int) -> bytes:
 
 def check_tensor(array, datatype: str, size: tuple[int, int]) -> np.ndarray:
     """The ``input`` tensor: FP32 (B, 3, H, W) in [0, 1], finite (the API's own check)."""
-    from ..validation import check_images
-
     if datatype != "FP32":
         raise InvalidInputError(f"input 'input' must be FP32, got {datatype}; send float32 pixels in [0, 1]")
     return check_images(np.asarray(array), library="numpy", size=size)
@@ -372,10 +363,6 @@ def check_tensor(array, datatype: str, size: tuple[int, int]) -> np.ndarray:
 
 def overlay_png(rgb: np.ndarray, cam: np.ndarray) -> bytes:
     """The heatmap over the photo, PNG bytes: the CLI's ``--plain`` overlay, pixel-aligned."""
-    import cv2
-
-    from ..image_io import overlay
-
     ok, buf = cv2.imencode(".png", overlay(rgb, cam))
     if not ok:  # pragma: no cover - OpenCV encodes any uint8 BGR image
         raise InvalidInputError("cannot encode the overlay")

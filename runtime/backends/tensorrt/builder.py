@@ -39,16 +39,9 @@ def _profiles(onnx_name: str, manifest: Manifest, max_batch: int) -> dict[str, t
     }
 
 
-def build_engine(
-    onnx_path: str | Path,
-    engine_path: str | Path | None = None,
-    *,
-    fp16: bool = False,
-    max_batch: int = 64,
-    compute_capability: str | None = None,
-    timing_cache: str | Path | None = None,
-    workspace_bytes: int | None = None,
-) -> dict:
+def build_engine(onnx_path: str | Path, engine_path: str | Path | None = None, *, fp16: bool = False,
+                 max_batch: int = 64, compute_capability: str | None = None, timing_cache: str | Path | None = None,
+                 workspace_bytes: int | None = None) -> dict:
     """Build a TensorRT engine from ``gradient.onnx`` or ``masked_forward.onnx``.
 
     Args:
@@ -63,34 +56,47 @@ def build_engine(
     Returns:
         The header written (dict).
     """
-    trt, flavour = import_tensorrt()
-    if trt is None:
-        raise BackendUnavailableError(
-            "no TensorRT Python module: install NVIDIA's 'tensorrt' (GPU machines, Jetson) or 'tensorrt-rtx-cu13' "
-            "(pip install 'unioncam[tensorrt]')"
-        )
+    trt, flavour = _tensorrt()
     onnx_path = Path(onnx_path)
     folder = onnx_path.parent
-    manifest = Manifest.load(folder)
-    manifest.verify(folder, [onnx_path.name])
-    if onnx_path.name not in (GRADIENT_ONNX, MASKED_ONNX):
-        raise ExportError(f"build_engine takes {GRADIENT_ONNX} or {MASKED_ONNX}, got {onnx_path.name}")
-    if max_batch < 1:
-        raise ExportError(f"max_batch must be >= 1, got {max_batch}")
+    manifest = _checked_graph(onnx_path, max_batch)
     engine_path = Path(engine_path) if engine_path else onnx_path.with_suffix(".engine")
+    builder, network, _parser = _parsed(trt, flavour, onnx_path)  # the parser holds the weights: keep it
+    gpu = current_gpu()
+    config, target_cc = _config(trt, flavour, builder, gpu, fp16=fp16, compute_capability=compute_capability,
+                                workspace_bytes=workspace_bytes)
+    # TensorRT-RTX ignores timing caches (no-ops, deprecated)
+    cache_path = (Path(timing_cache) if timing_cache else folder / "timing.cache") if flavour == "tensorrt" else None
+    if cache_path is not None:
+        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    profile = builder.create_optimization_profile()
+    shapes = _profiles(onnx_path.name, manifest, max_batch)
+    for name, (lo, opt, hi) in shapes.items():
+        profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+    t = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(f"TensorRT could not build an engine from {onnx_path.name} (see the TensorRT log above)")
+    build_s = time.perf_counter() - t
+    if cache_path is not None:
+        cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    engine = bytes(serialized)
+    header = {
+        "trt_module": flavour, "trt_version": str(trt.__version__),
+        "gpu_name": gpu["name"] if gpu and not compute_capability else f"ahead-of-time {compute_capability}",
+        "compute_capability": target_cc, "onnx_file": onnx_path.name, "onnx_sha256": sha256_file(onnx_path),
+        "fp16": bool(fp16), "profile": {k: [list(s) for s in v] for k, v in shapes.items()},
+        "max_batch": int(max_batch), "engine_bytes": len(engine), "build_seconds": round(build_s, 3),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_engine(engine_path, header, engine)
+    return header
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    major = int(str(trt.__version__).split(".")[0])
-    if flavour == "tensorrt" and major < 10:
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"TensorRT's ONNX parser rejects {onnx_path.name}: {errors}")
 
+def _config(trt, flavour: str, builder, gpu, *, fp16: bool, compute_capability: str | None, workspace_bytes):
+    """The builder config (workspace, FP16, target) and the compute capability built for."""
     config = builder.create_builder_config()
     if workspace_bytes and hasattr(trt, "MemoryPoolType"):
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
@@ -101,7 +107,48 @@ def build_engine(
                 "standard 'tensorrt' package"
             )
         config.set_flag(trt.BuilderFlag.FP16)
-    gpu = current_gpu()
+    return config, _target(trt, flavour, config, gpu, compute_capability)
+
+
+def _checked_graph(onnx_path: Path, max_batch: int) -> Manifest:
+    """The manifest of ``onnx_path``'s folder, the graph one of the two it lists, verified."""
+    manifest = Manifest.load(onnx_path.parent)
+    manifest.verify(onnx_path.parent, [onnx_path.name])
+    if onnx_path.name not in (GRADIENT_ONNX, MASKED_ONNX):
+        raise ExportError(f"build_engine takes {GRADIENT_ONNX} or {MASKED_ONNX}, got {onnx_path.name}")
+    if max_batch < 1:
+        raise ExportError(f"max_batch must be >= 1, got {max_batch}")
+    return manifest
+
+
+def _tensorrt():
+    trt, flavour = import_tensorrt()
+    if trt is None:
+        raise BackendUnavailableError(
+            "no TensorRT Python module: install NVIDIA's 'tensorrt' (GPU machines, Jetson) or 'tensorrt-rtx-cu13' "
+            "(pip install 'unioncam[tensorrt]')"
+        )
+    return trt, flavour
+
+
+def _parsed(trt, flavour: str, onnx_path: Path):
+    """(builder, network, parser) with ``onnx_path`` parsed by TensorRT's ONNX parser."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if flavour == "tensorrt" and int(str(trt.__version__).split(".")[0]) < 10:
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT's ONNX parser rejects {onnx_path.name}: {errors}")
+    return builder, network, parser
+
+
+def _target(trt, flavour: str, config, gpu: dict | None, compute_capability: str | None) -> str | None:
+    """The compute capability the engine is built for: an ahead-of-time target (TensorRT-RTX), or
+    this GPU's."""
     if compute_capability:
         if flavour != "tensorrt_rtx":
             raise ExportError("compute_capability (ahead-of-time builds) needs TensorRT-RTX; standard TensorRT builds for this GPU")
@@ -111,48 +158,10 @@ def build_engine(
             raise ExportError(f"unknown compute capability {compute_capability!r}; choose one of {names}")
         config.num_compute_capabilities = 1
         config.set_compute_capability(cc, 0)
-        target_cc = f"{compute_capability.upper()[2:-1]}.{compute_capability[-1]}"
-    elif gpu is None and flavour == "tensorrt_rtx":
+        return f"{compute_capability.upper()[2:-1]}.{compute_capability[-1]}"
+    if gpu is None and flavour == "tensorrt_rtx":
         raise ExportError("no GPU found: pass compute_capability='SM86' (or SM80/SM89) to build ahead of time")
-    else:
-        target_cc = gpu["compute_capability"] if gpu else None
-
-    cache_path = Path(timing_cache) if timing_cache else folder / "timing.cache"
-    use_cache = flavour == "tensorrt"  # TensorRT-RTX ignores timing caches (no-ops, deprecated)
-    if use_cache:
-        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-
-    profile = builder.create_optimization_profile()
-    shapes = _profiles(onnx_path.name, manifest, max_batch)
-    for name, (lo, opt, hi) in shapes.items():
-        profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(profile)
-
-    t = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise ExportError(f"TensorRT could not build an engine from {onnx_path.name} (see the TensorRT log above)")
-    build_s = time.perf_counter() - t
-    if use_cache:
-        cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-    engine = bytes(serialized)
-    header = {
-        "trt_module": flavour,
-        "trt_version": str(trt.__version__),
-        "gpu_name": gpu["name"] if gpu and not compute_capability else f"ahead-of-time {compute_capability}",
-        "compute_capability": target_cc,
-        "onnx_file": onnx_path.name,
-        "onnx_sha256": sha256_file(onnx_path),
-        "fp16": bool(fp16),
-        "profile": {k: [list(s) for s in v] for k, v in shapes.items()},
-        "max_batch": int(max_batch),
-        "engine_bytes": len(engine),
-        "build_seconds": round(build_s, 3),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_engine(engine_path, header, engine)
-    return header
+    return gpu["compute_capability"] if gpu else None
 
 
 def parse_check(onnx_path: str | Path, *, compute_capability: str | None = None) -> str:
