@@ -18,7 +18,7 @@ import struct
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from generated import examples
@@ -72,6 +72,7 @@ def _cams(answer: dict) -> list:
 
 @examples(60)
 @given(body=v2_bodies)
+@example(body={"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [B64]}], "parameters": [1]})
 def test_any_v2_json_request_is_answered_or_refused_in_one_line(hostile_server, body):
     code, answer = post(f"{hostile_server.url}/v2/models/unioncam/infer", json.dumps(body).encode())
     _check(hostile_server, code, answer, body)
@@ -86,6 +87,7 @@ def test_any_v2_json_request_is_answered_or_refused_in_one_line(hostile_server, 
                                               st.text(alphabet="0123456789abc+- ", max_size=4)),
        kind=st.sampled_from(["random", "a photo, prefixed", "a prefix that lies"]), noise=st.binary(max_size=64),
        sizes=st.lists(st.one_of(st.integers(-4, 1 << 31), st.booleans(), st.text(max_size=3)), max_size=3))
+@example(head={"inputs": [], "parameters": True}, header_length=None, kind="random", noise=b"", sizes=[])  # found
 def test_any_binary_request_is_answered_or_refused_in_one_line(hostile_server, head, header_length, kind, noise,
                                                                 sizes):
     blob = {"random": noise, "a photo, prefixed": struct.pack("<I", len(PHOTO)) + PHOTO,

@@ -217,8 +217,8 @@ class UnionCAMModel(Model):
                                 '{"instances": [...]} or a v2 inference request')
 
     def _v2_request(self, request: InferRequest) -> protocol.Request:
-        parameters = request.parameters or {}
-        if request.from_grpc and not isinstance(parameters, dict):
+        parameters = request.parameters
+        if request.from_grpc and parameters is not None and not isinstance(parameters, dict):
             parameters = to_http_parameters(parameters)
         size = tuple(self.explainer.manifest.input_size)
         inputs, datatypes = {}, {}
@@ -233,7 +233,8 @@ class UnionCAMModel(Model):
                 raise InvalidInputError(f"input {tensor.name!r}: its data does not hold the {tensor.datatype} "
                                         f"elements its shape {list(tensor.shape)} declares ({type(e).__name__})") from None
         if "overlay" in [o.name for o in (request.request_outputs or [])]:
-            parameters = {**parameters, "overlay": True}
+            protocol.parse_parameters(parameters)  # an object, each parameter valid, before one is added
+            parameters = {**(parameters or {}), "overlay": True}
         return self._request(inputs, datatypes, parameters)
 
     def _request(self, inputs: dict, datatypes: dict, parameters: dict) -> protocol.Request:
@@ -388,6 +389,10 @@ class UnionCAMDataPlane(DataPlane):
             raise InvalidInputError(f"the request's JSON header is not JSON: {e}") from None
         if not isinstance(head, dict) or not isinstance(head.get("inputs"), list):
             raise InvalidInputError('the request\'s JSON header needs "inputs": [...]')
+        for key, kind in (("parameters", dict), ("outputs", list), ("id", str)):
+            if head.get(key) is not None and not isinstance(head[key], kind):
+                raise InvalidInputError(f'the request\'s JSON header: "{key}" must be a JSON '
+                                        f'{ {dict: "object", list: "array", str: "string"}[kind] }')
         model = self.model_registry.get_model(model_name)
         if model is None or not getattr(model, "ready", False):
             raise ModelNotReady(model_name, "the model is loading; /v2/health/ready turns true when it can answer")

@@ -213,6 +213,8 @@ def parse_parameters(parameters: dict | None) -> dict:
         >>> parse_parameters({"max_passes": "64", "overlay": "true", "method": "unioncam"})
         {'max_passes': 64, 'overlay': True, 'method': 'unioncam'}
     """
+    if parameters is not None and not isinstance(parameters, dict):
+        raise InvalidInputError(f'"parameters" must be an object of name: value, got {type(parameters).__name__}')
     out: dict = {}
     for key, value in (parameters or {}).items():
         if key in PROTOCOL_PARAMETERS:
