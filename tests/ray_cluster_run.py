@@ -80,7 +80,7 @@ def main() -> None:
             lose()
 
     command = ["explain", *images, "--artifacts", artifacts, "--workers", str(max(1, len(nodes))), "--ray-address",
-               cluster.address, "--max-passes", "32", "--out", str(out), "--no-progress"]
+               cluster.address, "--max-passes", "8", "--out", str(out), "--no-progress"]
     if when == "before-join":
         lose()
     env = driver_env(spec.get("driver_env", {}))
