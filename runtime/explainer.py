@@ -33,7 +33,7 @@ from unioncam.validation import (
 
 from .backends import backend_info
 from .passes import RunnerPasses
-from unioncam.settings import DEFAULTS
+from unioncam.settings import DEFAULTS, UNSET
 
 #: Images per gradient call: one, so that the gradient session sees one shape whatever the batch.
 GRADIENT_BATCH = 1
@@ -200,7 +200,7 @@ class Explainer:
                                     "re-export the model")
 
     def __call__(self, images: np.ndarray, class_idx=None, method: str | None = None, *, theta: float | None = None,
-                 max_passes: int | None | str = "default") -> Explanation:
+                 max_passes=UNSET) -> Explanation:
         """Explain (B, 3, H, W) float32 images in [0, 1]; same fields and definitions as the eager reference.
 
         ``method``: ``"unioncam"`` (default: the constructor's), or a baseline from the same passes:
@@ -214,7 +214,7 @@ class Explainer:
         options = self.options
         if theta is not None:
             options = dataclasses.replace(options, theta=check_theta(theta))
-        if max_passes != "default":
+        if max_passes is not UNSET:
             options = dataclasses.replace(options, max_passes=check_max_passes(max_passes,
                                                                              skip_constant=self.skip_constant))
         return pipeline.explain(self.passes, images, class_idx, method, options)

@@ -16,11 +16,11 @@ import numpy as np
 from . import ownership
 from .digests import sha256_bytes, sha256_file
 from .errors import InvalidInputError, UnionCAMError
+from .settings import RESUME_KEYS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 #: The report keys that must match for a finished output to be reused by a resumed run.
-SETTINGS = ("model", "weights", "weights_sha256", "layer", "theta", "method", "max_passes", "precision",
-            "class_requested", "input_size", "plain", "lenient")
+SETTINGS = RESUME_KEYS
 
 
 def collect_images(paths) -> list[Path]:

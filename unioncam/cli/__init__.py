@@ -6,6 +6,7 @@ import sys
 import warnings
 
 from ..errors import UnionCAMError, UsageError
+from ..settings import resolve_options
 
 
 class Terminated(KeyboardInterrupt):
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (0 ok, 1 error, 2 usage, 130 interrupted, 143 terminated)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    resolve_options(args)
     warnings.showwarning = _plain_warning
     import signal
     import threading

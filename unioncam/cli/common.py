@@ -13,7 +13,7 @@ from ..errors import UnionCAMError, UnwritableError
 from ..atomic import remove_stale_temporaries
 from ..export_cache import ModelRequest, open_explainer
 from ..validation import PRECISIONS, PROVIDER_OPTIONS
-from ..settings import DEFAULTS
+from ..settings import DEFAULTS, RunSettings
 
 
 def positive_int(text: str) -> int:
@@ -51,8 +51,7 @@ def add_model_source_options(p) -> None:
     p.add_argument("--layer", help="target layer, dotted module name (default: the model's documented default)")
     p.add_argument("--reshape", help="a vision transformer's layer output as maps: tokens (B, N, D; class tokens "
                                      "dropped), tokens:C:HxW, or bhwc (Swin); default: found with the layer")
-    p.add_argument("--theta", type=float, default=DEFAULTS.theta,
-                   help=f"AMD percentile threshold in [0, 100] (default {DEFAULTS.theta:g})")
+    p.add_argument("--theta", type=float, help=f"AMD percentile threshold in [0, 100] (default {DEFAULTS.theta:g})")
     p.add_argument("--batch-size", type=positive_int, help="masked forward passes per call (default: per backend)")
     p.add_argument("--threads", type=positive_int,
                    help="CPU threads of each session (default: every core; on a busy machine fewer can be faster)")
@@ -233,7 +232,9 @@ def report_settings(args, model_spec, layer: str) -> dict:
     """The run's options as its reports record them (and a resumed run compares them)."""
     weights = (f"exported folder {args.artifacts}" if getattr(args, "artifacts", None) else str(args.weights)
                if args.weights else ("bundled ImageNet" if model_spec.bundled_weights else "random (untrained)"))
-    return {"model": args.model, "weights": weights, "weights_sha256": weights_digest(args), "layer": layer, "theta": args.theta, "method": args.method,
-            "max_passes": args.max_passes, "precision": args.precision or "fp32", "class_requested": args.class_idx,
-            "input_size": list(model_spec.input_size), "backend": args.backend, "device": args.device,
-            "lenient": bool(args.lenient), "plain": bool(getattr(args, "plain", False))}
+    return RunSettings(model=args.model, weights=weights, weights_sha256=weights_digest(args), layer=layer,
+                       theta=args.theta, method=args.method, max_passes=args.max_passes,
+                       precision=args.precision or "fp32", class_requested=args.class_idx,
+                       input_size=list(model_spec.input_size), backend=args.backend, device=args.device,
+                       batch_size=getattr(args, "batch_size", None), threads=getattr(args, "threads", None),
+                       lenient=bool(args.lenient), plain=bool(getattr(args, "plain", False))).as_dict()

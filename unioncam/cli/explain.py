@@ -17,6 +17,7 @@ from ..outputs import (
     output_stems,
     own_outputs,
 )
+from ..settings import RunSettings
 from ..registry import METHODS, method_info
 from ..runtime.backends import BACKENDS, devices
 from ..validation import check_class_option
@@ -30,7 +31,6 @@ from .common import (
     report_settings,
     resolve_model_spec,
 )
-from ..settings import DEFAULTS
 
 #: From this many images on, ``explain`` runs on Ray when Ray is installed (docs/ray.md, "Whole data sets").
 RAY_THRESHOLD = 256
@@ -66,7 +66,7 @@ def add_parser(sub) -> None:
                         "or torch (the eager reference)")
     p.add_argument("--device", choices=devices(), default="cpu",
                    help="cpu (default), cuda, or tensorrt (ONNX Runtime's TensorRT provider)")
-    p.add_argument("--method", choices=METHODS, default="unioncam",
+    p.add_argument("--method", choices=METHODS,
                    help="unioncam (default) or a baseline: gradcam, gradcampp, xgradcam, scorecam")
     ray = p.add_argument_group("whole data sets on Ray (pip install \"unioncam[ray]\"); used from "
                                f"{RAY_THRESHOLD} images on when Ray is installed, or with these options")
@@ -230,20 +230,21 @@ def run_remote(args: argparse.Namespace) -> int:
     stems = output_stems([Path(p) for p in images], args.out)
     claim_outputs(args.out, stems, replace_user_files=args.replace_user_files)
     ensure_out(args.out)
-    overrides = {"theta": args.theta if args.theta != DEFAULTS.theta else None}
+    # Only what was given: the server's own settings hold for the rest.
+    overrides = {"theta": args.theta if "theta" in args.given else None}
     if args.max_passes is not None:
         overrides["max_passes"] = args.max_passes
-    method = args.method if args.method != "unioncam" else None
+    method = args.method if "method" in args.given else None
     explain = LazyExplainer(lambda: ((lambda x: remote(x, args.class_idx, method, **overrides)), None))
 
     def settings() -> dict:
         s = remote.settings
-        return {"model": s.get("model"), "weights": f"served by {remote.url}",
-                "weights_sha256": s.get("weights_sha256"), "layer": s.get("layer"),
-                "theta": float(s["theta"]) if "theta" in s else None, "method": s.get("method"),
-                "max_passes": s.get("max_passes"), "precision": s.get("precision"),
-                "class_requested": args.class_idx, "input_size": list(remote.input_size),
-                "backend": s.get("backend"), "device": s.get("device"), "lenient": bool(args.lenient),
-                "plain": bool(args.plain)}
+        return RunSettings(model=s.get("model"), weights=f"served by {remote.url}",
+                           weights_sha256=s.get("weights_sha256"), layer=s.get("layer"),
+                           theta=float(s["theta"]) if "theta" in s else None, method=s.get("method"),
+                           max_passes=s.get("max_passes"), precision=s.get("precision"),
+                           class_requested=args.class_idx, input_size=list(remote.input_size),
+                           backend=s.get("backend"), device=s.get("device"), lenient=bool(args.lenient),
+                           plain=bool(args.plain)).as_dict()
 
     return _explain_each(args, [(p, s) for p, s in zip(images, stems)], explain, remote.input_size, settings)

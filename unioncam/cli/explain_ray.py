@@ -42,9 +42,8 @@ def run_distributed(args, model_spec, images) -> int:
     else:
         directory, layer = exported(model_request(args, model_spec), engines=backend_info(args.backend).needs_engines)
         ensure_precision(directory, args.precision or "fp32")
-    run_settings = {**report_settings(args, model_spec, layer), "batch_size": args.batch_size, "threads": args.threads}
     summary = explain_dataset(images, directory, args.out, workers=args.workers, ray_address=args.ray_address,
-                              settings=run_settings, gpus_per_worker=args.gpus_per_worker,
+                              settings=report_settings(args, model_spec, layer), gpus_per_worker=args.gpus_per_worker,
                               progress=not args.no_progress, overwrite=args.overwrite,
                               replace_user_files=args.replace_user_files)
     rate = f", {summary['images_per_s']:.2f} images/s" if summary["images_per_s"] else ""

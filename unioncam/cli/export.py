@@ -54,7 +54,8 @@ def add_parser(sub) -> None:
                         "(docs/budgets.md, \"Latency budgets\"); fp32 is always written")
     p.add_argument("--end-to-end", action="store_true",
                    help="write unioncam.onnx instead: the whole method in one graph (image in, explanation out)")
-    p.add_argument("--theta", type=float, default=DEFAULTS.theta, help="--end-to-end: AMD percentile baked into the graph")
+    p.add_argument("--theta", type=float,
+                   help=f"--end-to-end: AMD percentile baked into the graph (default {DEFAULTS.theta:g})")
     add_replace_option(p)
     p.add_argument("--chunk", type=int, default=END_TO_END_CHUNK,
                    help="--end-to-end: masked passes per loop iteration inside the graph (peak memory ~ chunk "

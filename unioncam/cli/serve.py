@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     add_model_source_options(p)
     p.add_argument("--backend", choices=SERVE_BACKENDS, default="onnxruntime", help="a runtime backend (default onnxruntime)")
     p.add_argument("--device", choices=devices(), default="cpu", help="cpu (default), cuda or tensorrt")
-    p.add_argument("--method", choices=METHODS, default="unioncam",
+    p.add_argument("--method", choices=METHODS,
                    help="the method of requests that name none (default unioncam)")
     net = p.add_argument_group("network and limits")
     net.add_argument("--model-name", default="unioncam", help="the model's name in the routes (default unioncam)")

@@ -24,7 +24,7 @@ from ..progress import progress_bar
 from ..outputs import (claim_outputs, collect_images, finished_report, output_paths, output_stems,
                        remove_stale_temporaries)
 from ..ownership import consents
-from ..settings import DEFAULTS
+from ..settings import RunSettings
 from ..validation import MAX_PORT, check_max_passes, check_method, check_port, check_positive_int, check_theta
 from ..verbosity import native_stderr, verbose
 from .worker import COLUMNS, ExplainWorker, row_from_report
@@ -73,11 +73,9 @@ def default_settings(artifact_dir: Path, **options) -> dict:
     max_passes, class_requested, backend, device, batch_size), as ``unioncam explain --artifacts``
     records them."""
     m = Manifest.load(artifact_dir)
-    return {"model": m.model, "weights": f"exported folder {artifact_dir}",
-            "weights_sha256": m.extra.get("fingerprint", {}).get("weights_sha256"), "layer": m.layer,
-            "input_size": list(m.input_size), "theta": DEFAULTS.theta, "method": DEFAULTS.method, "max_passes": DEFAULTS.max_passes,
-            "precision": DEFAULTS.precision,
-            "class_requested": None, "backend": "onnxruntime", "device": "cpu", "batch_size": None, **options}
+    return RunSettings(model=m.model, weights=f"exported folder {artifact_dir}",
+                       weights_sha256=m.extra.get("fingerprint", {}).get("weights_sha256"), layer=m.layer,
+                       input_size=list(m.input_size), **options).as_dict()
 
 
 def _pack(artifact_dir: Path) -> dict:

@@ -16,6 +16,7 @@ import urllib.request
 import numpy as np
 
 from ..errors import BackendUnavailableError, InvalidInputError, UnionCAMError
+from ..settings import UNSET
 from ..explanation import Explanation
 from . import protocol
 
@@ -91,7 +92,7 @@ class RemoteExplainer:
             return json.loads(r.read())
 
     def __call__(self, images: np.ndarray, class_idx=None, method: str | None = None, *, theta: float | None = None,
-                 max_passes: int | None | str = "default") -> Explanation:
+                 max_passes=UNSET) -> Explanation:
         """Explain (B, 3, H, W) float32 images in [0, 1] on the server; the same fields as the runtime's."""
         images = np.ascontiguousarray(images, dtype=np.float32)
         raw = images.tobytes()
@@ -106,7 +107,7 @@ class RemoteExplainer:
             parameters["method"] = method
         if theta is not None:
             parameters["theta"] = float(theta)
-        if max_passes != "default":
+        if max_passes is not UNSET:
             parameters["max_passes"] = "exact" if max_passes is None else int(max_passes)
         head = json.dumps({"inputs": inputs, "parameters": parameters}).encode()
         with self._open(f"/v2/models/{self.model_name}/infer", head + raw,

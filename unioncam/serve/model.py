@@ -39,6 +39,7 @@ from kserve.protocol.infer_type import (
 from .. import cancel
 from ..classes import class_name
 from ..errors import InvalidInputError, UnionCAMError, UsageError
+from ..settings import UNSET
 from ..image_io import BYTES_PER_PIXEL, read_rgb, sample_image_path, to_model_input
 from ..outputs import top5
 from . import admission, protocol
@@ -262,7 +263,7 @@ class UnionCAMModel(Model):
         classes = inputs.get(protocol.CLASS, params.get("class"))
         return protocol.Request(images=images, rgbs=rgbs,
                                 class_idx=protocol.parse_classes(classes, images.shape[0], manifest.num_classes),
-                                method=params.get("method"), max_passes=params.get("max_passes", "default"),
+                                method=params.get("method"), max_passes=params.get("max_passes", UNSET),
                                 theta=params.get("theta"), overlay=params.get("overlay", False))
 
     # -- predict / explain ------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import numpy as np
 from ..classes import class_index
 from ..errors import InvalidInputError
 from ..image_io import decode_rgb, header_size, overlay, to_model_input
+from ..settings import UNSET
 from ..validation import check_class_option, check_classes, check_images, check_max_passes, check_method, check_theta
 
 #: Input names (:mod:`unioncam.serve`): encoded images, or the model's input tensor; optional classes.
@@ -79,7 +80,7 @@ class Request:
     rgbs: list | None = None
     class_idx: np.ndarray | None = None
     method: str | None = None
-    max_passes: int | None | str = "default"
+    max_passes: object = UNSET  # an int, None (exact), or UNSET: the server's
     theta: float | None = None
     overlay: bool = False
     names: list = field(default_factory=list)
@@ -402,7 +403,7 @@ def answer_parameters(exp, settings: dict, request: Request | None = None) -> di
     settings = dict(settings)
     if request is not None and request.theta is not None:
         settings["theta"] = request.theta
-    if request is not None and request.max_passes != "default":
+    if request is not None and request.max_passes is not UNSET:
         settings["max_passes"] = request.max_passes
     out = {**{k: v for k, v in settings.items() if v is not None}, "method": exp.method,
            "timings_ms": json.dumps(exp.timings_ms), "stats": json.dumps(stats, default=str)}
