@@ -78,3 +78,19 @@ def test_no_bare_builtin_errors_are_raised_on_purpose():
                     if isinstance(call, ast.Name) and call.id in builtin:
                         offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {call.id}")
     assert not offenders, offenders
+
+
+def test_the_ort_flag_keys_are_the_installed_onnx_runtimes_own():
+    """ORT_FLAG_KEYS mirrors ONNX Runtime's session config header: each key must be a string the
+    installed library itself holds (a key renamed or dropped upstream fails here, not silently in
+    a user's session)."""
+    from pathlib import Path
+
+    import onnxruntime
+
+    from unioncam.validation import ORT_FLAG_KEYS
+
+    library = b"".join(p.read_bytes() for p in (Path(onnxruntime.__file__).parent / "capi").glob("*.so*"))
+    assert library, "no ONNX Runtime library in the installed package"
+    missing = sorted(k for k in ORT_FLAG_KEYS if b"\0" + k.encode() + b"\0" not in library)
+    assert not missing, missing
