@@ -153,10 +153,9 @@ def test_the_shipped_limits_hold_a_server_at_every_limit_inside_its_budget(lite0
     in bodies just under its body limit, sent at once. Its peak (VmHWM) stays under --memory-mb, and
     so under the pod's limit with the quarter to spare the manifest check asks."""
     import re
-    import threading
 
     import cv2
-    from test_serve import _b64, _v2, post, ready_server
+    from test_serve import _b64, _v2, post_all, ready_server
 
     command = _image_command() + _manifest("kserve-unioncam.yaml")["spec"]["predictor"]["containers"][0]["args"]
     args = build_parser().parse_args(command[1:])
@@ -169,13 +168,7 @@ def test_the_shipped_limits_hold_a_server_at_every_limit_inside_its_budget(lite0
         photo = cv2.imread(str(Path(__import__("skimage").__file__).parent / "data" / "chelsea.png"))
         big = cv2.imencode(".jpg", cv2.resize(photo, (side, side)), [cv2.IMWRITE_JPEG_QUALITY, 40])[1].tobytes()
         body = _v2([{"name": "image", "datatype": "BYTES", "shape": [args.max_batch], "data": [_b64(big)] * args.max_batch}])
-        answers: list = []
-        clients = [threading.Thread(target=lambda: answers.append(post(f"{server.url}/v2/models/unioncam/infer", body)))
-                   for _ in range(3)]
-        for t in clients:
-            t.start()
-        for t in clients:
-            t.join()
+        answers = post_all(f"{server.url}/v2/models/unioncam/infer", body, 3)
         peak = _vm(server.proc.pid, "VmHWM")
     print(f"{args.max_batch} x {side}x{side} a request ({len(body) / 2**20:.1f} MiB body), 3 at once: peak "
           f"{peak / 2**20:.0f} MiB of --memory-mb {args.memory_mb:g}")

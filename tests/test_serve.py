@@ -86,6 +86,17 @@ def ready_server(artifacts: Path, log: Path, *extra: str):
         s.stop()
 
 
+def post_all(url: str, body: bytes, n: int) -> list[tuple[int, dict]]:
+    """``n`` copies of ``body`` posted at once, each from a thread of its own; their answers."""
+    answers: list = []
+    clients = [threading.Thread(target=lambda: answers.append(post(url, body))) for _ in range(n)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join()
+    return answers
+
+
 def status(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -474,16 +485,10 @@ def test_work_past_its_time_limit_stops_and_frees_its_slot(limited):
     small = _v2([{"name": "image", "datatype": "BYTES", "shape": [1], "data": [_b64(photo())]}], {"max_passes": 2})
     while post(f"{limited.url}/v2/models/unioncam/infer", small)[0] == 503:  # the test above's work stops first
         time.sleep(0.2)
-    answers: list = []
     # Sixteen photos, every pass: most of a minute of work here, more on a loaded machine, were it not stopped.
     exact16 = _v2([{"name": "image", "datatype": "BYTES", "shape": [16], "data": [_b64(photo())] * 16}],
                  {"max_passes": "exact"})
-    slow = [threading.Thread(target=lambda: answers.append(post(f"{limited.url}/v2/models/unioncam/infer", exact16)))
-            for _ in range(2)]
-    for t in slow:
-        t.start()
-    for t in slow:
-        t.join()
+    answers = post_all(f"{limited.url}/v2/models/unioncam/infer", exact16, 2)
     timed_out = time.monotonic()
     assert sorted(c for c, _ in answers) == [504, 504], answers
     # One worker thread: a small request is answered only once the timed-out work has let go of it.
